@@ -1,0 +1,76 @@
+//! `--dataset/--data/--workers/--train-portion/--cutout/--seed/…`, shared by every command that
+//! trains or evaluates: `#[command(flatten)] data: DataArgs`, then [`super::Data::open`].
+use std::path::PathBuf;
+
+use super::dataset::DatasetKind;
+use crate::error::{Error, Result};
+
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct DataArgs {
+    /// Data set: cifar10, or imagenet (any folder with train/ and val/ of class folders).
+    #[arg(long, value_enum, default_value_t = DatasetKind::Cifar10)]
+    pub dataset: DatasetKind,
+    /// Data folder. cifar10: cifar-10-batches-bin/, its parent or cifar-10-binary.tar.gz
+    /// (downloaded here when the folder is missing or empty); imagenet: the folder holding
+    /// train/ and val/.
+    #[arg(long, value_name = "DIR", default_value = "data")]
+    pub data: PathBuf,
+    /// Threads preparing batches [default: number of cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Share of the training set that trains weights during search; the rest scores
+    /// architectures.
+    #[arg(long, default_value_t = 0.4)]
+    pub train_portion: f64,
+    /// Cutout length for CIFAR training (0: none) [default: the command's own, 16 for final
+    /// training, 0 for search].
+    #[arg(long)]
+    pub cutout: Option<usize>,
+    /// Seed of the data split, shuffling and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Leave out unreadable images with a warning instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// Label file for a flat imagenet val/ folder (see the data module docs for its forms).
+    #[arg(long, value_name = "FILE")]
+    pub val_labels: Option<PathBuf>,
+    /// Side of the imagenet input crops [default: 224; evaluation resizes to 256/224 of it].
+    #[arg(long)]
+    pub image_size: Option<usize>,
+}
+
+impl Default for DataArgs {
+    fn default() -> Self {
+        DataArgs {
+            dataset: DatasetKind::Cifar10,
+            data: PathBuf::from("data"),
+            workers: None,
+            train_portion: 0.4,
+            cutout: None,
+            seed: 0,
+            skip_bad_images: false,
+            val_labels: None,
+            image_size: None,
+        }
+    }
+}
+
+impl DataArgs {
+    /// Rejects values that cannot work, naming the option.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.train_portion > 0.0 && self.train_portion <= 1.0) {
+            return Err(Error::BadOption(format!(
+                "--train-portion {} must be above 0 and at most 1",
+                self.train_portion
+            )));
+        }
+        if self.cutout.is_some_and(|c| c > 32) && self.dataset == DatasetKind::Cifar10 {
+            return Err(Error::BadOption("--cutout is at most 32 on 32×32 CIFAR images".into()));
+        }
+        if self.image_size.is_some_and(|s| !(8..=4096).contains(&s)) {
+            return Err(Error::BadOption("--image-size must be between 8 and 4096".into()));
+        }
+        Ok(())
+    }
+}

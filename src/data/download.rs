@@ -1,0 +1,315 @@
+//! Fetching CIFAR-10 from its official address.
+//!
+//! Steps, each safe to interrupt:
+//! 1. the archive is streamed to `DIR/cifar-10-binary.tar.gz.part`; a later run that finds a
+//!    `.part` asks the server for the rest (HTTP `Range`), and starts over when the server does
+//!    not honour it;
+//! 2. the complete `.part` is checked against the published MD5; on a mismatch it is deleted;
+//! 3. it is unpacked into a hidden temporary folder `DIR/.cifar-10-extract-*`, the six `.bin`
+//!    files are checked, and `cifar-10-batches-bin` is renamed into `DIR` in one step;
+//! 4. the `.part` and the temporary folder are removed.
+//!
+//! So `DIR/cifar-10-batches-bin` either does not exist or is complete; nothing else a download
+//! leaves behind is taken for data.
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+
+use super::cifar10::{self, ARCHIVE_NAME, BATCHES_DIR, RECORD_BYTES, TEST_FILE, TRAIN_FILES};
+use crate::error::{Error, Result};
+
+/// The official binary distribution.
+pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
+/// Its published MD5.
+pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
+
+const EXTRACT_PREFIX: &str = ".cifar-10-extract-";
+
+/// What `cnas download` can fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DownloadTarget {
+    /// The CIFAR-10 binary distribution (about 163 MB).
+    #[value(name = "cifar10", alias = "cifar-10")]
+    Cifar10,
+}
+
+/// `cnas download WHAT [--data DIR]`: fetches `what` into `data_dir` unless it is already there.
+pub fn download(what: DownloadTarget, data_dir: &Path, progress: bool) -> Result<PathBuf> {
+    match what {
+        DownloadTarget::Cifar10 => {
+            let dir = data_dir.join(BATCHES_DIR);
+            if dir.is_dir() {
+                check_batches(&dir)?;
+                tracing::info!("CIFAR-10 is already in {}", dir.display());
+                return Ok(dir);
+            }
+            download_cifar10(data_dir, CIFAR10_URL, CIFAR10_MD5, progress)
+        }
+    }
+}
+
+/// True when `dir` holds nothing but what an interrupted download leaves (or does not exist):
+/// the condition for fetching CIFAR-10 without being asked.
+pub fn is_empty_for_download(dir: &Path) -> bool {
+    match fs::read_dir(dir) {
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+        Ok(entries) => entries.flatten().all(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name == part_name() || name.starts_with(EXTRACT_PREFIX)
+        }),
+    }
+}
+
+fn part_name() -> String {
+    format!("{ARCHIVE_NAME}.part")
+}
+
+/// Downloads the CIFAR-10 archive from `url`, checks it against `md5_hex`, and unpacks it as
+/// `data_dir/cifar-10-batches-bin`, which it returns. See the module docs for the steps.
+pub fn download_cifar10(data_dir: &Path, url: &str, md5_hex: &str, progress: bool) -> Result<PathBuf> {
+    let target = data_dir.join(BATCHES_DIR);
+    if target.exists() {
+        return Err(Error::bad_file(
+            &target,
+            "already exists; remove it first to download CIFAR-10 again",
+        ));
+    }
+    fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+    remove_stale_extractions(data_dir);
+    let part = data_dir.join(part_name());
+    fetch(url, &part, progress)?;
+
+    let digest = md5_of(&part)?;
+    if !digest.eq_ignore_ascii_case(md5_hex.trim()) {
+        // A bad archive must not be resumed or unpacked by a later run.
+        let _ = fs::remove_file(&part);
+        return Err(Error::bad_file(
+            url,
+            format!("downloaded file has MD5 {digest}, expected {md5_hex}; it was deleted, run again to retry"),
+        ));
+    }
+
+    let temp = data_dir.join(format!("{EXTRACT_PREFIX}{}", std::process::id()));
+    let _ = fs::remove_dir_all(&temp);
+    let result = extract_into(&part, &temp).and_then(|inner| {
+        fs::rename(&inner, &target).map_err(|e| Error::io(&target, e))
+    });
+    let _ = fs::remove_dir_all(&temp);
+    result?;
+    let _ = fs::remove_file(&part);
+    tracing::info!("CIFAR-10 is in {}", target.display());
+    Ok(target)
+}
+
+/// Temporary folders of runs that were killed mid-extraction.
+fn remove_stale_extractions(data_dir: &Path) {
+    if let Ok(entries) = fs::read_dir(data_dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(EXTRACT_PREFIX) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Unpacks the archive into `temp` and returns the checked batches folder inside it.
+fn extract_into(archive: &Path, temp: &Path) -> Result<PathBuf> {
+    fs::create_dir_all(temp).map_err(|e| Error::io(temp, e))?;
+    let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
+    // `unpack` refuses entries that would land outside `temp`.
+    tar.unpack(temp)
+        .map_err(|e| Error::bad_file(archive, format!("cannot unpack the archive: {e}")))?;
+    let inner = temp.join(BATCHES_DIR);
+    if !inner.is_dir() {
+        return Err(Error::bad_file(archive, format!("the archive holds no {BATCHES_DIR}/ folder")));
+    }
+    check_batches(&inner)?;
+    Ok(inner)
+}
+
+/// Every file present with a whole number of records: cheap, and catches a damaged folder.
+fn check_batches(dir: &Path) -> Result<()> {
+    for name in TRAIN_FILES.iter().chain([&TEST_FILE]) {
+        let file = dir.join(name);
+        let len = fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len() as usize;
+        if len == 0 || len % RECORD_BYTES != 0 {
+            return Err(Error::bad_file(
+                &file,
+                format!("{len} bytes is not a whole number of {RECORD_BYTES}-byte CIFAR-10 records"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn md5_of(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn net_error(url: &str, err: ureq::Error) -> Error {
+    let kind = match &err {
+        ureq::Error::Io(e) => e.kind(),
+        ureq::Error::HostNotFound => io::ErrorKind::NotFound,
+        ureq::Error::ConnectionFailed => io::ErrorKind::ConnectionRefused,
+        ureq::Error::Timeout(_) => io::ErrorKind::TimedOut,
+        _ => io::ErrorKind::Other,
+    };
+    Error::io(url, io::Error::new(kind, err.to_string()))
+}
+
+/// Streams `url` into `part`, continuing an existing `part` when the server allows it.
+fn fetch(url: &str, part: &Path, progress: bool) -> Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    let mut request = agent.get(url);
+    if have > 0 {
+        request = request.header("Range", format!("bytes={have}-"));
+    }
+    let response = request.call().map_err(|e| net_error(url, e))?;
+    let status = response.status().as_u16();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let length: Option<u64> = header("content-length").and_then(|v| v.trim().parse().ok());
+
+    let (start, total) = match status {
+        206 => match header("content-range").as_deref().and_then(parse_content_range) {
+            Some((from, total)) if from == have => (have, total.or(length.map(|l| have + l))),
+            // A range we did not ask for: do not splice it in.
+            _ => return restart(url, part, progress),
+        },
+        200 => (0, length),
+        // The `.part` is already as long as (or longer than) the file.
+        416 if have > 0 => return restart(url, part, progress),
+        _ => {
+            let reason = response.status().canonical_reason().unwrap_or("");
+            let kind = if status == 404 || status == 410 { io::ErrorKind::NotFound } else { io::ErrorKind::Other };
+            return Err(Error::io(url, io::Error::new(kind, format!("the server answered HTTP {status} {reason}"))));
+        }
+    };
+
+    let mut file = if start == 0 {
+        File::create(part)
+    } else {
+        OpenOptions::new().append(true).open(part)
+    }
+    .map_err(|e| Error::io(part, e))?;
+
+    let bar = if progress {
+        let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message("CIFAR-10");
+        bar.set_position(start);
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+
+    let mut body = response.into_body().into_reader();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut written = start;
+    let outcome = loop {
+        match body.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(e) = file.write_all(&buf[..n]) {
+                    break Err(Error::io(part, e));
+                }
+                written += n as u64;
+                bar.set_position(written);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(interrupted(url, written, total, &e.to_string())),
+        }
+    };
+    bar.finish_and_clear();
+    let flushed = file.sync_all().map_err(|e| Error::io(part, e));
+    outcome?;
+    flushed?;
+    if let Some(total) = total {
+        if written != total {
+            return Err(interrupted(url, written, Some(total), "connection closed early"));
+        }
+    }
+    Ok(())
+}
+
+/// Drops the `.part` and downloads from the start, once.
+fn restart(url: &str, part: &Path, progress: bool) -> Result<()> {
+    tracing::warn!("cannot resume {}; downloading it again from the start", part.display());
+    fs::remove_file(part).map_err(|e| Error::io(part, e))?;
+    fetch(url, part, progress)
+}
+
+fn interrupted(url: &str, written: u64, total: Option<u64>, why: &str) -> Error {
+    let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
+    Error::io(
+        url,
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("download interrupted after {written}{of} bytes ({why}); run again to resume"),
+        ),
+    )
+}
+
+/// `bytes FROM-TO/TOTAL` → (FROM, TOTAL), TOTAL `None` when `*`.
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (from, _) = range.split_once('-')?;
+    Some((from.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
+/// What [`super::Data::open`] does with `--data` for CIFAR-10 (with the official `url` and
+/// `md5_hex`): where CIFAR-10 is, after fetching it when the folder is missing or holds nothing
+/// but leftovers of an interrupted download; `None` when the folder holds something else.
+pub fn locate_or_download(
+    data_dir: &Path,
+    url: &str,
+    md5_hex: &str,
+    progress: bool,
+) -> Result<Option<cifar10::Location>> {
+    if let Some(found) = cifar10::locate(data_dir) {
+        return Ok(Some(found));
+    }
+    if !is_empty_for_download(data_dir) {
+        return Ok(None);
+    }
+    tracing::info!("{} holds no CIFAR-10; downloading it from {url}", data_dir.display());
+    let dir = download_cifar10(data_dir, url, md5_hex, progress)?;
+    Ok(Some(cifar10::Location::Folder(dir)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms() {
+        assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
+        assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+}

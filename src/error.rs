@@ -1,0 +1,55 @@
+//! The library's error type. Every variant says whether it is the user's mistake (bad file,
+//! bad option, bad genotype: the binary exits with code 2) or a failure inside the engine.
+use std::path::PathBuf;
+
+use crate::space::SpaceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Space(#[from] SpaceError),
+    /// A file the user named cannot be used as asked (missing, truncated, wrong layout).
+    #[error("{path}: {message}")]
+    BadFile { path: PathBuf, message: String },
+    /// Weights that do not fit the network they are loaded into.
+    #[error("{0}")]
+    WeightMismatch(String),
+    /// An option or combination of options that cannot work.
+    #[error("{0}")]
+    BadOption(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+impl Error {
+    /// True when the error comes from what the user gave us rather than from a fault in cnas
+    /// or the engine; the binary maps it to exit code 2.
+    pub fn is_user_error(&self) -> bool {
+        match self {
+            Error::Space(_) | Error::BadFile { .. } | Error::WeightMismatch(_) | Error::BadOption(_) => true,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::PermissionDenied
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::IsADirectory
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::AlreadyExists
+            ),
+            Error::Torch(_) => false,
+        }
+    }
+
+    pub fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::BadFile { path: path.into(), message: message.into() }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

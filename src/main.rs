@@ -1,0 +1,165 @@
+//! The `cnas` command line: a thin layer over the library.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use cnas::device::DeviceChoice;
+use cnas::model::{Network, NetworkConfig, NetworkKind};
+use cnas::report::ArchInfo;
+
+#[derive(Parser, Debug)]
+#[command(name = "cnas", version, about = "Curriculum Neural Architecture Search on libtorch")]
+struct Cli {
+    /// Where to compute: auto (CUDA when libtorch sees a GPU), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    device: DeviceChoice,
+    /// Logs only: no progress bars.
+    #[arg(long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show a genotype and the size (params, multiply-adds) of the network built from it.
+    Info {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify images, CIFAR-10 .bin records or .npy arrays with trained weights.
+    Predict {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Weights: a PyTorch state_dict (.pth), safetensors, or cnas's own weights file.
+        #[arg(long)]
+        weights: PathBuf,
+        /// How many of the best classes to print per input.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+        /// Print one JSON object per input, with the raw logits.
+        #[arg(long)]
+        json: bool,
+        /// PNG or JPEG images, CIFAR-10 .bin files, or normalised float32 N×3×H×W .npy arrays.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+}
+
+/// Which fixed network to build.
+#[derive(Args, Debug, Clone)]
+struct NetArgs {
+    /// A published architecture (CNAS, DARTS_V2, ...) or a genotype file (JSON or DARTS text).
+    #[arg(long)]
+    arch: Option<String>,
+    /// The network family: cifar10 (32×32 inputs) or imagenet (224×224).
+    #[arg(long, default_value = "cifar10")]
+    dataset: NetworkKind,
+    /// Channels of the first cells [default: 36 for cifar10, 48 for imagenet].
+    #[arg(long)]
+    init_channels: Option<i64>,
+    /// Number of cells [default: 20 for cifar10, 14 for imagenet].
+    #[arg(long)]
+    layers: Option<i64>,
+    /// Number of classes [default: 10 for cifar10, 1000 for imagenet].
+    #[arg(long)]
+    classes: Option<i64>,
+}
+
+impl NetArgs {
+    /// The network these options describe, with the paper's settings for what is not given.
+    fn config(&self) -> anyhow::Result<(String, NetworkConfig)> {
+        let arg = self.arch.as_deref().unwrap_or("CNAS");
+        let (name, genotype) = cnas::space::resolve_arch(arg)?;
+        let mut config = NetworkConfig::paper(self.dataset, genotype);
+        config.init_channels = self.init_channels.unwrap_or(config.init_channels);
+        config.layers = self.layers.unwrap_or(config.layers);
+        config.num_classes = self.classes.unwrap_or(config.num_classes);
+        Ok((name, config))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let user = err
+                .chain()
+                .any(|cause| cause.downcast_ref::<cnas::Error>().is_some_and(cnas::Error::is_user_error));
+            ExitCode::from(if user { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let device = cli.device.resolve()?;
+    match cli.command {
+        Command::Info { net, json } => {
+            let (name, config) = net.config()?;
+            let info = ArchInfo::measure(name, config, device)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{info}");
+            }
+        }
+        Command::Predict { net, weights, top, batch_size, json, inputs } => {
+            let tensors = cnas::weights::read(&weights)?;
+            let metadata = cnas::weights::read_metadata(&weights)?.unwrap_or_default();
+            let (_, mut config) = match (&net.arch, network_from_metadata(&metadata)?) {
+                // A cnas weights file knows its network unless the user says otherwise.
+                (None, Some(config)) => (String::new(), config),
+                _ => net.config()?,
+            };
+            config.auxiliary = cnas::weights::has_auxiliary(&tensors);
+            let vs = tch::nn::VarStore::new(device);
+            let network = Network::new(&vs.root(), config)?;
+            cnas::weights::load_into(&vs, &tensors).with_context(|| format!("loading {}", weights.display()))?;
+            let kind = network.config().kind;
+            let size = kind.default_image_size();
+            let mut samples = Vec::new();
+            for input in &inputs {
+                samples.extend(cnas::predict::read_samples(input, kind, size)?);
+            }
+            for p in cnas::predict::predict(&network, &samples, device, batch_size, top) {
+                if json {
+                    println!("{}", serde_json::to_string(&p)?);
+                } else {
+                    let label = p.label.map(|l| {
+                        format!(" (label: {})", cnas::predict::class_name(kind, network.config().num_classes, l))
+                    });
+                    println!("{}{}", p.input, label.unwrap_or_default());
+                    for (rank, c) in p.top.iter().enumerate() {
+                        println!("  {}. {:<24} {:.4}", rank + 1, c.name, c.prob);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The network a cnas weights file describes in its metadata, if it does.
+fn network_from_metadata(metadata: &BTreeMap<String, String>) -> anyhow::Result<Option<NetworkConfig>> {
+    match metadata.get("network") {
+        None => Ok(None),
+        Some(json) => Ok(Some(serde_json::from_str(json).context("weights metadata: bad network description")?)),
+    }
+}

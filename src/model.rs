@@ -1,0 +1,373 @@
+//! Fixed (evaluation) networks built from a genotype: the CIFAR network and the ImageNet
+//! network of the DARTS family, with PyTorch's parameter names so a `state_dict` written by
+//! the PyTorch definition of the same network loads directly.
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::error::{Error, Result};
+use crate::ops::{drop_path, BatchNorm2d, Conv2d, Conv2dSpec, FactorizedReduce, Linear, Op, ReluConvBn};
+use crate::space::{Cell as CellSpec, Genotype};
+
+/// Which network family: they differ in stem, auxiliary head and input size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkKind {
+    /// 32×32 inputs: one stride-1 stem of 3C channels.
+    Cifar,
+    /// 224×224 inputs: two stride-2 stems (stride 8 overall), first cell sees a reduction.
+    Imagenet,
+}
+
+impl std::str::FromStr for NetworkKind {
+    type Err = String;
+    /// Accepts the data set names (`cifar10`, `imagenet`) as well as the family names.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cifar10" | "cifar-10" | "cifar" => Ok(NetworkKind::Cifar),
+            "imagenet" => Ok(NetworkKind::Imagenet),
+            _ => Err(format!("unknown dataset '{s}' (expected cifar10 or imagenet)")),
+        }
+    }
+}
+
+impl NetworkKind {
+    /// Classes of the data set the family is named after.
+    pub fn default_num_classes(self) -> i64 {
+        match self {
+            NetworkKind::Cifar => 10,
+            NetworkKind::Imagenet => 1000,
+        }
+    }
+
+    /// The input side the paper evaluates this family at.
+    pub fn default_image_size(self) -> i64 {
+        match self {
+            NetworkKind::Cifar => 32,
+            NetworkKind::Imagenet => 224,
+        }
+    }
+}
+
+/// Everything that determines a network's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub kind: NetworkKind,
+    pub genotype: Genotype,
+    /// Channels of the first cells (C); doubled at each reduction.
+    pub init_channels: i64,
+    /// Number of cells (L); reductions sit at L/3 and 2L/3.
+    pub layers: i64,
+    pub num_classes: i64,
+    /// Build the auxiliary classifier after cell 2L/3 (used in training only).
+    pub auxiliary: bool,
+}
+
+impl NetworkConfig {
+    /// The paper's evaluation settings: CIFAR-10 36 channels × 20 cells, ImageNet 48 × 14.
+    pub fn paper(kind: NetworkKind, genotype: Genotype) -> Self {
+        match kind {
+            NetworkKind::Cifar => {
+                NetworkConfig { kind, genotype, init_channels: 36, layers: 20, num_classes: 10, auxiliary: true }
+            }
+            NetworkKind::Imagenet => {
+                NetworkConfig { kind, genotype, init_channels: 48, layers: 14, num_classes: 1000, auxiliary: true }
+            }
+        }
+    }
+
+    /// Cells that reduce (halve the resolution and double the channels).
+    pub fn is_reduction(&self, cell: i64) -> bool {
+        cell == self.layers / 3 || cell == 2 * self.layers / 3
+    }
+
+    /// The cell after which the auxiliary head reads.
+    pub fn auxiliary_cell(&self) -> i64 {
+        2 * self.layers / 3
+    }
+
+    /// Checks what would otherwise fail deep inside libtorch.
+    pub fn validate(&self) -> Result<()> {
+        self.genotype.validate(None)?;
+        if self.init_channels < 2 || self.init_channels % 2 != 0 {
+            return Err(Error::BadOption(format!(
+                "init channels must be even and at least 2 (factorized reduce splits them in two), got {}",
+                self.init_channels
+            )));
+        }
+        if self.kind == NetworkKind::Imagenet && self.init_channels % 4 != 0 {
+            return Err(Error::BadOption(format!(
+                "ImageNet init channels must be a multiple of 4 (the first stem has C/2), got {}",
+                self.init_channels
+            )));
+        }
+        if self.layers < 1 {
+            return Err(Error::BadOption(format!("layers must be at least 1, got {}", self.layers)));
+        }
+        if self.num_classes < 1 {
+            return Err(Error::BadOption(format!("classes must be at least 1, got {}", self.num_classes)));
+        }
+        Ok(())
+    }
+}
+
+/// The input of a cell's first state: a plain 1×1 ReLU-conv-BN, or a factorized reduce when
+/// the cell before last had twice the resolution.
+#[derive(Debug)]
+enum Preprocess {
+    Conv(ReluConvBn),
+    Reduce(FactorizedReduce),
+}
+
+impl Preprocess {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Preprocess::Conv(op) => op.forward_t(x, train),
+            Preprocess::Reduce(op) => op.forward_t(x, train),
+        }
+    }
+}
+
+/// One cell of a fixed network.
+#[derive(Debug)]
+pub struct Cell {
+    preprocess0: Preprocess,
+    preprocess1: ReluConvBn,
+    /// Operations in evaluation order; `inputs[k]` is the state op k reads.
+    ops: Vec<Op>,
+    inputs: Vec<usize>,
+    concat: Vec<usize>,
+}
+
+impl Cell {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        p: nn::Path,
+        spec: &CellSpec,
+        c_prev_prev: i64,
+        c_prev: i64,
+        c: i64,
+        reduction: bool,
+        reduction_prev: bool,
+    ) -> Self {
+        let preprocess0 = if reduction_prev {
+            Preprocess::Reduce(FactorizedReduce::new(&p / "preprocess0", c_prev_prev, c, true))
+        } else {
+            Preprocess::Conv(ReluConvBn::new(&p / "preprocess0", c_prev_prev, c, Conv2dSpec::new(1), true))
+        };
+        let preprocess1 = ReluConvBn::new(&p / "preprocess1", c_prev, c, Conv2dSpec::new(1), true);
+        let edges = spec.edges_by_node();
+        let ops_path = &p / "_ops";
+        let ops = edges
+            .iter()
+            .enumerate()
+            .map(|(k, e)| {
+                let stride = if reduction && e.from < 2 { 2 } else { 1 };
+                Op::new(&ops_path / k, e.op, c, stride, true)
+            })
+            .collect();
+        Cell {
+            preprocess0,
+            preprocess1,
+            ops,
+            inputs: edges.iter().map(|e| e.from).collect(),
+            concat: spec.concat.clone(),
+        }
+    }
+
+    /// Output channels per input channel count C.
+    fn multiplier(spec: &CellSpec) -> i64 {
+        spec.concat.len() as i64
+    }
+
+    pub fn forward_t(&self, s0: &Tensor, s1: &Tensor, drop_prob: f64, train: bool) -> Tensor {
+        let mut states = Vec::with_capacity(2 + self.ops.len() / 2);
+        states.push(self.preprocess0.forward_t(s0, train));
+        states.push(self.preprocess1.forward_t(s1, train));
+        for (ops, inputs) in self.ops.chunks(2).zip(self.inputs.chunks(2)) {
+            let mut node: Option<Tensor> = None;
+            for (op, &from) in ops.iter().zip(inputs) {
+                let mut h = op.forward_t(&states[from], train);
+                if train && drop_prob > 0.0 && !op.is_identity() {
+                    h = drop_path(&h, drop_prob);
+                }
+                node = Some(match node {
+                    None => h,
+                    Some(acc) => acc + h,
+                });
+            }
+            if let Some(node) = node {
+                states.push(node);
+            }
+        }
+        let outputs: Vec<&Tensor> = self.concat.iter().map(|&i| &states[i]).collect();
+        Tensor::cat(&outputs, 1)
+    }
+}
+
+/// `auxiliary_head`: a small classifier on the features after cell 2L/3.
+#[derive(Debug)]
+struct AuxiliaryHead {
+    kind: NetworkKind,
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    /// The CIFAR head normalises after its second convolution; the ImageNet one (as trained in
+    /// the DARTS family, a typo kept for compatibility) does not.
+    bn2: Option<BatchNorm2d>,
+    classifier: Linear,
+}
+
+impl AuxiliaryHead {
+    fn new(p: nn::Path, kind: NetworkKind, c: i64, num_classes: i64) -> Self {
+        let f = &p / "features";
+        let bn2 = match kind {
+            NetworkKind::Cifar => Some(BatchNorm2d::new(&f / 6, 768, true)),
+            NetworkKind::Imagenet => None,
+        };
+        AuxiliaryHead {
+            kind,
+            conv1: Conv2d::new(&f / 2, c, 128, Conv2dSpec::new(1)),
+            bn1: BatchNorm2d::new(&f / 3, 128, true),
+            conv2: Conv2d::new(&f / 5, 128, 768, Conv2dSpec::new(2)),
+            bn2,
+            classifier: Linear::new(&p / "classifier", 768, num_classes),
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        // CIFAR: 8×8 → 2×2 (stride 3); ImageNet: 14×14 → 5×5 (stride 2).
+        let stride = match self.kind {
+            NetworkKind::Cifar => 3,
+            NetworkKind::Imagenet => 2,
+        };
+        let x = x.relu().avg_pool2d([5, 5], [stride, stride], [0, 0], false, false, None::<i64>);
+        let x = self.bn1.forward_t(&self.conv1.forward(&x), train).relu();
+        let mut x = self.conv2.forward(&x);
+        if let Some(bn) = &self.bn2 {
+            x = bn.forward_t(&x, train);
+        }
+        self.classifier.forward(&x.relu().flatten(1, -1))
+    }
+}
+
+#[derive(Debug)]
+enum Stem {
+    /// `stem`: conv 3×3 to 3C, BN.
+    Cifar { conv: Conv2d, bn: BatchNorm2d },
+    /// `stem0`: conv s2 to C/2, BN, ReLU, conv s2 to C, BN; `stem1`: ReLU, conv s2, BN.
+    Imagenet { conv0a: Conv2d, bn0a: BatchNorm2d, conv0b: Conv2d, bn0b: BatchNorm2d, conv1: Conv2d, bn1: BatchNorm2d },
+}
+
+impl Stem {
+    /// Returns (s0, s1): the two states the first cell reads.
+    fn forward_t(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+        match self {
+            Stem::Cifar { conv, bn } => {
+                let s = bn.forward_t(&conv.forward(x), train);
+                (s.shallow_clone(), s)
+            }
+            Stem::Imagenet { conv0a, bn0a, conv0b, bn0b, conv1, bn1 } => {
+                let s0 = bn0a.forward_t(&conv0a.forward(x), train).relu();
+                let s0 = bn0b.forward_t(&conv0b.forward(&s0), train);
+                let s1 = bn1.forward_t(&conv1.forward(&s0.relu()), train);
+                (s0, s1)
+            }
+        }
+    }
+}
+
+/// A fixed network: stem, L cells, optional auxiliary head, global pooling and classifier.
+#[derive(Debug)]
+pub struct Network {
+    config: NetworkConfig,
+    stem: Stem,
+    cells: Vec<Cell>,
+    auxiliary_head: Option<AuxiliaryHead>,
+    classifier: Linear,
+    /// Drop-path probability applied to non-identity edges in training (0 = off).
+    pub drop_path_prob: f64,
+}
+
+/// The outputs of a forward pass.
+pub struct Logits {
+    pub logits: Tensor,
+    /// The auxiliary head's logits: only in training mode with an auxiliary head.
+    pub auxiliary: Option<Tensor>,
+}
+
+impl Network {
+    /// Builds the network's variables under `p` (normally a VarStore's root).
+    pub fn new(p: &nn::Path, config: NetworkConfig) -> Result<Self> {
+        config.validate()?;
+        let c = config.init_channels;
+        let (stem, mut c_prev_prev, mut c_prev, mut reduction_prev) = match config.kind {
+            NetworkKind::Cifar => {
+                let s = p / "stem";
+                let stem = Stem::Cifar {
+                    conv: Conv2d::new(&s / 0, 3, 3 * c, Conv2dSpec::new(3).padding(1)),
+                    bn: BatchNorm2d::new(&s / 1, 3 * c, true),
+                };
+                (stem, 3 * c, 3 * c, false)
+            }
+            NetworkKind::Imagenet => {
+                let s0 = p / "stem0";
+                let s1 = p / "stem1";
+                let k3s2 = Conv2dSpec::new(3).stride(2).padding(1);
+                let stem = Stem::Imagenet {
+                    conv0a: Conv2d::new(&s0 / 0, 3, c / 2, k3s2),
+                    bn0a: BatchNorm2d::new(&s0 / 1, c / 2, true),
+                    conv0b: Conv2d::new(&s0 / 3, c / 2, c, k3s2),
+                    bn0b: BatchNorm2d::new(&s0 / 4, c, true),
+                    conv1: Conv2d::new(&s1 / 1, c, c, k3s2),
+                    bn1: BatchNorm2d::new(&s1 / 2, c, true),
+                };
+                (stem, c, c, true)
+            }
+        };
+        let mut c_curr = c;
+        let mut cells = Vec::with_capacity(config.layers as usize);
+        let mut c_auxiliary = c_prev;
+        let cells_path = p / "cells";
+        for i in 0..config.layers {
+            let reduction = config.is_reduction(i);
+            if reduction {
+                c_curr *= 2;
+            }
+            let spec = if reduction { &config.genotype.reduce } else { &config.genotype.normal };
+            cells.push(Cell::new(&cells_path / i, spec, c_prev_prev, c_prev, c_curr, reduction, reduction_prev));
+            reduction_prev = reduction;
+            c_prev_prev = c_prev;
+            c_prev = Cell::multiplier(spec) * c_curr;
+            if i == config.auxiliary_cell() {
+                c_auxiliary = c_prev;
+            }
+        }
+        let auxiliary_head = config
+            .auxiliary
+            .then(|| AuxiliaryHead::new(p / "auxiliary_head", config.kind, c_auxiliary, config.num_classes));
+        let classifier = Linear::new(p / "classifier", c_prev, config.num_classes);
+        Ok(Network { config, stem, cells, auxiliary_head, classifier, drop_path_prob: 0.0 })
+    }
+
+    pub fn config(&self) -> &NetworkConfig {
+        &self.config
+    }
+
+    /// Logits (and, in training with an auxiliary head, the auxiliary logits) for a batch of
+    /// normalised images N×3×H×W.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Logits {
+        let (mut s0, mut s1) = self.stem.forward_t(x, train);
+        let mut auxiliary = None;
+        for (i, cell) in self.cells.iter().enumerate() {
+            let next = cell.forward_t(&s0, &s1, self.drop_path_prob, train);
+            s0 = std::mem::replace(&mut s1, next);
+            if train && i as i64 == self.config.auxiliary_cell() {
+                if let Some(head) = &self.auxiliary_head {
+                    auxiliary = Some(head.forward_t(&s1, train));
+                }
+            }
+        }
+        let pooled = s1.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        Logits { logits: self.classifier.forward(&pooled), auxiliary }
+    }
+}

@@ -1,0 +1,268 @@
+//! Reading and writing weights.
+//!
+//! Reads PyTorch `state_dict`s written by `torch.save` (zip format; also a checkpoint dict that
+//! holds one under `state_dict`, `model`, `net` or `state_dict_ema`), safetensors files, and
+//! cnas's own format: a safetensors file whose metadata carries `"format": "cnas"` and the
+//! network's configuration (`"network"`: a [`crate::model::NetworkConfig`] as JSON), so the
+//! file alone says what it holds.
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::Path;
+
+use tch::{nn, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Named tensors in file order.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// Keys under which training scripts commonly store the model inside a checkpoint dict.
+const CHECKPOINT_KEYS: [&str; 4] = ["state_dict", "model", "net", "state_dict_ema"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    TorchZip,
+    TorchLegacy,
+    Safetensors,
+}
+
+fn sniff(path: &Path) -> Result<Format> {
+    let mut head = [0u8; 16];
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let n = file.read(&mut head).map_err(|e| Error::io(path, e))?;
+    if n >= 4 && head[..4] == *b"PK\x03\x04" {
+        return Ok(Format::TorchZip);
+    }
+    if n >= 2 && head[0] == 0x80 && head[1] <= 5 {
+        return Ok(Format::TorchLegacy);
+    }
+    if n >= 9 && head[8] == b'{' {
+        return Ok(Format::Safetensors);
+    }
+    if n == 0 {
+        return Err(Error::bad_file(path, "empty file, expected weights"));
+    }
+    Err(Error::bad_file(path, "not a weights file (expected a torch.save .pth or a safetensors file)"))
+}
+
+/// Reads every tensor of a weights file, whatever its format.
+pub fn read(path: &Path) -> Result<NamedTensors> {
+    match sniff(path)? {
+        Format::TorchZip => read_pth(path),
+        Format::Safetensors => Tensor::read_safetensors(path)
+            .map_err(|e| Error::bad_file(path, format!("unreadable safetensors file: {}", first_line(&e.to_string())))),
+        Format::TorchLegacy => Err(Error::bad_file(
+            path,
+            "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a current PyTorch",
+        )),
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+fn read_pth(path: &Path) -> Result<NamedTensors> {
+    let bad = |e: candle_core::Error| {
+        Error::bad_file(path, format!("unreadable PyTorch file (truncated or corrupt?): {}", first_line(&e.to_string())))
+    };
+    let mut pth = candle_core::pickle::PthTensors::new(path, None).map_err(bad)?;
+    if pth.tensor_infos().is_empty() {
+        for key in CHECKPOINT_KEYS {
+            // A missing key is not an error here: try the next layout.
+            if let Ok(inner) = candle_core::pickle::PthTensors::new(path, Some(key)) {
+                if !inner.tensor_infos().is_empty() {
+                    pth = inner;
+                    break;
+                }
+            }
+        }
+    }
+    if pth.tensor_infos().is_empty() {
+        return Err(Error::bad_file(path, "holds no tensors (expected a state_dict or a checkpoint containing one)"));
+    }
+    let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
+    names.sort();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(t) = pth.get(&name).map_err(bad)? else { continue };
+        out.push((name, candle_to_tch(&t).map_err(bad)?));
+    }
+    Ok(out)
+}
+
+fn candle_to_tch(t: &candle_core::Tensor) -> candle_core::Result<Tensor> {
+    use candle_core::DType;
+    let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
+    let flat = t.flatten_all()?;
+    let out = match t.dtype() {
+        DType::I64 => Tensor::from_slice(&flat.to_vec1::<i64>()?),
+        DType::U8 => Tensor::from_slice(&flat.to_vec1::<u8>()?),
+        DType::U32 => Tensor::from_slice(&flat.to_dtype(DType::I64)?.to_vec1::<i64>()?),
+        DType::F64 => Tensor::from_slice(&flat.to_vec1::<f64>()?).to_kind(Kind::Float),
+        _ => Tensor::from_slice(&flat.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+    };
+    Ok(out.reshape(dims))
+}
+
+/// What a load found; a load that returns Ok matched every tensor exactly.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    pub loaded: usize,
+    /// BatchNorm's `num_batches_tracked` counters: cnas does not use them.
+    pub ignored: usize,
+    pub missing: Vec<String>,
+    pub unexpected: Vec<String>,
+    /// (name, shape in the file, shape in the network)
+    pub mismatched: Vec<(String, Vec<i64>, Vec<i64>)>,
+}
+
+impl LoadReport {
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+
+    fn describe(&self) -> String {
+        fn list(names: &[String]) -> String {
+            const SHOWN: usize = 6;
+            let mut s = names.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+            if names.len() > SHOWN {
+                s.push_str(&format!(", … ({} in all)", names.len()));
+            }
+            s
+        }
+        let mut parts = Vec::new();
+        if !self.missing.is_empty() {
+            parts.push(format!("missing {}", list(&self.missing)));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!("unexpected {}", list(&self.unexpected)));
+        }
+        if !self.mismatched.is_empty() {
+            let shapes: Vec<String> =
+                self.mismatched.iter().map(|(n, f, m)| format!("{n} (file {f:?}, network {m:?})")).collect();
+            parts.push(format!("wrong shape {}", list(&shapes)));
+        }
+        parts.join("; ")
+    }
+}
+
+/// The name a tensor has in the network: DataParallel's `module.` prefix removed.
+fn network_name(name: &str) -> &str {
+    name.strip_prefix("module.").unwrap_or(name)
+}
+
+/// True when the weights carry an auxiliary head, so the network to load them into needs one.
+pub fn has_auxiliary(tensors: &NamedTensors) -> bool {
+    tensors.iter().any(|(n, _)| network_name(n).starts_with("auxiliary_head."))
+}
+
+/// Copies `tensors` into the variables of `vs`, matching by name. Refuses (and changes
+/// nothing) unless every variable gets a tensor of its exact shape and no tensor is left over.
+pub fn load_into(vs: &nn::VarStore, tensors: &NamedTensors) -> Result<LoadReport> {
+    let mut variables: HashMap<String, Tensor> = vs.variables();
+    let mut report = LoadReport::default();
+    let mut matched = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let name = network_name(name);
+        if name.ends_with("num_batches_tracked") {
+            report.ignored += 1;
+            continue;
+        }
+        match variables.remove(name) {
+            None => report.unexpected.push(name.to_string()),
+            Some(var) if var.size() != t.size() => report.mismatched.push((name.to_string(), t.size(), var.size())),
+            Some(var) => matched.push((var, t)),
+        }
+    }
+    report.missing = variables.into_keys().collect();
+    report.missing.sort();
+    if !report.is_exact() {
+        return Err(Error::WeightMismatch(format!("weights do not fit this network: {}", report.describe())));
+    }
+    tch::no_grad(|| {
+        for (mut var, t) in matched {
+            var.copy_(&t.to_kind(var.kind()).to_device(var.device()));
+        }
+    });
+    report.loaded = tensors.len() - report.ignored;
+    Ok(report)
+}
+
+/// Reads cnas metadata (`__metadata__` of a safetensors file); None for other files.
+pub fn read_metadata(path: &Path) -> Result<Option<BTreeMap<String, String>>> {
+    if sniff(path)? != Format::Safetensors {
+        return Ok(None);
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(Error::bad_file(path, "safetensors header larger than 100 MiB"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| Error::bad_file(path, format!("truncated safetensors header: {e}")))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::bad_file(path, format!("corrupt safetensors header: {e}")))?;
+    Ok(header.get("__metadata__").and_then(|m| serde_json::from_value(m.clone()).ok()))
+}
+
+/// Writes the variables of `vs` (sorted by name) as safetensors with `metadata`, atomically:
+/// a temporary file beside the target, then a rename, so a crash never leaves half a file.
+pub fn save(vs: &nn::VarStore, path: &Path, metadata: BTreeMap<String, String>) -> Result<()> {
+    let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    save_tensors(&variables, path, metadata)
+}
+
+/// [`save`] for any named tensors (moved to the CPU as f32 or i64).
+pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path, metadata: BTreeMap<String, String>) -> Result<()> {
+    let views: Vec<(String, TensorBytes)> =
+        tensors.iter().map(|(n, t)| Ok((n.clone(), TensorBytes::new(t)?))).collect::<Result<_>>()?;
+    let metadata: HashMap<String, String> = metadata.into_iter().collect();
+    let bytes = safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| Error::BadOption(format!("cannot serialise weights: {e}")))?;
+    crate::util::write_atomic(path, &bytes)
+}
+
+/// A tensor's raw little-endian bytes, as safetensors wants them.
+struct TensorBytes {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl TensorBytes {
+    fn new(t: &Tensor) -> Result<Self> {
+        let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        let flat = t.flatten(0, -1);
+        let (dtype, data) = match t.kind() {
+            Kind::Int64 => {
+                let v: Vec<i64> = Vec::try_from(&flat)?;
+                (safetensors::Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+            _ => {
+                let v: Vec<f32> = Vec::try_from(&flat.to_kind(Kind::Float))?;
+                (safetensors::Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+            }
+        };
+        Ok(TensorBytes { dtype, shape, data })
+    }
+}
+
+impl safetensors::View for TensorBytes {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(&self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}

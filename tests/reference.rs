@@ -1,0 +1,267 @@
+//! Numerical equality with PyTorch: the same networks defined in PyTorch
+//! (scripts/ref/darts_model.py) and in cnas, the same weights, the same inputs: identical
+//! parameter names and counts, multiply-adds, logits in eval and train mode, auxiliary logits,
+//! gradients of the training loss, BatchNorm running statistics, and drop-path masks.
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use cnas::model::{Network, NetworkConfig, NetworkKind};
+use cnas::space::{Cell, Edge, Genotype, Primitive};
+use tch::{nn, Device, Kind, Reduction, Tensor};
+
+const TOL: f64 = 1e-4;
+
+struct Case {
+    genotype: Genotype,
+    kind: NetworkKind,
+    channels: i64,
+    layers: i64,
+    auxiliary: bool,
+    image_size: i64,
+    classes: i64,
+    drop_path: f64,
+    batch: i64,
+}
+
+/// Largest |a - b| relative to max(1, max |b|).
+fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    let scale = b.abs().max().double_value(&[]).max(1.0);
+    (a - b).abs().max().double_value(&[]) / scale
+}
+
+fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
+    let d = max_rel_diff(&ours.to_kind(Kind::Float), &reference.to_kind(Kind::Float));
+    assert!(d <= TOL, "{what}: max relative difference {d:e} > {TOL:e}");
+}
+
+fn run_case(name: &str, case: Case) {
+    let dir = tempfile::tempdir().unwrap();
+    let genotype_path = dir.path().join("genotype.json");
+    std::fs::write(&genotype_path, serde_json::to_string(&case.genotype.to_json()).unwrap()).unwrap();
+    let out = dir.path().join("ref");
+    let dataset = match case.kind {
+        NetworkKind::Cifar => "cifar10",
+        NetworkKind::Imagenet => "imagenet",
+    };
+    let mut args: Vec<String> = [
+        "--genotype",
+        genotype_path.to_str().unwrap(),
+        "--dataset",
+        dataset,
+        "--out",
+        out.to_str().unwrap(),
+        "--threads",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for (flag, value) in [
+        ("--channels", case.channels.to_string()),
+        ("--layers", case.layers.to_string()),
+        ("--batch", case.batch.to_string()),
+        ("--image-size", case.image_size.to_string()),
+        ("--classes", case.classes.to_string()),
+        ("--drop-path", case.drop_path.to_string()),
+        ("--seed", "7".to_string()),
+    ] {
+        args.push(flag.into());
+        args.push(value);
+    }
+    if case.auxiliary {
+        args.push("--auxiliary".into());
+    }
+    common::run_reference("make_reference.py", &args);
+    compare(name, &case, &out);
+}
+
+fn compare(name: &str, case: &Case, out: &Path) {
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
+    let reference: HashMap<String, Tensor> =
+        Tensor::read_safetensors(out.join("reference.safetensors")).unwrap().into_iter().collect();
+
+    let config = NetworkConfig {
+        kind: case.kind,
+        genotype: case.genotype.clone(),
+        init_channels: case.channels,
+        layers: case.layers,
+        num_classes: case.classes,
+        auxiliary: case.auxiliary,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut net = Network::new(&vs.root(), config).unwrap();
+
+    // Same parameter and buffer names and shapes as PyTorch's state_dict.
+    let ours: HashMap<String, Vec<i64>> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+    let mut theirs = HashMap::new();
+    for entry in meta["names"].as_array().unwrap() {
+        let name = entry[0].as_str().unwrap().to_string();
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let shape: Vec<i64> = entry[1].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+        theirs.insert(name, shape);
+    }
+    assert_eq!(ours, theirs, "{name}: state_dict names/shapes differ");
+
+    let profile = cnas::profile::profile(&vs, &net, case.image_size);
+    assert_eq!(profile.params, meta["params"].as_i64().unwrap(), "{name}: params");
+    assert_eq!(profile.params_total, meta["params_total"].as_i64().unwrap(), "{name}: params_total");
+    assert_eq!(profile.madds, meta["madds"].as_u64().unwrap(), "{name}: multiply-adds");
+
+    // Load PyTorch's weights: plain, with DataParallel's prefix, and inside a checkpoint dict.
+    for file in ["state_dict_module.pth", "checkpoint.pth", "state_dict.pth"] {
+        let tensors = cnas::weights::read(&out.join(file)).unwrap();
+        let report = cnas::weights::load_into(&vs, &tensors).unwrap();
+        assert!(report.is_exact() && report.loaded > 0, "{name}: {file}: {report:?}");
+    }
+
+    let x = &reference["input"];
+    let target = &reference["target"];
+    let eval = tch::no_grad(|| net.forward_t(x, false));
+    assert!(eval.auxiliary.is_none());
+    assert_close(&format!("{name}: eval logits"), &eval.logits, &reference["logits_eval"]);
+
+    let train = net.forward_t(x, true);
+    assert_close(&format!("{name}: train logits"), &train.logits, &reference["logits_train"]);
+    let mut loss = train.logits.cross_entropy_loss::<Tensor>(target, None, Reduction::Mean, -100, 0.0);
+    match (&train.auxiliary, reference.get("aux_train")) {
+        (Some(aux), Some(reference_aux)) => {
+            assert_close(&format!("{name}: auxiliary logits"), aux, reference_aux);
+            loss += aux.cross_entropy_loss::<Tensor>(target, None, Reduction::Mean, -100, 0.0) * 0.4;
+        }
+        (None, None) => {}
+        (ours, _) => panic!("{name}: auxiliary logits present in one side only (ours: {})", ours.is_some()),
+    }
+    assert_close(&format!("{name}: loss"), &loss.reshape([1]), &reference["loss"]);
+    loss.backward();
+    let mut grads = 0;
+    for (var_name, var) in vs.variables() {
+        if var.requires_grad() {
+            let reference_grad = &reference[&format!("grad.{var_name}")];
+            let grad = var.grad();
+            let grad = if grad.defined() { grad } else { var.zeros_like() };
+            assert_close(&format!("{name}: gradient of {var_name}"), &grad, reference_grad);
+            grads += 1;
+        } else {
+            assert_close(
+                &format!("{name}: {var_name} after a training step"),
+                &var,
+                &reference[&format!("running_after.{var_name}")],
+            );
+        }
+    }
+    assert!(grads > 10);
+
+    if case.drop_path > 0.0 {
+        // Fresh weights from the file, the same seed: the same samples are dropped.
+        let tensors = cnas::weights::read(&out.join("state_dict.pth")).unwrap();
+        cnas::weights::load_into(&vs, &tensors).unwrap();
+        net.drop_path_prob = case.drop_path;
+        tch::manual_seed(7 + 1);
+        let dropped = tch::no_grad(|| net.forward_t(x, true));
+        assert_close(&format!("{name}: drop-path logits"), &dropped.logits, &reference["logits_droppath"]);
+        assert!(max_rel_diff(&dropped.logits, &reference["logits_train"]) > 1e-3, "drop-path changed nothing");
+    }
+}
+
+fn every_op_genotype(normal_ops: &[Primitive], reduce_ops: &[Primitive]) -> Genotype {
+    // Every edge reads a cell input, so in the reduction cell every op runs at stride 2.
+    let cell = |ops: &[Primitive]| Cell {
+        edges: ops.iter().enumerate().map(|(i, &op)| Edge { op, from: i % 2, to: 2 + i / 2 }).collect(),
+        concat: (2..2 + ops.len() / 2).collect(),
+    };
+    Genotype { normal: cell(normal_ops), reduce: cell(reduce_ops) }
+}
+
+#[test]
+fn cnas_cifar_with_auxiliary_head_and_drop_path() {
+    let genotype = cnas::space::published("CNAS").unwrap();
+    let case = Case {
+        genotype,
+        kind: NetworkKind::Cifar,
+        channels: 8,
+        layers: 5,
+        auxiliary: true,
+        image_size: 32,
+        classes: 10,
+        drop_path: 0.3,
+        batch: 3,
+    };
+    run_case("CNAS cifar", case);
+}
+
+#[test]
+fn darts_v2_imagenet_small_input() {
+    let genotype = cnas::space::published("DARTS_V2").unwrap();
+    let case = Case {
+        genotype,
+        kind: NetworkKind::Imagenet,
+        channels: 8,
+        layers: 4,
+        auxiliary: false,
+        image_size: 64,
+        classes: 7,
+        drop_path: 0.2,
+        batch: 2,
+    };
+    run_case("DARTS_V2 imagenet", case);
+}
+
+#[test]
+fn cnas_imagenet_with_auxiliary_head() {
+    let genotype = cnas::space::published("CNAS").unwrap();
+    let case = Case {
+        genotype,
+        kind: NetworkKind::Imagenet,
+        channels: 8,
+        layers: 3,
+        auxiliary: true,
+        image_size: 224,
+        classes: 5,
+        drop_path: 0.0,
+        batch: 2,
+    };
+    run_case("CNAS imagenet", case);
+}
+
+#[test]
+fn every_operation_at_stride_one_and_two() {
+    let (darts, wider) = Primitive::ALL.split_at(8);
+    for (name, normal, reduce) in [("DARTS ops normal", darts, wider), ("wider ops normal", wider, darts)] {
+        let case = Case {
+            genotype: every_op_genotype(normal, reduce),
+            kind: NetworkKind::Cifar,
+            channels: 4,
+            layers: 3,
+            auxiliary: true,
+            image_size: 32,
+            classes: 10,
+            drop_path: 0.25,
+            batch: 2,
+        };
+        run_case(name, case);
+    }
+}
+
+#[test]
+fn nasnet_and_amoebanet_five_node_cells() {
+    for arch in ["NASNet", "AmoebaNet"] {
+        let case = Case {
+            genotype: cnas::space::published(arch).unwrap(),
+            kind: NetworkKind::Cifar,
+            channels: 4,
+            layers: 3,
+            auxiliary: false,
+            image_size: 32,
+            classes: 10,
+            drop_path: 0.0,
+            batch: 2,
+        };
+        run_case(arch, case);
+    }
+}
