@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
             loss += aux.cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, 0.0) * 0.4;
         }
         loss.backward();
-        cnas::train::clip_grad_norm(&params, 5.0);
+        let _grad_norm = cnas::train::clip_grad_norm(&params, 5.0);
         opt.step();
         last_loss = loss.detach();
     };

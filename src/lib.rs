@@ -18,3 +18,7 @@ pub mod model;
 pub mod profile;
 pub mod report;
 pub mod predict;
+pub mod optim;
+pub mod supernet;
+pub mod controller;
+pub mod search;

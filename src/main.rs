@@ -25,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Curriculum architecture search on CIFAR-10 (resumable); leaves the best genotype in
+    /// RUN_DIR/genotype.json.
+    Search(Box<SearchArgs>),
     /// Show a genotype and the size (params, multiply-adds) of the network built from it.
     Info {
         #[command(flatten)]
@@ -52,6 +55,119 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Fetch a data set: CIFAR-10's official archive, MD5-checked, resumable, unpacked in one step.
+    Download {
+        /// What to fetch.
+        #[arg(value_enum)]
+        what: cnas::data::download::DownloadTarget,
+        /// Folder to put it in [default: ./data].
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Preset {
+    /// The paper's configuration: C=16, 8 cells, batch 96, 8 stages of 20 + 40 epochs.
+    Paper,
+    /// A tiny configuration that runs every stage in minutes on a CPU.
+    Quick,
+}
+
+/// `cnas search`: every number has the paper's default (or the preset's) unless given.
+#[derive(Args, Debug)]
+struct SearchArgs {
+    #[command(flatten)]
+    data: cnas::data::DataArgs,
+    /// Run directory (config, metrics, checkpoints, candidates, genotype).
+    #[arg(short = 'o', long, value_name = "RUN_DIR", required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last checkpoint, with its own options.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    /// Start over in a RUN_DIR that holds another run, deleting it.
+    #[arg(long)]
+    force: bool,
+    #[arg(long, value_enum, default_value_t = Preset::Paper)]
+    preset: Preset,
+    /// Curriculum: op (grow the operation set), node (grow the searched nodes), fixed (none).
+    #[arg(long, value_enum)]
+    mode: Option<cnas::search::CurriculumMode>,
+    /// Supernet channels [paper: 16].
+    #[arg(long)]
+    init_channels: Option<i64>,
+    /// Supernet cells [paper: 8].
+    #[arg(long)]
+    layers: Option<i64>,
+    /// Intermediate nodes per cell [4].
+    #[arg(long)]
+    nodes: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Warm-up epochs per stage (uniform sampling) [paper: 20].
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Search epochs per stage (weights, then controller) [paper: 40].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// REINFORCE updates after each search epoch [50].
+    #[arg(long)]
+    controller_steps: Option<usize>,
+    /// Weight learning rate (SGD, Nesterov) [0.01].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Controller learning rate (Adam) [3e-4].
+    #[arg(long)]
+    controller_lr: Option<f64>,
+    /// Entropy bonus weight [0.005].
+    #[arg(long)]
+    entropy_weight: Option<f64>,
+    /// Controller logit temperature.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Controller tanh logit clipping constant.
+    #[arg(long)]
+    tanh_constant: Option<f64>,
+    /// Rounds of candidates derived at the end of each stage [3].
+    #[arg(long)]
+    derive_rounds: Option<usize>,
+    /// Samples per derive round [10].
+    #[arg(long)]
+    derive_samples: Option<usize>,
+    /// Held-out batches each candidate is scored on [1].
+    #[arg(long)]
+    derive_batches: Option<usize>,
+    /// Use at most this many images of each search split [quick: 512].
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Stop (as if interrupted) after this many epochs; for testing resume.
+    #[arg(long, hide = true)]
+    stop_after_epochs: Option<usize>,
+}
+
+impl SearchArgs {
+    fn options(&self) -> cnas::search::SearchOptions {
+        let mut o = match self.preset {
+            Preset::Paper => cnas::search::SearchOptions::default(),
+            Preset::Quick => cnas::search::SearchOptions::quick(),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { o.$field = v; })* };
+        }
+        set!(mode, init_channels, layers, nodes, batch_size, warmup_epochs, epochs, controller_steps, lr);
+        set!(controller_lr, entropy_weight, derive_rounds, derive_samples, derive_batches);
+        if self.temperature.is_some() {
+            o.temperature = self.temperature;
+        }
+        if self.tanh_constant.is_some() {
+            o.tanh_constant = self.tanh_constant;
+        }
+        if self.max_images.is_some() {
+            o.max_images = self.max_images;
+        }
+        o.seed = self.data.seed;
+        o
+    }
 }
 
 /// Which fixed network to build.
@@ -111,6 +227,33 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let device = cli.device.resolve()?;
     match cli.command {
+        Command::Search(args) => {
+            use cnas::search::StartMode;
+            let (run_dir, start) = match (&args.resume, &args.out) {
+                (Some(dir), _) => (dir.clone(), StartMode::Resume),
+                (None, Some(dir)) if args.force => (dir.clone(), StartMode::Force),
+                (None, Some(dir)) => (dir.clone(), StartMode::New),
+                (None, None) => anyhow::bail!(cnas::Error::BadOption("give -o RUN_DIR or --resume RUN_DIR".into())),
+            };
+            let outcome = cnas::search::search(
+                &args.options(),
+                &args.data,
+                &run_dir,
+                start,
+                device,
+                cli.quiet,
+                args.stop_after_epochs,
+            )?;
+            if let Some(outcome) = outcome {
+                println!("{}", outcome.best.genotype);
+                println!(
+                    "held-out score {:.2}% (stage {}); genotype written to {}",
+                    outcome.best.score * 100.0,
+                    outcome.best.stage,
+                    outcome.run_dir.join("genotype.json").display()
+                );
+            }
+        }
         Command::Info { net, json } => {
             let (name, config) = net.config()?;
             let info = ArchInfo::measure(name, config, device)?;
@@ -131,7 +274,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.auxiliary = cnas::weights::has_auxiliary(&tensors);
             let vs = tch::nn::VarStore::new(device);
             let network = Network::new(&vs.root(), config)?;
-            cnas::weights::load_into(&vs, &tensors).with_context(|| format!("loading {}", weights.display()))?;
+            cnas::weights::load_into(&vs, &tensors)
+                .with_context(|| format!("loading {}", weights.display()))?;
             let kind = network.config().kind;
             let size = kind.default_image_size();
             let mut samples = Vec::new();
@@ -143,7 +287,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(&p)?);
                 } else {
                     let label = p.label.map(|l| {
-                        format!(" (label: {})", cnas::predict::class_name(kind, network.config().num_classes, l))
+                        format!(
+                            " (label: {})",
+                            cnas::predict::class_name(kind, network.config().num_classes, l)
+                        )
                     });
                     println!("{}{}", p.input, label.unwrap_or_default());
                     for (rank, c) in p.top.iter().enumerate() {
@@ -151,6 +298,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Download { what, data } => {
+            let dir = data.unwrap_or_else(|| PathBuf::from("data"));
+            let placed = cnas::data::download::download(what, &dir, !cli.quiet)?;
+            println!("{}", placed.display());
         }
     }
     Ok(())
@@ -160,6 +312,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn network_from_metadata(metadata: &BTreeMap<String, String>) -> anyhow::Result<Option<NetworkConfig>> {
     match metadata.get("network") {
         None => Ok(None),
-        Some(json) => Ok(Some(serde_json::from_str(json).context("weights metadata: bad network description")?)),
+        Some(json) => {
+            Ok(Some(serde_json::from_str(json).context("weights metadata: bad network description")?))
+        }
     }
 }

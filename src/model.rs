@@ -66,12 +66,22 @@ impl NetworkConfig {
     /// The paper's evaluation settings: CIFAR-10 36 channels × 20 cells, ImageNet 48 × 14.
     pub fn paper(kind: NetworkKind, genotype: Genotype) -> Self {
         match kind {
-            NetworkKind::Cifar => {
-                NetworkConfig { kind, genotype, init_channels: 36, layers: 20, num_classes: 10, auxiliary: true }
-            }
-            NetworkKind::Imagenet => {
-                NetworkConfig { kind, genotype, init_channels: 48, layers: 14, num_classes: 1000, auxiliary: true }
-            }
+            NetworkKind::Cifar => NetworkConfig {
+                kind,
+                genotype,
+                init_channels: 36,
+                layers: 20,
+                num_classes: 10,
+                auxiliary: true,
+            },
+            NetworkKind::Imagenet => NetworkConfig {
+                kind,
+                genotype,
+                init_channels: 48,
+                layers: 14,
+                num_classes: 1000,
+                auxiliary: true,
+            },
         }
     }
 
@@ -255,7 +265,14 @@ enum Stem {
     /// `stem`: conv 3×3 to 3C, BN.
     Cifar { conv: Conv2d, bn: BatchNorm2d },
     /// `stem0`: conv s2 to C/2, BN, ReLU, conv s2 to C, BN; `stem1`: ReLU, conv s2, BN.
-    Imagenet { conv0a: Conv2d, bn0a: BatchNorm2d, conv0b: Conv2d, bn0b: BatchNorm2d, conv1: Conv2d, bn1: BatchNorm2d },
+    Imagenet {
+        conv0a: Conv2d,
+        bn0a: BatchNorm2d,
+        conv0b: Conv2d,
+        bn0b: BatchNorm2d,
+        conv1: Conv2d,
+        bn1: BatchNorm2d,
+    },
 }
 
 impl Stem {
@@ -334,7 +351,15 @@ impl Network {
                 c_curr *= 2;
             }
             let spec = if reduction { &config.genotype.reduce } else { &config.genotype.normal };
-            cells.push(Cell::new(&cells_path / i, spec, c_prev_prev, c_prev, c_curr, reduction, reduction_prev));
+            cells.push(Cell::new(
+                &cells_path / i,
+                spec,
+                c_prev_prev,
+                c_prev,
+                c_curr,
+                reduction,
+                reduction_prev,
+            ));
             reduction_prev = reduction;
             c_prev_prev = c_prev;
             c_prev = Cell::multiplier(spec) * c_curr;

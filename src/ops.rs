@@ -86,11 +86,18 @@ impl Conv2d {
         let [kh, kw] = spec.kernel;
         let fan_in = c_in / spec.groups * kh * kw;
         let weight = p.var("weight", &[c_out, c_in / spec.groups, kh, kw], fan_in_uniform(fan_in));
-        Conv2d { weight, stride: spec.stride, padding: spec.padding, dilation: spec.dilation, groups: spec.groups }
+        Conv2d {
+            weight,
+            stride: spec.stride,
+            padding: spec.padding,
+            dilation: spec.dilation,
+            groups: spec.groups,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.conv2d(&self.weight, None::<&Tensor>, self.stride, self.padding, self.dilation, self.groups);
+        let y =
+            x.conv2d(&self.weight, None::<&Tensor>, self.stride, self.padding, self.dilation, self.groups);
         if MADDS.with(|c| c.get().is_some()) {
             let w = self.weight.size();
             let o = y.size();
@@ -140,7 +147,10 @@ impl BatchNorm2d {
 
     pub fn new(p: nn::Path, c: i64, affine: bool) -> Self {
         let (weight, bias) = if affine {
-            (Some(p.var("weight", &[c], nn::Init::Const(1.0))), Some(p.var("bias", &[c], nn::Init::Const(0.0))))
+            (
+                Some(p.var("weight", &[c], nn::Init::Const(1.0))),
+                Some(p.var("bias", &[c], nn::Init::Const(0.0))),
+            )
         } else {
             (None, None)
         };
@@ -177,7 +187,10 @@ pub struct ReluConvBn {
 impl ReluConvBn {
     pub fn new(p: nn::Path, c_in: i64, c_out: i64, spec: Conv2dSpec, affine: bool) -> Self {
         let op = p / "op";
-        ReluConvBn { conv: Conv2d::new(&op / 1, c_in, c_out, spec), bn: BatchNorm2d::new(&op / 2, c_out, affine) }
+        ReluConvBn {
+            conv: Conv2d::new(&op / 1, c_in, c_out, spec),
+            bn: BatchNorm2d::new(&op / 2, c_out, affine),
+        }
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
@@ -194,7 +207,16 @@ pub struct DilConv {
 }
 
 impl DilConv {
-    pub fn new(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, dilation: i64, affine: bool) -> Self {
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+        dilation: i64,
+        affine: bool,
+    ) -> Self {
         let op = p / "op";
         let dw = Conv2dSpec::new(kernel).stride(stride).padding(padding).dilation(dilation).groups(c_in);
         DilConv {
@@ -222,7 +244,15 @@ pub struct SepConv {
 }
 
 impl SepConv {
-    pub fn new(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, padding: i64, affine: bool) -> Self {
+    pub fn new(
+        p: nn::Path,
+        c_in: i64,
+        c_out: i64,
+        kernel: i64,
+        stride: i64,
+        padding: i64,
+        affine: bool,
+    ) -> Self {
         let op = p / "op";
         let dw = Conv2dSpec::new(kernel).padding(padding).groups(c_in);
         SepConv {
@@ -280,8 +310,20 @@ pub struct FactorizedConv {
 impl FactorizedConv {
     pub fn new(p: nn::Path, c: i64, k: i64, stride: i64, affine: bool) -> Self {
         let half = k / 2;
-        let a = Conv2dSpec { kernel: [1, k], stride: [1, stride], padding: [0, half], dilation: [1, 1], groups: 1 };
-        let b = Conv2dSpec { kernel: [k, 1], stride: [stride, 1], padding: [half, 0], dilation: [1, 1], groups: 1 };
+        let a = Conv2dSpec {
+            kernel: [1, k],
+            stride: [1, stride],
+            padding: [0, half],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let b = Conv2dSpec {
+            kernel: [k, 1],
+            stride: [stride, 1],
+            padding: [half, 0],
+            dilation: [1, 1],
+            groups: 1,
+        };
         FactorizedConv {
             conv_a: Conv2d::new(&p / 1, c, c, a),
             conv_b: Conv2d::new(&p / 2, c, c, b),
@@ -297,11 +339,18 @@ impl FactorizedConv {
 /// One operation on one edge.
 #[derive(Debug)]
 pub enum Op {
-    Zero { stride: i64 },
+    Zero {
+        stride: i64,
+    },
     Identity,
-    MaxPool { kernel: i64, stride: i64 },
+    MaxPool {
+        kernel: i64,
+        stride: i64,
+    },
     /// 3×3 average pooling that does not count the padding.
-    AvgPool { stride: i64 },
+    AvgPool {
+        stride: i64,
+    },
     FactorizedReduce(FactorizedReduce),
     SepConv(SepConv),
     DilConv(DilConv),
@@ -328,8 +377,12 @@ impl Op {
             P::DilConv3x3 => Op::DilConv(DilConv::new(p, c, c, 3, stride, 2, 2, affine)),
             P::DilConv5x5 => Op::DilConv(DilConv::new(p, c, c, 5, stride, 4, 2, affine)),
             P::Conv1x1 => Op::ReluConvBn(ReluConvBn::new(p, c, c, Conv2dSpec::new(1).stride(stride), affine)),
-            P::Conv3x3 => Op::ReluConvBn(ReluConvBn::new(p, c, c, Conv2dSpec::new(3).stride(stride).padding(1), affine)),
-            P::Conv5x5 => Op::ReluConvBn(ReluConvBn::new(p, c, c, Conv2dSpec::new(5).stride(stride).padding(2), affine)),
+            P::Conv3x3 => {
+                Op::ReluConvBn(ReluConvBn::new(p, c, c, Conv2dSpec::new(3).stride(stride).padding(1), affine))
+            }
+            P::Conv5x5 => {
+                Op::ReluConvBn(ReluConvBn::new(p, c, c, Conv2dSpec::new(5).stride(stride).padding(2), affine))
+            }
             P::Conv7x1_1x7 => Op::FactorizedConv(FactorizedConv::new(p, c, 7, stride, affine)),
             P::Conv1x3_3x1 => Op::FactorizedConv(FactorizedConv::new(p, c, 3, stride, affine)),
         }
@@ -348,8 +401,12 @@ impl Op {
                 x.slice(2, 0, None, s).slice(3, 0, None, s).zeros_like()
             }
             Op::Identity => x.shallow_clone(),
-            Op::MaxPool { kernel, stride } => x.max_pool2d([*kernel, *kernel], [*stride, *stride], [kernel / 2, kernel / 2], [1, 1], false),
-            Op::AvgPool { stride } => x.avg_pool2d([3, 3], [*stride, *stride], [1, 1], false, false, None::<i64>),
+            Op::MaxPool { kernel, stride } => {
+                x.max_pool2d([*kernel, *kernel], [*stride, *stride], [kernel / 2, kernel / 2], [1, 1], false)
+            }
+            Op::AvgPool { stride } => {
+                x.avg_pool2d([3, 3], [*stride, *stride], [1, 1], false, false, None::<i64>)
+            }
             Op::FactorizedReduce(op) => op.forward_t(x, train),
             Op::SepConv(op) => op.forward_t(x, train),
             Op::DilConv(op) => op.forward_t(x, train),

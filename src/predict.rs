@@ -78,7 +78,11 @@ fn read_image(path: &Path, kind: NetworkKind, size: i64) -> Result<Sample> {
     };
     let (w, h) = img.dimensions();
     let hwc = Tensor::from_slice(img.as_raw()).view([h as i64, w as i64, 3]);
-    Ok(Sample { name: path.display().to_string(), label: None, image: normalise(hwc.permute([2, 0, 1]), kind) })
+    Ok(Sample {
+        name: path.display().to_string(),
+        label: None,
+        image: normalise(hwc.permute([2, 0, 1]), kind),
+    })
 }
 
 fn read_cifar_bin(path: &Path, kind: NetworkKind, size: i64) -> Result<Vec<Sample>> {
@@ -91,14 +95,19 @@ fn read_cifar_bin(path: &Path, kind: NetworkKind, size: i64) -> Result<Vec<Sampl
         if size != 32 {
             image = image.unsqueeze(0).upsample_bilinear2d([size, size], false, None, None).squeeze_dim(0);
         }
-        out.push(Sample { name: format!("{}#{i}", path.display()), label: Some(labels[i as usize] as i64), image });
+        out.push(Sample {
+            name: format!("{}#{i}", path.display()),
+            label: Some(labels[i as usize] as i64),
+            image,
+        });
     }
     Ok(out)
 }
 
 fn read_npy(path: &Path) -> Result<Vec<Sample>> {
-    let t = Tensor::read_npy(path)
-        .map_err(|e| Error::bad_file(path, format!("unreadable .npy file: {}", e.to_string().lines().next().unwrap_or(""))))?;
+    let t = Tensor::read_npy(path).map_err(|e| {
+        Error::bad_file(path, format!("unreadable .npy file: {}", e.to_string().lines().next().unwrap_or("")))
+    })?;
     if t.kind() != Kind::Float {
         return Err(Error::bad_file(path, format!("expected a float32 array, found {:?}", t.kind())));
     }
@@ -140,7 +149,13 @@ pub fn class_name(kind: NetworkKind, num_classes: i64, i: i64) -> String {
 }
 
 /// Runs `net` in inference mode over `samples` in batches of `batch_size`; `top` best classes each.
-pub fn predict(net: &Network, samples: &[Sample], device: Device, batch_size: usize, top: usize) -> Vec<Prediction> {
+pub fn predict(
+    net: &Network,
+    samples: &[Sample],
+    device: Device,
+    batch_size: usize,
+    top: usize,
+) -> Vec<Prediction> {
     let config = net.config();
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(batch_size.max(1)) {
@@ -161,7 +176,11 @@ pub fn predict(net: &Network, samples: &[Sample], device: Device, batch_size: us
                 let top = indices
                     .iter()
                     .zip(values)
-                    .map(|(&class, prob)| ClassScore { class, name: class_name(config.kind, config.num_classes, class), prob })
+                    .map(|(&class, prob)| ClassScore {
+                        class,
+                        name: class_name(config.kind, config.num_classes, class),
+                        prob,
+                    })
                     .collect();
                 out.push(Prediction {
                     input: sample.name.clone(),

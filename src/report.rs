@@ -45,7 +45,11 @@ impl std::fmt::Display for ArchInfo {
             crate::model::NetworkKind::Cifar => "CIFAR",
             crate::model::NetworkKind::Imagenet => "ImageNet",
         };
-        writeln!(f, "{}: {family} network, {} channels, {} cells, {} classes", self.arch, n.init_channels, n.layers, n.num_classes)?;
+        writeln!(
+            f,
+            "{}: {family} network, {} channels, {} cells, {} classes",
+            self.arch, n.init_channels, n.layers, n.num_classes
+        )?;
         writeln!(f, "{}", n.genotype)?;
         writeln!(
             f,
@@ -53,6 +57,10 @@ impl std::fmt::Display for ArchInfo {
             self.params_m,
             self.profile.params_total as f64 / 1e6
         )?;
-        write!(f, "multiply-adds: {:.1} M per {}×{} image", self.madds_m, self.profile.image_size, self.profile.image_size)
+        write!(
+            f,
+            "multiply-adds: {:.1} M per {}×{} image",
+            self.madds_m, self.profile.image_size, self.profile.image_size
+        )
     }
 }

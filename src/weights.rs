@@ -49,8 +49,9 @@ fn sniff(path: &Path) -> Result<Format> {
 pub fn read(path: &Path) -> Result<NamedTensors> {
     match sniff(path)? {
         Format::TorchZip => read_pth(path),
-        Format::Safetensors => Tensor::read_safetensors(path)
-            .map_err(|e| Error::bad_file(path, format!("unreadable safetensors file: {}", first_line(&e.to_string())))),
+        Format::Safetensors => Tensor::read_safetensors(path).map_err(|e| {
+            Error::bad_file(path, format!("unreadable safetensors file: {}", first_line(&e.to_string())))
+        }),
         Format::TorchLegacy => Err(Error::bad_file(
             path,
             "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a current PyTorch",
@@ -64,7 +65,10 @@ fn first_line(s: &str) -> &str {
 
 fn read_pth(path: &Path) -> Result<NamedTensors> {
     let bad = |e: candle_core::Error| {
-        Error::bad_file(path, format!("unreadable PyTorch file (truncated or corrupt?): {}", first_line(&e.to_string())))
+        Error::bad_file(
+            path,
+            format!("unreadable PyTorch file (truncated or corrupt?): {}", first_line(&e.to_string())),
+        )
     };
     let mut pth = candle_core::pickle::PthTensors::new(path, None).map_err(bad)?;
     if pth.tensor_infos().is_empty() {
@@ -79,7 +83,10 @@ fn read_pth(path: &Path) -> Result<NamedTensors> {
         }
     }
     if pth.tensor_infos().is_empty() {
-        return Err(Error::bad_file(path, "holds no tensors (expected a state_dict or a checkpoint containing one)"));
+        return Err(Error::bad_file(
+            path,
+            "holds no tensors (expected a state_dict or a checkpoint containing one)",
+        ));
     }
     let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
     names.sort();
@@ -171,7 +178,9 @@ pub fn load_into(vs: &nn::VarStore, tensors: &NamedTensors) -> Result<LoadReport
         }
         match variables.remove(name) {
             None => report.unexpected.push(name.to_string()),
-            Some(var) if var.size() != t.size() => report.mismatched.push((name.to_string(), t.size(), var.size())),
+            Some(var) if var.size() != t.size() => {
+                report.mismatched.push((name.to_string(), t.size(), var.size()))
+            }
             Some(var) => matched.push((var, t)),
         }
     }
@@ -202,7 +211,8 @@ pub fn read_metadata(path: &Path) -> Result<Option<BTreeMap<String, String>>> {
         return Err(Error::bad_file(path, "safetensors header larger than 100 MiB"));
     }
     let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header).map_err(|e| Error::bad_file(path, format!("truncated safetensors header: {e}")))?;
+    file.read_exact(&mut header)
+        .map_err(|e| Error::bad_file(path, format!("truncated safetensors header: {e}")))?;
     let header: serde_json::Value = serde_json::from_slice(&header)
         .map_err(|e| Error::bad_file(path, format!("corrupt safetensors header: {e}")))?;
     Ok(header.get("__metadata__").and_then(|m| serde_json::from_value(m.clone()).ok()))
@@ -217,7 +227,11 @@ pub fn save(vs: &nn::VarStore, path: &Path, metadata: BTreeMap<String, String>) 
 }
 
 /// [`save`] for any named tensors (moved to the CPU as f32 or i64).
-pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path, metadata: BTreeMap<String, String>) -> Result<()> {
+pub fn save_tensors(
+    tensors: &[(String, Tensor)],
+    path: &Path,
+    metadata: BTreeMap<String, String>,
+) -> Result<()> {
     let views: Vec<(String, TensorBytes)> =
         tensors.iter().map(|(n, t)| Ok((n.clone(), TensorBytes::new(t)?))).collect::<Result<_>>()?;
     let metadata: HashMap<String, String> = metadata.into_iter().collect();

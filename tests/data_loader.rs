@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use cnas::data::transforms::{
-    apply_jitter, center_crop_box, cifar_to_chw, random_resized_crop_box, CifarAugment, CifarDraw, CropBox, Cutout,
-    FolderTransform, JitterDraw,
+    apply_jitter, center_crop_box, cifar_to_chw, random_resized_crop_box, CifarAugment, CifarDraw, CropBox,
+    Cutout, FolderTransform, JitterDraw,
 };
 use cnas::data::{
     sample_rng, Data, DataArgs, Loader, LoaderConfig, LoaderOptions, Part, SampleRng, Source, CIFAR10_MEAN,
@@ -77,7 +77,8 @@ fn cutout_zeroes_the_clipped_square_after_normalisation() {
     let img = coordinate_image();
     let mut out = vec![0f32; 3072];
     // (centre, length, expected zeroed pixels per channel): DARTS' y ± length/2, clipped.
-    let cases = [((16, 16), 16, 256), ((0, 0), 16, 64), ((31, 5), 16, 9 * 13), ((10, 20), 5, 16), ((3, 3), 1, 0)];
+    let cases =
+        [((16, 16), 16, 256), ((0, 0), 16, 64), ((31, 5), 16, 9 * 13), ((10, 20), 5, 16), ((3, 3), 1, 0)];
     for ((y, x), length, area) in cases {
         let draw = CifarDraw { cutout: Some(Cutout { y, x, length }), ..CifarDraw::IDENTITY };
         cifar_to_chw(&img, &draw, &CIFAR10_MEAN, &CIFAR10_STD, &mut out);
@@ -151,7 +152,13 @@ fn eval_box_is_resize_then_centre_crop() {
 
 #[test]
 fn colour_jitter_steps_match_their_definitions() {
-    let only = |order: [usize; 4]| JitterDraw { order, brightness: None, contrast: None, saturation: None, hue: None };
+    let only = |order: [usize; 4]| JitterDraw {
+        order,
+        brightness: None,
+        contrast: None,
+        saturation: None,
+        hue: None,
+    };
     let mut px = vec![0.2f32, 0.4, 0.8, 1.0, 0.5, 0.0];
     apply_jitter(&JitterDraw { brightness: Some(0.5), ..only([0, 1, 2, 3]) }, &mut px);
     assert_eq!(px, [0.1, 0.2, 0.4, 0.5, 0.25, 0.0]);
@@ -188,7 +195,10 @@ fn folder_transforms_output_the_normalised_square() {
         // Within one grey level (2/255 here) of the fixed-point resampler.
         assert!(out[c * 256..(c + 1) * 256].iter().all(|v| (v - expect[c]).abs() < 0.01), "channel {c}");
     }
-    let train = cnas::data::transforms::FolderAugment { jitter: None, ..cnas::data::transforms::FolderAugment::paper(16) };
+    let train = cnas::data::transforms::FolderAugment {
+        jitter: None,
+        ..cnas::data::transforms::FolderAugment::paper(16)
+    };
     FolderTransform::Train(train).apply(img, &mut sample_rng(0, 0, 1), &mean, &std, &mut out).unwrap();
     assert!((out[0] - 1.0).abs() < 0.01 && (out[256] + 1.0).abs() < 0.01);
 }
@@ -260,7 +270,12 @@ fn last_partial_batch_is_kept_or_dropped() {
     let keep = Loader::new(Arc::clone(&source), None, LoaderConfig::new(4)).unwrap();
     assert_eq!(keep.batches_per_epoch(), 3);
     assert_eq!(labels_of(&keep, 0), [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
-    let drop = Loader::new(source, Some(vec![9, 1, 2, 3, 4]), LoaderConfig { drop_last: true, ..LoaderConfig::new(2) }).unwrap();
+    let drop = Loader::new(
+        source,
+        Some(vec![9, 1, 2, 3, 4]),
+        LoaderConfig { drop_last: true, ..LoaderConfig::new(2) },
+    )
+    .unwrap();
     assert_eq!(drop.batches_per_epoch(), 2);
     assert_eq!(labels_of(&drop, 0), [vec![9, 1], vec![2, 3]]);
 }
@@ -285,7 +300,13 @@ fn same_seed_same_batches_whatever_the_worker_count() {
     // The real thing: augmented CIFAR-10 (crop, flip, cutout), 1 vs 3 workers, two batches.
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10");
     let with = |workers| {
-        let args = DataArgs { data: shared.clone(), workers: Some(workers), seed: 5, cutout: Some(16), ..Default::default() };
+        let args = DataArgs {
+            data: shared.clone(),
+            workers: Some(workers),
+            seed: 5,
+            cutout: Some(16),
+            ..Default::default()
+        };
         let data = Data::open(&args, false).unwrap();
         let loader = data.loader(Part::SearchWeights, &LoaderOptions::train(32)).unwrap();
         (batches(&loader, 1, 2), batches(&loader, 2, 1))
@@ -304,13 +325,16 @@ fn same_seed_same_batches_whatever_the_worker_count() {
 #[test]
 fn bad_images_fail_by_name_or_are_skipped_and_counted() {
     let source: Arc<dyn Source> = Arc::new(Counting { n: 12, bad: vec![5, 9] });
-    let strict = Loader::new(Arc::clone(&source), None, LoaderConfig { workers: 2, ..LoaderConfig::new(4) }).unwrap();
+    let strict =
+        Loader::new(Arc::clone(&source), None, LoaderConfig { workers: 2, ..LoaderConfig::new(4) }).unwrap();
     let results: Vec<_> = strict.epoch(0).collect();
     assert_eq!(results.len(), 2, "stops after the error");
     let err = results[1].as_ref().unwrap_err();
     assert!(err.to_string().contains("img5.JPEG") && err.is_user_error(), "{err}");
 
-    let lenient = Loader::new(source, None, LoaderConfig { workers: 2, skip_bad_images: true, ..LoaderConfig::new(4) }).unwrap();
+    let lenient =
+        Loader::new(source, None, LoaderConfig { workers: 2, skip_bad_images: true, ..LoaderConfig::new(4) })
+            .unwrap();
     let mut epoch = lenient.epoch(0);
     let got: Vec<Vec<i64>> = epoch.by_ref().map(|b| Vec::<i64>::try_from(&b.unwrap().1).unwrap()).collect();
     assert_eq!(got, [vec![0, 1, 2, 3], vec![4, 6, 7], vec![8, 10, 11]]);
@@ -322,13 +346,21 @@ fn bad_images_fail_by_name_or_are_skipped_and_counted() {
 #[test]
 fn dropping_an_epoch_early_stops_its_workers() {
     let source: Arc<dyn Source> = Arc::new(Counting { n: 10_000, bad: vec![] });
-    let loader = Loader::new(source, None, LoaderConfig { workers: 3, prefetch: 1, ..LoaderConfig::new(8) }).unwrap();
+    let loader =
+        Loader::new(source, None, LoaderConfig { workers: 3, prefetch: 1, ..LoaderConfig::new(8) }).unwrap();
     for _ in 0..3 {
         let mut e = loader.epoch(0);
         assert!(e.next().unwrap().is_ok());
     } // each drop must return promptly (workers blocked on full queues hang up)
-    assert!(Loader::new(Arc::new(Counting { n: 3, bad: vec![] }), Some(vec![3]), LoaderConfig::new(1)).is_err());
-    assert!(Loader::new(Arc::new(Counting { n: 3, bad: vec![] }), None, LoaderConfig { rank: 2, world_size: 2, ..LoaderConfig::new(1) }).is_err());
+    assert!(
+        Loader::new(Arc::new(Counting { n: 3, bad: vec![] }), Some(vec![3]), LoaderConfig::new(1)).is_err()
+    );
+    assert!(Loader::new(
+        Arc::new(Counting { n: 3, bad: vec![] }),
+        None,
+        LoaderConfig { rank: 2, world_size: 2, ..LoaderConfig::new(1) }
+    )
+    .is_err());
     assert!(Loader::new(Arc::new(Counting { n: 3, bad: vec![] }), None, LoaderConfig::new(0)).is_err());
 }
 
@@ -342,4 +374,74 @@ fn batches_are_pinned_only_for_a_visible_gpu() {
     if device.is_cuda() {
         assert!(images.is_pinned(device) && labels.is_pinned(device));
     }
+}
+
+/// Python colorsys-style HSV round trip, the plain way, as a reference for the hue step.
+fn hue_reference(p: [f32; 3], shift: f32) -> [f32; 3] {
+    let [r, g, b] = p.map(f64::from);
+    let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+    if max == min {
+        return p;
+    }
+    let (s, v) = ((max - min) / max, max);
+    let (rc, gc, bc) = ((max - r) / (max - min), (max - g) / (max - min), (max - b) / (max - min));
+    let h = if r == max {
+        bc - gc
+    } else if g == max {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    let h = ((h / 6.0) + shift as f64).rem_euclid(1.0);
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let (pp, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    let out = match i as i32 % 6 {
+        0 => [v, t, pp],
+        1 => [q, v, pp],
+        2 => [pp, v, t],
+        3 => [pp, q, v],
+        4 => [t, pp, v],
+        _ => [v, pp, q],
+    };
+    out.map(|x| x as f32)
+}
+
+#[test]
+fn hue_shift_matches_a_plain_hsv_round_trip() {
+    let mut rng = sample_rng(9, 9, 9);
+    for _ in 0..5000 {
+        let p: [f32; 3] =
+            [rand::Rng::random(&mut rng), rand::Rng::random(&mut rng), rand::Rng::random(&mut rng)];
+        let shift = (rand::Rng::random::<f32>(&mut rng) - 0.5) * 1.6; // beyond half a turn too
+        let mut got = p.to_vec();
+        let draw = JitterDraw {
+            order: [3, 0, 1, 2],
+            brightness: None,
+            contrast: None,
+            saturation: None,
+            hue: Some(shift),
+        };
+        apply_jitter(&draw, &mut got);
+        let want = hue_reference(p, shift);
+        assert!(
+            got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{p:?} shift {shift}: {got:?} vs {want:?}"
+        );
+    }
+}
+
+#[test]
+fn limited_loader_is_a_seeded_subset_in_loader_order() {
+    let source: Arc<dyn Source> = Arc::new(Counting { n: 100, bad: vec![] });
+    let loader = Loader::new(source, Some((0..100).rev().collect()), LoaderConfig::new(8)).unwrap();
+    let small = loader.limited(10).unwrap();
+    let picked = small.epoch_indices(0);
+    assert_eq!(picked.len(), 10);
+    // The loader's own order (descending here) is kept.
+    assert!(picked.windows(2).all(|w| w[0] > w[1]));
+    assert_ne!(picked, (90..100).rev().collect::<Vec<_>>());
+    assert_eq!(loader.limited(10).unwrap().epoch_indices(0), picked);
+    assert_eq!(loader.limited(1000).unwrap().samples_per_epoch(), 100);
+    assert!(loader.limited(0).is_err());
 }

@@ -165,7 +165,10 @@ fn compare(name: &str, case: &Case, out: &Path) {
         tch::manual_seed(7 + 1);
         let dropped = tch::no_grad(|| net.forward_t(x, true));
         assert_close(&format!("{name}: drop-path logits"), &dropped.logits, &reference["logits_droppath"]);
-        assert!(max_rel_diff(&dropped.logits, &reference["logits_train"]) > 1e-3, "drop-path changed nothing");
+        assert!(
+            max_rel_diff(&dropped.logits, &reference["logits_train"]) > 1e-3,
+            "drop-path changed nothing"
+        );
     }
 }
 

@@ -74,3 +74,50 @@ impl DataArgs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        data: DataArgs,
+    }
+
+    #[test]
+    fn flattens_with_defaults_and_parses_every_option() {
+        let d = Cmd::try_parse_from(["x"]).unwrap().data;
+        assert_eq!(d, DataArgs::default());
+        let d = Cmd::try_parse_from([
+            "x",
+            "--dataset",
+            "imagenet",
+            "--data",
+            "/d",
+            "--workers",
+            "3",
+            "--train-portion",
+            "0.5",
+            "--cutout",
+            "16",
+            "--seed",
+            "7",
+            "--skip-bad-images",
+            "--val-labels",
+            "l.txt",
+            "--image-size",
+            "64",
+        ])
+        .unwrap()
+        .data;
+        assert_eq!(d.dataset, DatasetKind::ImageNet);
+        assert_eq!((d.workers, d.train_portion, d.cutout, d.seed), (Some(3), 0.5, Some(16), 7));
+        assert!(d.skip_bad_images && d.image_size == Some(64) && d.val_labels.is_some());
+        assert!(d.validate().is_ok());
+        assert!(Cmd::try_parse_from(["x", "--dataset", "mnist"]).is_err());
+        let bad = DataArgs { train_portion: 0.0, ..DataArgs::default() };
+        assert!(bad.validate().unwrap_err().is_user_error());
+    }
+}

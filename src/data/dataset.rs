@@ -146,7 +146,9 @@ impl LoaderOptions {
 /// permutation train weights, the rest is held out. Both lists are returned sorted.
 pub fn split_indices(n: usize, train_portion: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(train_portion > 0.0 && train_portion <= 1.0) {
-        return Err(Error::BadOption(format!("--train-portion {train_portion} must be above 0 and at most 1")));
+        return Err(Error::BadOption(format!(
+            "--train-portion {train_portion} must be above 0 and at most 1"
+        )));
     }
     let mut order: Vec<usize> = (0..n).collect();
     rng::shuffle(&mut order, &mut rng::stream(seed, Purpose::Split, 0, 0));
@@ -189,7 +191,12 @@ impl Data {
         let path: PathBuf = args.data.clone();
         let (storage, info) = match args.dataset {
             DatasetKind::Cifar10 => {
-                let cifar = match download::locate_or_download(&path, download::CIFAR10_URL, download::CIFAR10_MD5, progress)? {
+                let cifar = match download::locate_or_download(
+                    &path,
+                    download::CIFAR10_URL,
+                    download::CIFAR10_MD5,
+                    progress,
+                )? {
                     Some(cifar10::Location::Folder(dir)) => Cifar10::open_folder(&dir)?,
                     Some(cifar10::Location::Archive(file)) => Cifar10::open_archive(&file)?,
                     // Not empty, not CIFAR: let `open` phrase the error.
@@ -249,7 +256,8 @@ impl Data {
         match part {
             Part::Train | Part::Test => Ok(None),
             Part::SearchWeights | Part::SearchHeldOut => {
-                let (weights, held) = split_indices(self.set_len(Part::Train), self.train_portion, self.seed)?;
+                let (weights, held) =
+                    split_indices(self.set_len(Part::Train), self.train_portion, self.seed)?;
                 let chosen = if part == Part::SearchWeights { weights } else { held };
                 if chosen.is_empty() {
                     return Err(Error::BadOption(format!(
@@ -268,14 +276,17 @@ impl Data {
         Ok(match &self.storage {
             Storage::Cifar(c) => {
                 let set = if part == Part::Test { c.test.clone() } else { c.train.clone() };
-                let aug = augment.then(|| CifarAugment { cutout: self.cutout.unwrap_or(default_cutout), ..Default::default() });
+                let aug = augment.then(|| CifarAugment {
+                    cutout: self.cutout.unwrap_or(default_cutout),
+                    ..Default::default()
+                });
                 Arc::new(CifarSource::new(set, aug))
             }
             Storage::Folder(n) => {
                 let (folder, name) = if part == Part::Test { (&n.val, "val") } else { (&n.train, "train") };
-                let folder = folder.as_ref().ok_or_else(|| {
-                    Error::bad_file(n.root.join(name), "missing (needed for this command)")
-                })?;
+                let folder = folder
+                    .as_ref()
+                    .ok_or_else(|| Error::bad_file(n.root.join(name), "missing (needed for this command)"))?;
                 let size = self.image_size;
                 let transform = if augment {
                     FolderTransform::Train(FolderAugment::paper(size))

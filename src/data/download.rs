@@ -11,6 +11,9 @@
 //!
 //! So `DIR/cifar-10-batches-bin` either does not exist or is complete; nothing else a download
 //! leaves behind is taken for data.
+//!
+//! Two processes downloading into the same folder at once would share the `.part`: for
+//! multi-process training, run `cnas download cifar10 --data DIR` once first.
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use super::cifar10::{self, ARCHIVE_NAME, BATCHES_DIR, RECORD_BYTES, TEST_FILE, TRAIN_FILES};
+use super::cifar10::{self, Cifar10, ARCHIVE_NAME, BATCHES_DIR, RECORD_BYTES, TEST_FILE, TRAIN_FILES};
 use crate::error::{Error, Result};
 
 /// The official binary distribution.
@@ -39,15 +42,20 @@ pub enum DownloadTarget {
 /// `cnas download WHAT [--data DIR]`: fetches `what` into `data_dir` unless it is already there.
 pub fn download(what: DownloadTarget, data_dir: &Path, progress: bool) -> Result<PathBuf> {
     match what {
-        DownloadTarget::Cifar10 => {
-            let dir = data_dir.join(BATCHES_DIR);
-            if dir.is_dir() {
+        DownloadTarget::Cifar10 => match cifar10::locate(data_dir) {
+            Some(cifar10::Location::Folder(dir)) => {
                 check_batches(&dir)?;
                 tracing::info!("CIFAR-10 is already in {}", dir.display());
-                return Ok(dir);
+                Ok(dir)
             }
-            download_cifar10(data_dir, CIFAR10_URL, CIFAR10_MD5, progress)
-        }
+            Some(cifar10::Location::Archive(file)) => {
+                // Read it through once, so a stray file is not taken for the data set.
+                Cifar10::open_archive(&file)?;
+                tracing::info!("CIFAR-10 is already in {} (cnas reads the archive as it is)", file.display());
+                Ok(file)
+            }
+            None => download_cifar10(data_dir, CIFAR10_URL, CIFAR10_MD5, progress),
+        },
     }
 }
 
@@ -73,10 +81,7 @@ fn part_name() -> String {
 pub fn download_cifar10(data_dir: &Path, url: &str, md5_hex: &str, progress: bool) -> Result<PathBuf> {
     let target = data_dir.join(BATCHES_DIR);
     if target.exists() {
-        return Err(Error::bad_file(
-            &target,
-            "already exists; remove it first to download CIFAR-10 again",
-        ));
+        return Err(Error::bad_file(&target, "already exists; remove it first to download CIFAR-10 again"));
     }
     fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
     remove_stale_extractions(data_dir);
@@ -89,15 +94,16 @@ pub fn download_cifar10(data_dir: &Path, url: &str, md5_hex: &str, progress: boo
         let _ = fs::remove_file(&part);
         return Err(Error::bad_file(
             url,
-            format!("downloaded file has MD5 {digest}, expected {md5_hex}; it was deleted, run again to retry"),
+            format!(
+                "downloaded file has MD5 {digest}, expected {md5_hex}; it was deleted, run again to retry"
+            ),
         ));
     }
 
     let temp = data_dir.join(format!("{EXTRACT_PREFIX}{}", std::process::id()));
     let _ = fs::remove_dir_all(&temp);
-    let result = extract_into(&part, &temp).and_then(|inner| {
-        fs::rename(&inner, &target).map_err(|e| Error::io(&target, e))
-    });
+    let result = extract_into(&part, &temp)
+        .and_then(|inner| fs::rename(&inner, &target).map_err(|e| Error::io(&target, e)));
     let _ = fs::remove_dir_all(&temp);
     result?;
     let _ = fs::remove_file(&part);
@@ -122,8 +128,7 @@ fn extract_into(archive: &Path, temp: &Path) -> Result<PathBuf> {
     let file = File::open(archive).map_err(|e| Error::io(archive, e))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(file)));
     // `unpack` refuses entries that would land outside `temp`.
-    tar.unpack(temp)
-        .map_err(|e| Error::bad_file(archive, format!("cannot unpack the archive: {e}")))?;
+    tar.unpack(temp).map_err(|e| Error::bad_file(archive, format!("cannot unpack the archive: {e}")))?;
     let inner = temp.join(BATCHES_DIR);
     if !inner.is_dir() {
         return Err(Error::bad_file(archive, format!("the archive holds no {BATCHES_DIR}/ folder")));
@@ -162,14 +167,15 @@ fn md5_of(path: &Path) -> Result<String> {
 }
 
 fn net_error(url: &str, err: ureq::Error) -> Error {
-    let kind = match &err {
-        ureq::Error::Io(e) => e.kind(),
-        ureq::Error::HostNotFound => io::ErrorKind::NotFound,
-        ureq::Error::ConnectionFailed => io::ErrorKind::ConnectionRefused,
-        ureq::Error::Timeout(_) => io::ErrorKind::TimedOut,
-        _ => io::ErrorKind::Other,
+    let (kind, text) = match err {
+        // The underlying error as it is, without ureq's "io:" wrapping.
+        ureq::Error::Io(e) => return Error::io(url, e),
+        ureq::Error::HostNotFound => (io::ErrorKind::NotFound, "host not found".to_string()),
+        ureq::Error::ConnectionFailed => (io::ErrorKind::ConnectionRefused, "connection failed".to_string()),
+        ureq::Error::Timeout(t) => (io::ErrorKind::TimedOut, format!("timed out ({t})")),
+        other => (io::ErrorKind::Other, other.to_string()),
     };
-    Error::io(url, io::Error::new(kind, err.to_string()))
+    Error::io(url, io::Error::new(kind, text))
 }
 
 /// Streams `url` into `part`, continuing an existing `part` when the server allows it.
@@ -201,17 +207,17 @@ fn fetch(url: &str, part: &Path, progress: bool) -> Result<()> {
         416 if have > 0 => return restart(url, part, progress),
         _ => {
             let reason = response.status().canonical_reason().unwrap_or("");
-            let kind = if status == 404 || status == 410 { io::ErrorKind::NotFound } else { io::ErrorKind::Other };
-            return Err(Error::io(url, io::Error::new(kind, format!("the server answered HTTP {status} {reason}"))));
+            let kind =
+                if status == 404 || status == 410 { io::ErrorKind::NotFound } else { io::ErrorKind::Other };
+            return Err(Error::io(
+                url,
+                io::Error::new(kind, format!("the server answered HTTP {status} {reason}")),
+            ));
         }
     };
 
-    let mut file = if start == 0 {
-        File::create(part)
-    } else {
-        OpenOptions::new().append(true).open(part)
-    }
-    .map_err(|e| Error::io(part, e))?;
+    let mut file = if start == 0 { File::create(part) } else { OpenOptions::new().append(true).open(part) }
+        .map_err(|e| Error::io(part, e))?;
 
     let bar = if progress {
         let bar = indicatif::ProgressBar::new(total.unwrap_or(0));

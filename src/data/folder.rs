@@ -65,10 +65,14 @@ fn list_dir(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
             continue;
         }
         let path = entry.path();
-        // `is_dir`/`is_file` follow symbolic links, as a folder of links to images is common.
-        if path.is_dir() {
+        // The entry's own type costs no extra system call (a million of them on ImageNet);
+        // symbolic links, common in prepared data folders, are followed.
+        let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
+        let (is_dir, is_file) =
+            if kind.is_symlink() { (path.is_dir(), path.is_file()) } else { (kind.is_dir(), kind.is_file()) };
+        if is_dir {
             dirs.push(path);
-        } else if path.is_file() && is_image(&path) {
+        } else if is_file && is_image(&path) {
             files.push(path);
         }
     }
@@ -94,7 +98,10 @@ impl ImageFolder {
     pub fn open(dir: &Path) -> Result<Self> {
         let (dirs, _) = list_dir(dir)?;
         if dirs.is_empty() {
-            return Err(Error::bad_file(dir, "holds no class folders (expected one folder of images per class)"));
+            return Err(Error::bad_file(
+                dir,
+                "holds no class folders (expected one folder of images per class)",
+            ));
         }
         let classes: Vec<String> = dirs.iter().map(|d| folder_name(d)).collect();
         Self::open_with_classes(dir, &classes)
@@ -105,9 +112,13 @@ impl ImageFolder {
     pub fn open_with_classes(dir: &Path, classes: &[String]) -> Result<Self> {
         let (dirs, _) = list_dir(dir)?;
         if dirs.is_empty() {
-            return Err(Error::bad_file(dir, "holds no class folders (expected one folder of images per class)"));
+            return Err(Error::bad_file(
+                dir,
+                "holds no class folders (expected one folder of images per class)",
+            ));
         }
-        let index: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
+        let index: HashMap<&str, u32> =
+            classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
         let mut samples = Vec::new();
         for class_dir in dirs {
             let name = folder_name(&class_dir);
@@ -116,7 +127,10 @@ impl ImageFolder {
             };
             let (_, files) = list_dir(&class_dir)?;
             if files.is_empty() {
-                return Err(Error::bad_file(&class_dir, "class folder holds no images (.jpeg, .jpg or .png)"));
+                return Err(Error::bad_file(
+                    &class_dir,
+                    "class folder holds no images (.jpeg, .jpg or .png)",
+                ));
             }
             samples.extend(files.into_iter().map(|f| (f, label)));
         }
@@ -179,7 +193,10 @@ pub fn read_label_file(label_file: &Path, files: &[PathBuf], classes: &[String])
     let unknown = |no: usize, word: &str| {
         Error::bad_file(
             label_file,
-            format!("line {no}: '{word}' is neither a class folder name nor a class number below {}", classes.len()),
+            format!(
+                "line {no}: '{word}' is neither a class folder name nor a class number below {}",
+                classes.len()
+            ),
         )
     };
 
@@ -187,7 +204,11 @@ pub fn read_label_file(label_file: &Path, files: &[PathBuf], classes: &[String])
         if lines.len() != files.len() {
             return Err(Error::bad_file(
                 label_file,
-                format!("{} labels for {} images (one line per image, in file-name order)", lines.len(), files.len()),
+                format!(
+                    "{} labels for {} images (one line per image, in file-name order)",
+                    lines.len(),
+                    files.len()
+                ),
             ));
         }
         return lines
@@ -239,7 +260,10 @@ impl ImageNet {
     /// (otherwise one of [`LABEL_FILE_NAMES`] is looked for).
     pub fn open(root: &Path, val_labels: Option<&Path>) -> Result<Self> {
         if !root.is_dir() {
-            return Err(Error::bad_file(root, "no such folder (expected train/ and val/ with one folder per class)"));
+            return Err(Error::bad_file(
+                root,
+                "no such folder (expected train/ and val/ with one folder per class)",
+            ));
         }
         let (train_dir, val_dir) = (root.join("train"), root.join("val"));
         let train = if train_dir.is_dir() { Some(ImageFolder::open(&train_dir)?) } else { None };
@@ -278,7 +302,10 @@ impl ImageNet {
             (Some(t), _) => t.classes().to_vec(),
             (None, Some(v)) => v.classes().to_vec(),
             (None, None) => {
-                return Err(Error::bad_file(root, "holds neither train/ nor val/ (one folder per class inside each)"))
+                return Err(Error::bad_file(
+                    root,
+                    "holds neither train/ nor val/ (one folder per class inside each)",
+                ))
             }
         };
         Ok(ImageNet { root: root.to_path_buf(), classes, train, val })

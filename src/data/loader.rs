@@ -128,7 +128,9 @@ impl Loader {
         let indices = match indices {
             Some(list) => {
                 if let Some(bad) = list.iter().find(|&&i| i >= n) {
-                    return Err(Error::BadOption(format!("sample index {bad} is past the end of a set of {n}")));
+                    return Err(Error::BadOption(format!(
+                        "sample index {bad} is past the end of a set of {n}"
+                    )));
                 }
                 list
             }
@@ -142,6 +144,25 @@ impl Loader {
             pin,
             skipped_total: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// The same loader over a seeded subset of at most `max_samples` of its samples (kept in
+    /// their original order): small, quick runs on a part of a data set. The subset is drawn
+    /// from the loader's seed, so it is not biased towards early files or early classes.
+    pub fn limited(&self, max_samples: usize) -> Result<Self> {
+        if max_samples == 0 {
+            return Err(Error::BadOption("a loader needs at least one sample".into()));
+        }
+        let mut indices: Vec<usize> = self.indices.as_ref().clone();
+        if indices.len() > max_samples {
+            // Pick positions, then keep them in order, so the subset keeps the loader's order.
+            let mut positions: Vec<usize> = (0..indices.len()).collect();
+            rng::shuffle(&mut positions, &mut rng::stream(self.cfg.seed, Purpose::Subset, 0, 0));
+            positions.truncate(max_samples);
+            positions.sort_unstable();
+            indices = positions.into_iter().map(|p| indices[p]).collect();
+        }
+        Ok(Loader { indices: Arc::new(indices), ..self.clone() })
     }
 
     pub fn config(&self) -> &LoaderConfig {
@@ -189,10 +210,7 @@ impl Loader {
     fn epoch_batches(&self, epoch: u64) -> Vec<Vec<usize>> {
         let mine = self.epoch_indices(epoch);
         let bs = self.cfg.batch_size;
-        mine.chunks(bs)
-            .filter(|c| !self.cfg.drop_last || c.len() == bs)
-            .map(<[usize]>::to_vec)
-            .collect()
+        mine.chunks(bs).filter(|c| !self.cfg.drop_last || c.len() == bs).map(<[usize]>::to_vec).collect()
     }
 
     /// The batches of `epoch`, prepared by the worker threads. Iterate it:

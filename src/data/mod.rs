@@ -35,7 +35,8 @@
 //!   last `n % world_size` samples of that epoch's order are left out (evaluate on one rank for
 //!   exact test numbers).
 //! - Batches are prepared by `workers` threads, at most `workers × 2` ahead of the consumer;
-//!   pinned memory when the loader's device is CUDA and libtorch sees a GPU.
+//!   pinned memory when the loader's device is CUDA and libtorch sees a GPU, so the copy can be
+//!   asynchronous: `images.to_device_(device, tch::Kind::Float, true, false)`.
 //! - A file that cannot be used is an error naming it ([`crate::Error::BadFile`] or
 //!   [`crate::Error::Io`], both user errors); with `--skip-bad-images` an unreadable image is a
 //!   warning instead, a count is logged at the end of the epoch, and its batch comes out shorter.

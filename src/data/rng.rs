@@ -15,6 +15,7 @@ pub(crate) enum Purpose {
     Split = 1,
     Shuffle = 2,
     Sample = 3,
+    Subset = 4,
 }
 
 fn splitmix64(mut z: u64) -> u64 {

@@ -221,9 +221,8 @@ impl ColorJitter {
             let j = rng.random_range(0..=i);
             order.swap(i, j);
         }
-        let mut factor = |v: f32| {
-            (v > 0.0).then(|| uniform(rng, (1.0 - v as f64).max(0.0), 1.0 + v as f64) as f32)
-        };
+        let mut factor =
+            |v: f32| (v > 0.0).then(|| uniform(rng, (1.0 - v as f64).max(0.0), 1.0 + v as f64) as f32);
         let brightness = factor(self.brightness);
         let contrast = factor(self.contrast);
         let saturation = factor(self.saturation);
@@ -281,40 +280,44 @@ pub fn apply_jitter(draw: &JitterDraw, rgb: &mut [f32]) {
     }
 }
 
-/// RGB → HSV, hue moved by `shift` turns (mod 1), → RGB.
+/// RGB → HSV, hue moved by `shift` turns (mod 1), → RGB. Written without data-dependent
+/// branches (selects only), since which channel is largest changes from pixel to pixel and
+/// mispredictions dominated the cost.
 fn shift_hue(p: &mut [f32], shift: f32) {
     let (r, g, b) = (p[0], p[1], p[2]);
     let max = r.max(g).max(b);
-    let min = r.min(g).min(b);
-    let delta = max - min;
+    let delta = max - r.min(g).min(b);
     if delta <= 0.0 {
         return; // grey: hue has no effect
     }
-    let s = delta / max;
-    let mut h = if max == r {
-        ((g - b) / delta).rem_euclid(6.0)
+    let inv = 1.0 / delta;
+    // Hue in sixths of a turn, [-1, 5) before the shift.
+    let from_r = (g - b) * inv;
+    let from_g = (b - r) * inv + 2.0;
+    let from_b = (r - g) * inv + 4.0;
+    let mut h6 = if max == r {
+        from_r
     } else if max == g {
-        (b - r) / delta + 2.0
+        from_g
     } else {
-        (r - g) / delta + 4.0
-    } / 6.0;
-    h = (h + shift).rem_euclid(1.0);
-    let v = max;
-    let h6 = h * 6.0;
-    let i = h6.floor();
-    let f = h6 - i;
-    let (pp, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
-    let (nr, ng, nb) = match i as i32 % 6 {
-        0 => (v, t, pp),
-        1 => (q, v, pp),
-        2 => (pp, v, t),
-        3 => (pp, q, v),
-        4 => (t, pp, v),
-        _ => (v, pp, q),
+        from_b
     };
-    p[0] = nr;
-    p[1] = ng;
-    p[2] = nb;
+    h6 += 6.0 * shift;
+    h6 = if h6 < 0.0 { h6 + 6.0 } else { h6 };
+    h6 = if h6 >= 6.0 { h6 - 6.0 } else { h6 };
+    if !(0.0..6.0).contains(&h6) {
+        h6 -= 6.0 * (h6 / 6.0).floor(); // shifts beyond half a turn
+    }
+    // HSV → RGB as f(n) = V − V·S·clamp(min(k, 4 − k), 0, 1), k = (n + h6) mod 6, where
+    // V·S = delta.
+    let channel = |n: f32| {
+        let k = n + h6;
+        let k = if k >= 6.0 { k - 6.0 } else { k };
+        max - delta * k.min(4.0 - k).clamp(0.0, 1.0)
+    };
+    p[0] = channel(5.0);
+    p[1] = channel(3.0);
+    p[2] = channel(1.0);
 }
 
 /// Training transform for image folders: random resized crop to `size`, horizontal flip with
@@ -347,7 +350,10 @@ pub enum FolderTransform {
     Train(FolderAugment),
     /// Resize the shorter side to `resize`, then take the centred `crop × crop` square
     /// (256 and 224 for ImageNet).
-    Eval { resize: usize, crop: usize },
+    Eval {
+        resize: usize,
+        crop: usize,
+    },
 }
 
 impl FolderTransform {
@@ -377,17 +383,21 @@ impl FolderTransform {
                 let flip = aug.flip && rng.random_bool(0.5);
                 let jitter = aug.jitter.map(|j| j.draw(rng));
                 let pixels = resize_box(img, bx, aug.size)?;
-                let mut rgb = to_unit_hwc(&pixels, aug.size, flip);
-                if let Some(d) = jitter {
-                    apply_jitter(&d, &mut rgb);
+                match jitter {
+                    // Jitter mixes channels and needs the whole image (contrast), so it runs on
+                    // floats; the flip commutes with it.
+                    Some(d) => {
+                        let mut rgb = to_unit_hwc(&pixels, aug.size, flip);
+                        apply_jitter(&d, &mut rgb);
+                        hwc_to_chw_normalised(&rgb, aug.size, mean, std, out);
+                    }
+                    None => bytes_to_chw(&pixels, aug.size, flip, mean, std, out),
                 }
-                hwc_to_chw_normalised(&rgb, aug.size, mean, std, out);
             }
             FolderTransform::Eval { resize, crop } => {
                 let bx = center_crop_box(w, h, *resize, *crop);
                 let pixels = resize_box(img, bx, *crop)?;
-                let rgb = to_unit_hwc(&pixels, *crop, false);
-                hwc_to_chw_normalised(&rgb, *crop, mean, std, out);
+                bytes_to_chw(&pixels, *crop, false, mean, std, out);
             }
         }
         Ok(())
@@ -407,16 +417,38 @@ pub fn resize_box(img: RgbImage, bx: CropBox, size: usize) -> Result<Vec<u8>, St
     Ok(dst.into_vec())
 }
 
+/// Interleaved RGB bytes → normalised CHW floats through a 3×256 table, mirrored when `flip`.
+fn bytes_to_chw(pixels: &[u8], size: usize, flip: bool, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+    let mut table = [[0f32; 256]; 3];
+    for (c, t) in table.iter_mut().enumerate() {
+        for (v, e) in t.iter_mut().enumerate() {
+            *e = (v as f32 / 255.0 - mean[c]) / std[c];
+        }
+    }
+    let plane = size * size;
+    let (r, rest) = out[..3 * plane].split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    for (y, row) in pixels.chunks_exact(size * 3).enumerate() {
+        let o = y * size;
+        let (r, g, b) = (&mut r[o..o + size], &mut g[o..o + size], &mut b[o..o + size]);
+        for (x, p) in row.chunks_exact(3).enumerate() {
+            let d = if flip { size - 1 - x } else { x };
+            r[d] = table[0][p[0] as usize];
+            g[d] = table[1][p[1] as usize];
+            b[d] = table[2][p[2] as usize];
+        }
+    }
+}
+
+/// Interleaved RGB bytes → interleaved floats in [0, 1], mirrored when `flip`.
 fn to_unit_hwc(pixels: &[u8], size: usize, flip: bool) -> Vec<f32> {
     let mut rgb = vec![0f32; size * size * 3];
-    for y in 0..size {
-        for x in 0..size {
-            let sx = if flip { size - 1 - x } else { x };
-            let s = (y * size + sx) * 3;
-            let d = (y * size + x) * 3;
-            for c in 0..3 {
-                rgb[d + c] = pixels[s + c] as f32 / 255.0;
-            }
+    for (src, dst) in pixels.chunks_exact(size * 3).zip(rgb.chunks_exact_mut(size * 3)) {
+        for (x, p) in src.chunks_exact(3).enumerate() {
+            let d = 3 * if flip { size - 1 - x } else { x };
+            dst[d] = p[0] as f32 / 255.0;
+            dst[d + 1] = p[1] as f32 / 255.0;
+            dst[d + 2] = p[2] as f32 / 255.0;
         }
     }
     rgb
@@ -424,9 +456,12 @@ fn to_unit_hwc(pixels: &[u8], size: usize, flip: bool) -> Vec<f32> {
 
 fn hwc_to_chw_normalised(rgb: &[f32], size: usize, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
     let plane = size * size;
-    for (i, p) in rgb.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (p[c] - mean[c]) / std[c];
+    let scale = std.map(|s| 1.0 / s);
+    let bias = [0, 1, 2].map(|c| -mean[c] * scale[c]);
+    for c in 0..3 {
+        let dst = &mut out[c * plane..(c + 1) * plane];
+        for (o, p) in dst.iter_mut().zip(rgb.chunks_exact(3)) {
+            *o = p[c] * scale[c] + bias[c];
         }
     }
 }

@@ -1,0 +1,1040 @@
+//! The curriculum architecture search, end to end.
+//!
+//! A search runs stages; each stage allows a set of operations (`--mode op`: the first k of an
+//! order drawn from the seed, sep_conv_3x3 first), a number of searched nodes (`--mode node`),
+//! or everything (`--mode fixed`). A stage is `warmup_epochs` epochs of weight training with
+//! uniformly sampled architectures, then `epochs` epochs of weight training with the
+//! controllers' samples, each followed by `controller_steps` REINFORCE updates on held-out
+//! batches; then candidates are derived and saved. Supernet and controllers carry over.
+//!
+//! # Run directory
+//! - `config.json`: every option, the seed, the data options, the operation order, versions;
+//! - `metrics.jsonl`: one line per epoch and phase (and per derive);
+//! - `checkpoint.safetensors`: weights of the supernet and both controllers, both optimizers'
+//!   state, and (in its metadata) the position, the baseline and the metrics line count;
+//!   written atomically after every epoch, so a kill loses at most the epoch in progress;
+//! - `stage-K/`: `supernet.safetensors`, `controllers.safetensors`, `candidates.json` and the
+//!   stage's best `genotype.json`;
+//! - `genotype.json`: the best candidate of the last stage.
+//!
+//! # Determinism
+//! Every random draw of a step comes from a stream keyed by (seed, stage, phase, epoch): the
+//! architecture samples (drawn in Rust, not by libtorch), the loader's shuffles and
+//! augmentations. Resuming from a checkpoint therefore replays exactly what an uninterrupted
+//! run does; on the CPU the two end bit-identical.
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Reduction, Tensor};
+
+use crate::controller::{reinforce_loss, uniform_cell, Baseline, Controller, ControllerConfig};
+use crate::data::{Data, DataArgs, Loader, LoaderOptions, Part};
+use crate::error::{Error, Result};
+use crate::optim::{Adam, Sgd};
+use crate::space::{Cell, Genotype, Primitive};
+use crate::supernet::{Supernet, SupernetConfig};
+use crate::train::clip_grad_norm;
+
+/// How the search space grows from stage to stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CurriculumMode {
+    /// Start with one operation (sep_conv_3x3) and add one per stage, in an order drawn from
+    /// the seed: 8 stages.
+    Op,
+    /// Grow the number of searched nodes from 1 to all, with every operation.
+    Node,
+    /// One stage over the full space (the ablation without curriculum).
+    Fixed,
+}
+
+/// Every number of a search. [`SearchOptions::default`] is the paper's configuration,
+/// [`SearchOptions::quick`] a tiny one that still runs every stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SearchOptions {
+    pub mode: CurriculumMode,
+    /// Supernet channels (C) and cells (L); reductions at L/3 and 2L/3.
+    pub init_channels: i64,
+    pub layers: i64,
+    /// Intermediate nodes per cell.
+    pub nodes: usize,
+    pub batch_size: usize,
+    pub warmup_epochs: usize,
+    pub epochs: usize,
+    /// REINFORCE updates after each epoch of weight training.
+    pub controller_steps: usize,
+    /// Weights: SGD (Nesterov) on the weight-training split.
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub grad_clip: f64,
+    /// Controller: Adam on held-out batches.
+    pub controller_lr: f64,
+    pub controller_weight_decay: f64,
+    pub controller_hidden: i64,
+    pub entropy_weight: f64,
+    pub baseline_decay: f64,
+    pub temperature: Option<f64>,
+    pub tanh_constant: Option<f64>,
+    /// Candidates at the end of a stage: `derive_rounds` rounds of `derive_samples` samples,
+    /// each scored on the same `derive_batches` held-out batches; each round's best is kept.
+    pub derive_rounds: usize,
+    pub derive_samples: usize,
+    pub derive_batches: usize,
+    /// Use at most this many images of each search split (None: all).
+    pub max_images: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            mode: CurriculumMode::Op,
+            init_channels: 16,
+            layers: 8,
+            nodes: 4,
+            batch_size: 96,
+            warmup_epochs: 20,
+            epochs: 40,
+            controller_steps: 50,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            grad_clip: 5.0,
+            controller_lr: 3e-4,
+            controller_weight_decay: 5e-4,
+            controller_hidden: 128,
+            entropy_weight: 0.005,
+            baseline_decay: 0.99,
+            temperature: None,
+            tanh_constant: None,
+            derive_rounds: 3,
+            derive_samples: 10,
+            derive_batches: 1,
+            max_images: None,
+            seed: 0,
+        }
+    }
+}
+
+impl SearchOptions {
+    /// Small enough for a laptop CPU in minutes, and still every stage of the curriculum.
+    pub fn quick() -> Self {
+        SearchOptions {
+            init_channels: 8,
+            layers: 5,
+            batch_size: 32,
+            warmup_epochs: 1,
+            epochs: 1,
+            controller_steps: 8,
+            derive_samples: 4,
+            max_images: Some(512),
+            controller_lr: 3.5e-3,
+            ..Self::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::BadOption(m.to_string()));
+        if self.batch_size == 0 {
+            return bad("--batch-size must be at least 1");
+        }
+        if self.epochs == 0 && self.warmup_epochs == 0 {
+            return bad("a stage needs at least one epoch: --warmup-epochs and --epochs are both 0");
+        }
+        if self.derive_rounds == 0 || self.derive_samples == 0 || self.derive_batches == 0 {
+            return bad("--derive-rounds, --derive-samples and --derive-batches must be at least 1");
+        }
+        if self.max_images == Some(0) {
+            return bad("--max-images must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.controller_lr > 0.0) {
+            return bad("learning rates must be positive");
+        }
+        if !(0.0..1.0).contains(&self.baseline_decay) {
+            return bad("--baseline-decay must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+/// One stage of the curriculum: which ops (a mask over the supernet's primitive list) and how
+/// many nodes the controllers choose.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stage {
+    pub allowed: Vec<bool>,
+    pub searched_nodes: usize,
+    /// Names of the allowed ops, in curriculum order (for logs and metrics).
+    pub ops: Vec<String>,
+}
+
+/// The operation order (`--mode op`: sep_conv_3x3 first, the rest shuffled by the seed) and
+/// the stages it gives.
+pub fn curriculum(mode: CurriculumMode, primitives: &[Primitive], nodes: usize, seed: u64) -> (Vec<Primitive>, Vec<Stage>) {
+    let mut order: Vec<Primitive> = primitives.to_vec();
+    if let Some(first) = order.iter().position(|&p| p == Primitive::SepConv3x3) {
+        order.swap(0, first);
+    }
+    let mut rng = stream(seed, u64::MAX, 0, 0);
+    order[1..].shuffle(&mut rng);
+    let mask = |k: usize| -> Vec<bool> { primitives.iter().map(|p| order[..k].contains(p)).collect() };
+    let names = |k: usize| -> Vec<String> { order[..k].iter().map(|p| p.name().to_string()).collect() };
+    let stages = match mode {
+        CurriculumMode::Op => (1..=order.len())
+            .map(|k| Stage { allowed: mask(k), searched_nodes: nodes, ops: names(k) })
+            .collect(),
+        CurriculumMode::Node => (1..=nodes)
+            .map(|n| Stage { allowed: mask(order.len()), searched_nodes: n, ops: names(order.len()) })
+            .collect(),
+        CurriculumMode::Fixed => {
+            vec![Stage { allowed: mask(order.len()), searched_nodes: nodes, ops: names(order.len()) }]
+        }
+    };
+    (order, stages)
+}
+
+/// The random stream of one (stage, phase, epoch): every draw of a step comes from here.
+fn stream(seed: u64, stage: u64, phase: u64, epoch: u64) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(stage.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (phase << 56) ^ epoch);
+    rng
+}
+
+/// Where a search stands: the next thing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Warmup,
+    Search,
+    Derive,
+}
+
+impl Phase {
+    fn id(self) -> u64 {
+        match self {
+            Phase::Warmup => 1,
+            Phase::Search => 2,
+            Phase::Derive => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    stage: usize,
+    phase: Phase,
+    epoch: usize,
+}
+
+/// What a checkpoint keeps besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    /// The next thing to do.
+    position: Position,
+    baseline: Baseline,
+    /// Lines of metrics.jsonl that belong to the work done so far.
+    metrics_lines: usize,
+}
+
+/// A derived architecture and its score.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidate {
+    pub stage: usize,
+    pub round: usize,
+    pub genotype: Genotype,
+    /// Top-1 accuracy on the derive batches of the held-out split.
+    pub score: f64,
+    pub log_prob: f64,
+    pub entropy: f64,
+}
+
+/// What `cnas search` writes into config.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub search: SearchOptions,
+    pub data: DataConfig,
+    /// The curriculum's operation order.
+    pub op_order: Vec<String>,
+    pub versions: BTreeMap<String, String>,
+}
+
+/// The data options of a run, as config.json keeps them (resume reads them back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataConfig {
+    pub dataset: String,
+    pub data: PathBuf,
+    pub train_portion: f64,
+    pub seed: u64,
+    pub cutout: Option<usize>,
+}
+
+impl DataConfig {
+    fn from_args(args: &DataArgs) -> Self {
+        DataConfig {
+            dataset: format!("{:?}", args.dataset).to_lowercase(),
+            data: args.data.clone(),
+            train_portion: args.train_portion,
+            seed: args.seed,
+            cutout: args.cutout,
+        }
+    }
+
+    fn apply(&self, args: &mut DataArgs) -> Result<()> {
+        args.dataset = match self.dataset.as_str() {
+            "cifar10" => crate::data::DatasetKind::Cifar10,
+            "imagenet" => crate::data::DatasetKind::ImageNet,
+            other => return Err(Error::BadOption(format!("config.json: unknown dataset '{other}'"))),
+        };
+        args.data = self.data.clone();
+        args.train_portion = self.train_portion;
+        args.seed = self.seed;
+        args.cutout = self.cutout;
+        Ok(())
+    }
+}
+
+/// How a search is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// A fresh run; refuses a run directory that holds another run.
+    New,
+    /// A fresh run, clearing what a previous run left in the directory.
+    Force,
+    /// Continue the run in the directory from its last checkpoint.
+    Resume,
+}
+
+/// The result of a finished search.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub best: Candidate,
+    pub run_dir: PathBuf,
+}
+
+const CONFIG: &str = "config.json";
+const METRICS: &str = "metrics.jsonl";
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const GENOTYPE: &str = "genotype.json";
+
+/// Versions recorded in config.json.
+fn versions() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("cnas".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("tch".to_string(), "0.24.0".to_string()),
+        ("libtorch".to_string(), "2.11.0".to_string()),
+    ])
+}
+
+/// Runs (or resumes) a search in `run_dir`. `stop_after` ends the process's work after that
+/// many epochs (counting every phase) as if it had been interrupted: for tests of resume.
+#[allow(clippy::too_many_arguments)]
+pub fn search(
+    options: &SearchOptions,
+    data_args: &DataArgs,
+    run_dir: &Path,
+    start: StartMode,
+    device: Device,
+    quiet: bool,
+    stop_after: Option<usize>,
+) -> Result<Option<SearchOutcome>> {
+    let (options, data_args) = prepare_run_dir(options, data_args, run_dir, start)?;
+    options.validate()?;
+    let mut search = Search::new(options, &data_args, run_dir, device, quiet)?;
+    search.run(stop_after)
+}
+
+/// Checks and sets up the run directory; on resume returns the options the run was started with.
+fn prepare_run_dir(
+    options: &SearchOptions,
+    data_args: &DataArgs,
+    run_dir: &Path,
+    start: StartMode,
+) -> Result<(SearchOptions, DataArgs)> {
+    let config_path = run_dir.join(CONFIG);
+    match start {
+        StartMode::Resume => {
+            if !config_path.is_file() {
+                return Err(Error::bad_file(run_dir, "no search to resume here (config.json is missing)"));
+            }
+            let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+            let config: RunConfig = serde_json::from_str(&text)
+                .map_err(|e| Error::bad_file(&config_path, format!("not a cnas search config: {e}")))?;
+            let mut args = data_args.clone();
+            config.data.apply(&mut args)?;
+            Ok((config.search, args))
+        }
+        StartMode::New | StartMode::Force => {
+            let occupied = [CONFIG, METRICS, CHECKPOINT, GENOTYPE].iter().any(|f| run_dir.join(f).exists());
+            if occupied && start == StartMode::New {
+                return Err(Error::BadOption(format!(
+                    "{} holds another run: use --resume to continue it or --force to start over",
+                    run_dir.display()
+                )));
+            }
+            std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+            if occupied {
+                for f in [CONFIG, METRICS, CHECKPOINT, GENOTYPE] {
+                    let _ = std::fs::remove_file(run_dir.join(f));
+                }
+                if let Ok(entries) = std::fs::read_dir(run_dir) {
+                    for e in entries.flatten() {
+                        if e.file_name().to_string_lossy().starts_with("stage-") {
+                            let _ = std::fs::remove_dir_all(e.path());
+                        }
+                    }
+                }
+            }
+            options.validate()?;
+            let (order, _) = curriculum(options.mode, &Primitive::DARTS, options.nodes, options.seed);
+            let config = RunConfig {
+                search: options.clone(),
+                data: DataConfig::from_args(data_args),
+                op_order: order.iter().map(|p| p.name().to_string()).collect(),
+                versions: versions(),
+            };
+            let json = serde_json::to_string_pretty(&config).map_err(|e| Error::BadOption(e.to_string()))?;
+            crate::util::write_atomic(&config_path, json.as_bytes())?;
+            Ok((options.clone(), data_args.clone()))
+        }
+    }
+}
+
+/// Totals of one epoch, accumulated on the device and read once at its end.
+struct Totals {
+    loss: Tensor,
+    correct: Tensor,
+    images: usize,
+}
+
+impl Totals {
+    fn new(device: Device) -> Self {
+        Totals {
+            loss: Tensor::zeros([], (Kind::Float, device)),
+            correct: Tensor::zeros([], (Kind::Int64, device)),
+            images: 0,
+        }
+    }
+
+    fn add(&mut self, loss: &Tensor, logits: &Tensor, labels: &Tensor) {
+        let n = labels.size()[0];
+        self.loss += loss.detach() * n as f64;
+        self.correct += logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64);
+        self.images += n as usize;
+    }
+
+    /// (mean loss, accuracy): the one host sync of an epoch.
+    fn read(&self) -> (f64, f64) {
+        let n = self.images.max(1) as f64;
+        (self.loss.double_value(&[]) / n, self.correct.double_value(&[]) / n)
+    }
+}
+
+/// For each supernet parameter, the op it belongs to (cell, edge, op), or None when shared
+/// (stem, preprocessing, classifier): decides which parameters a sampled architecture uses.
+fn parse_op_owner(name: &str) -> Option<(usize, usize, usize)> {
+    let rest = name.strip_prefix("cells.")?;
+    let mut parts = rest.split('.');
+    let cell = parts.next()?.parse().ok()?;
+    if parts.next()? != "_ops" {
+        return None;
+    }
+    let edge = parts.next()?.parse().ok()?;
+    if parts.next()? != "_ops" {
+        return None;
+    }
+    let op = parts.next()?.parse().ok()?;
+    Some((cell, edge, op))
+}
+
+struct Search {
+    options: SearchOptions,
+    run_dir: PathBuf,
+    device: Device,
+    quiet: bool,
+    primitives: Vec<Primitive>,
+    stages: Vec<Stage>,
+    weights_loader: Loader,
+    heldout_loader: Loader,
+    supernet_vs: nn::VarStore,
+    supernet: Supernet,
+    controller_vs: nn::VarStore,
+    normal_controller: Controller,
+    reduce_controller: Controller,
+    sgd: Sgd,
+    adam: Adam,
+    /// Per SGD parameter: the op that owns it.
+    owners: Vec<Option<(usize, usize, usize)>>,
+    reduction_cells: Vec<bool>,
+    baseline: Baseline,
+    metrics_lines: usize,
+    position: Position,
+}
+
+impl Search {
+    fn new(options: SearchOptions, data_args: &DataArgs, run_dir: &Path, device: Device, quiet: bool) -> Result<Self> {
+        let data = Data::open(data_args, !quiet)?;
+        let loader_opts = LoaderOptions::train(options.batch_size).device(device).drop_last(true);
+        let weights_loader = limit(data.loader(Part::SearchWeights, &loader_opts)?, options.max_images)?;
+        let heldout_loader = limit(data.loader(Part::SearchHeldOut, &loader_opts)?, options.max_images)?;
+        for (loader, what) in [(&weights_loader, "weight-training"), (&heldout_loader, "held-out")] {
+            if loader.batches_per_epoch() == 0 {
+                return Err(Error::BadOption(format!(
+                    "the {what} split has fewer images than one batch of {}",
+                    options.batch_size
+                )));
+            }
+        }
+        let primitives = Primitive::DARTS.to_vec();
+        let (_, stages) = curriculum(options.mode, &primitives, options.nodes, options.seed);
+
+        tch::manual_seed(options.seed as i64);
+        let supernet_vs = nn::VarStore::new(device);
+        let config = SupernetConfig {
+            primitives: primitives.clone(),
+            init_channels: options.init_channels,
+            layers: options.layers,
+            nodes: options.nodes,
+            num_classes: data.info().num_classes as i64,
+        };
+        let supernet = Supernet::new(&supernet_vs.root(), config)?;
+        // The controllers stay on the CPU: sampling a tiny LSTM step by step is launch-bound
+        // on a GPU, and the samples are needed on the host anyway.
+        let controller_vs = nn::VarStore::new(Device::Cpu);
+        let controller_config = ControllerConfig {
+            nodes: options.nodes,
+            num_ops: primitives.len(),
+            hidden: options.controller_hidden,
+            temperature: options.temperature,
+            tanh_constant: options.tanh_constant,
+        };
+        let normal_controller = Controller::try_new(&(controller_vs.root() / "normal"), controller_config.clone())?;
+        let reduce_controller = Controller::try_new(&(controller_vs.root() / "reduce"), controller_config)?;
+
+        let mut supernet_params: Vec<(String, Tensor)> =
+            supernet_vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        supernet_params.sort_by(|a, b| a.0.cmp(&b.0));
+        let owners = supernet_params.iter().map(|(n, _)| parse_op_owner(n)).collect();
+        let sgd = Sgd::new(supernet_params, options.lr, options.momentum, options.weight_decay, true);
+        let mut controller_params: Vec<(String, Tensor)> =
+            controller_vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        controller_params.sort_by(|a, b| a.0.cmp(&b.0));
+        let adam = Adam::new(controller_params, options.controller_lr, options.controller_weight_decay);
+        let reduction_cells =
+            (0..options.layers).map(|i| i == options.layers / 3 || i == 2 * options.layers / 3).collect();
+
+        let mut search = Search {
+            baseline: Baseline::new(options.baseline_decay),
+            options,
+            run_dir: run_dir.to_path_buf(),
+            device,
+            quiet,
+            primitives,
+            stages,
+            weights_loader,
+            heldout_loader,
+            supernet_vs,
+            supernet,
+            controller_vs,
+            normal_controller,
+            reduce_controller,
+            sgd,
+            adam,
+            owners,
+            reduction_cells,
+            metrics_lines: 0,
+            position: Position { stage: 0, phase: Phase::Warmup, epoch: 0 },
+        };
+        search.restore()?;
+        Ok(search)
+    }
+
+    /// Loads the checkpoint if there is one and trims metrics.jsonl to the work it covers.
+    fn restore(&mut self) -> Result<()> {
+        let path = self.run_dir.join(CHECKPOINT);
+        if !path.is_file() {
+            self.truncate_metrics(0)?;
+            return Ok(());
+        }
+        let metadata = crate::weights::read_metadata(&path)?.unwrap_or_default();
+        let state: CheckpointState = metadata
+            .get("state")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| Error::bad_file(&path, "not a cnas search checkpoint (no state in its metadata)"))?;
+        let tensors = crate::weights::read(&path)?;
+        let mut groups: HashMap<&str, Vec<(String, Tensor)>> = HashMap::new();
+        for (name, t) in tensors {
+            let Some((group, rest)) = name.split_once('/') else {
+                return Err(Error::bad_file(&path, format!("unexpected tensor {name}")));
+            };
+            let group = match group {
+                "supernet" => "supernet",
+                "controller" => "controller",
+                "sgd" => "sgd",
+                "adam" => "adam",
+                _ => return Err(Error::bad_file(&path, format!("unexpected tensor {name}"))),
+            };
+            groups.entry(group).or_default().push((rest.to_string(), t));
+        }
+        let take = |groups: &mut HashMap<&str, Vec<(String, Tensor)>>, g: &str| groups.remove(g).unwrap_or_default();
+        crate::weights::load_into(&self.supernet_vs, &take(&mut groups, "supernet"))?;
+        crate::weights::load_into(&self.controller_vs, &take(&mut groups, "controller"))?;
+        self.sgd.load_state(&take(&mut groups, "sgd").into_iter().collect())?;
+        self.adam.load_state(&take(&mut groups, "adam").into_iter().collect())?;
+        self.baseline = state.baseline;
+        self.position = state.position;
+        self.truncate_metrics(state.metrics_lines)?;
+        tracing::info!(
+            "resuming at stage {}, {:?} epoch {}",
+            self.position.stage + 1,
+            self.position.phase,
+            self.position.epoch + 1
+        );
+        Ok(())
+    }
+
+    /// Keeps the first `lines` lines of metrics.jsonl (an interrupted epoch may have written
+    /// its line before its checkpoint; it will be written again).
+    fn truncate_metrics(&mut self, lines: usize) -> Result<()> {
+        let path = self.run_dir.join(METRICS);
+        let kept: Vec<String> = match std::fs::File::open(&path) {
+            Ok(f) => BufReader::new(f).lines().take(lines).collect::<std::io::Result<_>>().map_err(|e| Error::io(&path, e))?,
+            Err(_) => Vec::new(),
+        };
+        let mut text = kept.join("\n");
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        crate::util::write_atomic(&path, text.as_bytes())?;
+        self.metrics_lines = kept.len();
+        Ok(())
+    }
+
+    fn log_metrics(&mut self, mut line: serde_json::Value) -> Result<()> {
+        let p = self.position;
+        let stage = &self.stages[p.stage];
+        if let Some(obj) = line.as_object_mut() {
+            obj.insert("stage".into(), (p.stage + 1).into());
+            obj.insert("ops".into(), serde_json::json!(stage.ops));
+            obj.insert("nodes".into(), stage.searched_nodes.into());
+        }
+        let path = self.run_dir.join(METRICS);
+        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+        self.metrics_lines += 1;
+        Ok(())
+    }
+
+    fn save_checkpoint(&self) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (group, vs) in [("supernet", &self.supernet_vs), ("controller", &self.controller_vs)] {
+            tensors.extend(vs.variables().into_iter().map(|(n, t)| (format!("{group}/{n}"), t)));
+        }
+        tensors.extend(self.sgd.state().into_iter().map(|(n, t)| (format!("sgd/{n}"), t)));
+        tensors.extend(self.adam.state().into_iter().map(|(n, t)| (format!("adam/{n}"), t)));
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let state = CheckpointState { position: self.position, baseline: self.baseline.clone(), metrics_lines: self.metrics_lines };
+        let metadata = BTreeMap::from([
+            ("format".to_string(), "cnas-search-checkpoint".to_string()),
+            ("state".to_string(), serde_json::to_string(&state).map_err(|e| Error::BadOption(e.to_string()))?),
+        ]);
+        crate::weights::save_tensors(&tensors, &self.run_dir.join(CHECKPOINT), metadata)
+    }
+
+    fn progress(&self, len: u64, what: String) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what);
+        bar
+    }
+
+    /// The loaders' epoch number for (stage, phase, epoch): distinct shuffles everywhere.
+    fn loader_epoch(&self, phase: Phase) -> u64 {
+        let p = self.position;
+        ((p.stage as u64) << 40) | (phase.id() << 32) | p.epoch as u64
+    }
+
+    fn run(&mut self, stop_after: Option<usize>) -> Result<Option<SearchOutcome>> {
+        let mut epochs_done = 0usize;
+        let mut last: Option<Candidate> = None;
+        while self.position.stage < self.stages.len() {
+            if stop_after.is_some_and(|n| epochs_done >= n) {
+                tracing::info!("stopping after {epochs_done} epochs as asked; resume with --resume");
+                return Ok(None);
+            }
+            let p = self.position;
+            match p.phase {
+                Phase::Warmup if p.epoch >= self.options.warmup_epochs => {
+                    self.position = Position { phase: Phase::Search, epoch: 0, ..p };
+                }
+                Phase::Search if p.epoch >= self.options.epochs => {
+                    self.position = Position { phase: Phase::Derive, epoch: 0, ..p };
+                }
+                Phase::Warmup => {
+                    self.train_weights(true)?;
+                    self.position.epoch += 1;
+                    self.save_checkpoint()?;
+                    epochs_done += 1;
+                }
+                Phase::Search => {
+                    self.train_weights(false)?;
+                    self.train_controllers()?;
+                    self.position.epoch += 1;
+                    self.save_checkpoint()?;
+                    epochs_done += 1;
+                }
+                Phase::Derive => {
+                    last = Some(self.finish_stage()?);
+                    self.position = Position { stage: p.stage + 1, phase: Phase::Warmup, epoch: 0 };
+                    self.save_checkpoint()?;
+                }
+            }
+        }
+        let best = match last {
+            Some(best) => best,
+            // Resumed after the last stage had finished: read its result back.
+            None => self.read_stage_best(self.stages.len() - 1)?,
+        };
+        let mut json = best.genotype.to_json();
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert("name".into(), "cnas-search".into());
+            obj.insert(
+                "source".into(),
+                format!("cnas search, seed {}, stage {}, held-out score {:.4}", self.options.seed, best.stage, best.score).into(),
+            );
+        }
+        let text = serde_json::to_string_pretty(&json).map_err(|e| Error::BadOption(e.to_string()))?;
+        crate::util::write_atomic(&self.run_dir.join(GENOTYPE), text.as_bytes())?;
+        Ok(Some(SearchOutcome { best, run_dir: self.run_dir.clone() }))
+    }
+
+    fn stage_dir(&self, stage: usize) -> PathBuf {
+        self.run_dir.join(format!("stage-{}", stage + 1))
+    }
+
+    fn read_stage_best(&self, stage: usize) -> Result<Candidate> {
+        let path = self.stage_dir(stage).join("candidates.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let candidates: Vec<Candidate> =
+            serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, format!("corrupt candidates: {e}")))?;
+        best_of(candidates).ok_or_else(|| Error::bad_file(&path, "no candidates"))
+    }
+
+    /// The indices of the SGD parameters the architecture pair uses.
+    fn active_params(&self, normal: &Cell, reduce: &Cell) -> Vec<usize> {
+        let used = |cell: usize, edge: usize, op: usize| {
+            let arch = if self.reduction_cells.get(cell).copied().unwrap_or(false) { reduce } else { normal };
+            arch.edges.iter().any(|e| {
+                crate::supernet::edge_index(e.from, e.to) == edge && self.primitives.get(op) == Some(&e.op)
+            })
+        };
+        self.owners
+            .iter()
+            .enumerate()
+            .filter(|(_, owner)| owner.is_none_or(|(c, e, o)| used(c, e, o)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    fn sample_pair(&self, rng: &mut ChaCha8Rng, uniform: bool) -> (Cell, Cell) {
+        let stage = &self.stages[self.position.stage];
+        if uniform {
+            let n = uniform_cell(rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+            let r = uniform_cell(rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+            (n, r)
+        } else {
+            tch::no_grad(|| {
+                let n = self.normal_controller.sample(rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+                let r = self.reduce_controller.sample(rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+                (n.cell, r.cell)
+            })
+        }
+    }
+
+    /// One epoch of weight training on the weight split, with uniform (warm-up) or controller
+    /// samples, one architecture pair per batch.
+    fn train_weights(&mut self, uniform: bool) -> Result<()> {
+        let phase = if uniform { Phase::Warmup } else { Phase::Search };
+        let p = self.position;
+        let mut rng = stream(self.options.seed, p.stage as u64, phase.id(), p.epoch as u64);
+        let epoch = self.weights_loader.epoch(self.loader_epoch(phase));
+        let total_epochs = if uniform { self.options.warmup_epochs } else { self.options.epochs };
+        let bar = self.progress(
+            epoch.batch_count() as u64,
+            format!(
+                "stage {}/{} {} {}/{}",
+                p.stage + 1,
+                self.stages.len(),
+                if uniform { "warm-up" } else { "weights" },
+                p.epoch + 1,
+                total_epochs
+            ),
+        );
+        let start = Instant::now();
+        let mut totals = Totals::new(self.device);
+        for batch in epoch {
+            let (images, labels) = batch?;
+            let images = images.to_device(self.device);
+            let labels = labels.to_device(self.device);
+            let (normal, reduce) = self.sample_pair(&mut rng, uniform);
+            let logits = self.supernet.forward_t(&images, &normal, &reduce, true)?;
+            let loss = logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
+            self.sgd.zero_grad();
+            loss.backward();
+            let active = self.active_params(&normal, &reduce);
+            let params: Vec<Tensor> = active.iter().map(|&i| self.sgd.params()[i].shallow_clone()).collect();
+            let _grad_norm = clip_grad_norm(&params, self.options.grad_clip);
+            self.sgd.step_subset(&active);
+            totals.add(&loss, &logits, &labels);
+            bar.inc(1);
+        }
+        let (loss, acc) = totals.read();
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        tracing::info!(
+            "stage {} {} epoch {}: loss {loss:.4}, accuracy {:.2}%",
+            p.stage + 1,
+            if uniform { "warm-up" } else { "weights" },
+            p.epoch + 1,
+            acc * 100.0
+        );
+        self.log_metrics(serde_json::json!({
+            "phase": if uniform { "warmup" } else { "weights" },
+            "epoch": p.epoch + 1,
+            "loss": loss,
+            "acc": acc,
+            "lr": self.sgd.lr,
+            "images": totals.images,
+            "images_per_s": totals.images as f64 / secs,
+            "time_s": secs,
+        }))
+    }
+
+    /// Top-1 accuracy of the supernet running `normal`/`reduce` on a batch (host sync).
+    fn accuracy(&self, images: &Tensor, labels: &Tensor, normal: &Cell, reduce: &Cell) -> Result<f64> {
+        // Batch statistics (training-mode BN), as the weights were trained with: the running
+        // statistics of a weight-sharing supernet belong to no single architecture.
+        let logits = tch::no_grad(|| self.supernet.forward_t(images, normal, reduce, true))?;
+        Ok(logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
+    }
+
+    /// `controller_steps` REINFORCE updates of both controllers on held-out batches.
+    fn train_controllers(&mut self) -> Result<()> {
+        let p = self.position;
+        let mut rng = stream(self.options.seed, p.stage as u64, 4, p.epoch as u64);
+        let stage = self.stages[p.stage].clone();
+        let bar = self.progress(
+            self.options.controller_steps as u64,
+            format!("stage {}/{} controller {}/{}", p.stage + 1, self.stages.len(), p.epoch + 1, self.options.epochs),
+        );
+        let start = Instant::now();
+        let (mut reward_sum, mut loss_sum, mut node_ent, mut op_ent) = (0.0, 0.0, 0.0, 0.0);
+        let mut pass = 0u64;
+        let mut batches = self.heldout_loader.epoch(self.loader_epoch(Phase::Search));
+        let mut images_seen = 0usize;
+        for _ in 0..self.options.controller_steps {
+            let batch = match batches.next() {
+                Some(b) => b,
+                None => {
+                    // More steps than held-out batches: walk the split again, reshuffled.
+                    pass += 1;
+                    batches = self.heldout_loader.epoch(self.loader_epoch(Phase::Search) | (pass << 24));
+                    batches.next().ok_or_else(|| Error::BadOption("the held-out split yields no batch".into()))?
+                }
+            };
+            let (images, labels) = batch?;
+            let (images, labels) = (images.to_device(self.device), labels.to_device(self.device));
+            images_seen += labels.size()[0] as usize;
+            let n = self.normal_controller.sample(&mut rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+            let r = self.reduce_controller.sample(&mut rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+            let reward = self.accuracy(&images, &labels, &n.cell, &r.cell)?;
+            let advantage = self.baseline.update(reward);
+            let loss = reinforce_loss(
+                &[&n.log_prob, &r.log_prob],
+                &[&n.node_entropy, &n.op_entropy, &r.node_entropy, &r.op_entropy],
+                advantage,
+                self.options.entropy_weight,
+            );
+            self.adam.zero_grad();
+            loss.backward();
+            let _grad_norm = clip_grad_norm(self.adam.params(), self.options.grad_clip);
+            self.adam.step();
+            reward_sum += reward;
+            loss_sum += loss.double_value(&[]);
+            node_ent += (n.node_entropy.double_value(&[]) + r.node_entropy.double_value(&[])) / 2.0;
+            op_ent += (n.op_entropy.double_value(&[]) + r.op_entropy.double_value(&[])) / 2.0;
+            bar.inc(1);
+            bar.set_message(format!("reward {:.3}", reward_sum / bar.position() as f64));
+        }
+        bar.finish_and_clear();
+        let steps = self.options.controller_steps.max(1) as f64;
+        let secs = start.elapsed().as_secs_f64();
+        tracing::info!(
+            "stage {} controller epoch {}: reward {:.4}, baseline {:.4}, entropy {:.3} (nodes) {:.3} (ops)",
+            p.stage + 1,
+            p.epoch + 1,
+            reward_sum / steps,
+            self.baseline.value.unwrap_or(0.0),
+            node_ent / steps,
+            op_ent / steps
+        );
+        self.log_metrics(serde_json::json!({
+            "phase": "controller",
+            "epoch": p.epoch + 1,
+            "reward": reward_sum / steps,
+            "baseline": self.baseline.value,
+            "controller_loss": loss_sum / steps,
+            "node_entropy": node_ent / steps,
+            "op_entropy": op_ent / steps,
+            "controller_lr": self.adam.lr,
+            "images_per_s": images_seen as f64 / secs,
+            "time_s": secs,
+        }))
+    }
+
+    /// End of a stage: save supernet and controllers, derive and save candidates.
+    fn finish_stage(&mut self) -> Result<Candidate> {
+        let stage_index = self.position.stage;
+        let dir = self.stage_dir(stage_index);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
+        crate::weights::save(&self.supernet_vs, &dir.join("supernet.safetensors"), meta("cnas-supernet"))?;
+        crate::weights::save(&self.controller_vs, &dir.join("controllers.safetensors"), meta("cnas-controllers"))?;
+
+        let stage = self.stages[stage_index].clone();
+        let mut rng = stream(self.options.seed, stage_index as u64, Phase::Derive.id(), 0);
+        // Every candidate is scored on the same held-out batches.
+        let mut batches = Vec::with_capacity(self.options.derive_batches);
+        for batch in self.heldout_loader.epoch(self.loader_epoch(Phase::Derive)).take(self.options.derive_batches) {
+            let (images, labels) = batch?;
+            batches.push((images.to_device(self.device), labels.to_device(self.device)));
+        }
+        let start = Instant::now();
+        let mut candidates = Vec::with_capacity(self.options.derive_rounds);
+        for round in 0..self.options.derive_rounds {
+            let mut best: Option<Candidate> = None;
+            for _ in 0..self.options.derive_samples {
+                let (n, r) = tch::no_grad(|| {
+                    let n = self.normal_controller.sample(&mut rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+                    let r = self.reduce_controller.sample(&mut rng, &stage.allowed, stage.searched_nodes, &self.primitives);
+                    (n, r)
+                });
+                let mut score = 0.0;
+                for (images, labels) in &batches {
+                    score += self.accuracy(images, labels, &n.cell, &r.cell)?;
+                }
+                score /= batches.len().max(1) as f64;
+                let candidate = Candidate {
+                    stage: stage_index + 1,
+                    round: round + 1,
+                    genotype: Genotype { normal: n.cell, reduce: r.cell },
+                    score,
+                    log_prob: n.log_prob.double_value(&[]) + r.log_prob.double_value(&[]),
+                    entropy: [&n.node_entropy, &n.op_entropy, &r.node_entropy, &r.op_entropy]
+                        .iter()
+                        .map(|t| t.double_value(&[]))
+                        .sum(),
+                };
+                if best.as_ref().is_none_or(|b| candidate.score > b.score) {
+                    best = Some(candidate);
+                }
+            }
+            candidates.extend(best);
+        }
+        let text = serde_json::to_string_pretty(&candidates).map_err(|e| Error::BadOption(e.to_string()))?;
+        crate::util::write_atomic(&dir.join("candidates.json"), text.as_bytes())?;
+        let best = best_of(candidates.clone()).ok_or_else(|| Error::BadOption("no candidate derived".into()))?;
+        crate::util::write_atomic(&dir.join(GENOTYPE), best.genotype.to_json_pretty().as_bytes())?;
+        tracing::info!(
+            "stage {} done: best candidate scores {:.2}% on held-out batches\n{}",
+            stage_index + 1,
+            best.score * 100.0,
+            best.genotype
+        );
+        self.log_metrics(serde_json::json!({
+            "phase": "derive",
+            "candidates": candidates.iter().map(|c| c.score).collect::<Vec<_>>(),
+            "best_score": best.score,
+            "genotype": best.genotype,
+            "time_s": start.elapsed().as_secs_f64(),
+        }))?;
+        Ok(best)
+    }
+}
+
+/// The highest-scoring candidate (the earliest on ties).
+fn best_of(candidates: Vec<Candidate>) -> Option<Candidate> {
+    candidates.into_iter().reduce(|best, c| if c.score > best.score { c } else { best })
+}
+
+/// A loader restricted to its first `max_images` images (the split's order is already drawn
+/// from the seed, so these are a seeded subset).
+fn limit(loader: Loader, max_images: Option<usize>) -> Result<Loader> {
+    match max_images {
+        None => Ok(loader),
+        Some(n) => loader.limited(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_curriculum_starts_with_sep_conv_and_adds_one_op_per_stage() {
+        let (order, stages) = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 5);
+        assert_eq!(order[0], Primitive::SepConv3x3);
+        assert_eq!(stages.len(), 8);
+        for (k, stage) in stages.iter().enumerate() {
+            assert_eq!(stage.allowed.iter().filter(|&&a| a).count(), k + 1);
+            assert_eq!(stage.ops.len(), k + 1);
+            assert_eq!(stage.searched_nodes, 4);
+        }
+        let mut sorted = order.clone();
+        sorted.sort();
+        let mut all = Primitive::DARTS.to_vec();
+        all.sort();
+        assert_eq!(sorted, all);
+    }
+
+    #[test]
+    fn op_order_comes_from_the_seed() {
+        let a = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 1).0;
+        let b = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 1).0;
+        assert_eq!(a, b);
+        let differs = (2..10).any(|s| curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, s).0 != a);
+        assert!(differs);
+    }
+
+    #[test]
+    fn node_and_fixed_curricula() {
+        let (_, stages) = curriculum(CurriculumMode::Node, &Primitive::DARTS, 4, 0);
+        assert_eq!(stages.iter().map(|s| s.searched_nodes).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert!(stages.iter().all(|s| s.allowed.iter().all(|&a| a)));
+        let (_, stages) = curriculum(CurriculumMode::Fixed, &Primitive::DARTS, 4, 0);
+        assert_eq!(stages.len(), 1);
+        assert!(stages[0].allowed.iter().all(|&a| a));
+    }
+
+    #[test]
+    fn op_owner_names() {
+        assert_eq!(parse_op_owner("cells.3._ops.4._ops.2.op.1.weight"), Some((3, 4, 2)));
+        assert_eq!(parse_op_owner("cells.3.preprocess0.op.1.weight"), None);
+        assert_eq!(parse_op_owner("classifier.weight"), None);
+    }
+}

@@ -1,0 +1,385 @@
+//! The weight-sharing search network (ENAS style): every edge of every cell holds every
+//! candidate operation, and each forward pass runs only the operations of one sampled
+//! architecture, so one batch trains one child network while all children share weights.
+//!
+//! # Layout and parameter names
+//!
+//! The layout and names follow the DARTS search model (`model_search.py`), so a supernet
+//! `state_dict` lines up with PyTorch's:
+//!
+//! * `stem.0.weight` (conv 3×3, 3 → 3C), `stem.1.{weight,bias,running_mean,running_var}`;
+//! * `cells.{i}.preprocess0.*` (a ReLU-conv1×1-BN at `op.1`/`op.2`, or a factorized reduce at
+//!   `conv_1`/`conv_2`/`bn` after a reduction cell) and `cells.{i}.preprocess1.op.*`, with
+//!   non-affine BatchNorm;
+//! * `cells.{i}._ops.{e}._ops.{k}.*`: operation `k` (its position in
+//!   [`SupernetConfig::primitives`]) on edge `e` (see [`edge_index`]), built non-affine; a
+//!   pooling operation is a Sequential of the pool (`0`, no variables) and a non-affine
+//!   BatchNorm (`1.running_mean`, `1.running_var`), as DARTS's MixedOp builds it;
+//! * `classifier.weight`, `classifier.bias`.
+//!
+//! Reductions sit at cells L/3 and 2L/3 and double the channels; a cell's output concatenates
+//! all of its intermediate nodes (`nodes × C` channels).
+//!
+//! # Sampled architectures
+//!
+//! [`Supernet::forward_t`] takes one [`space::Cell`] for normal cells and one for reduction
+//! cells. Unlike a genotype, a sampled cell may give a node any number of incoming edges
+//! (including none: the node is then zeros of the node's shape, which is how the
+//! node-growing curriculum leaves later nodes unsearched), and its `concat` is ignored (the
+//! supernet always concatenates every node). Edges are checked once per call, in time linear
+//! in the edge count and without touching tensors: an op outside `primitives` or an edge
+//! outside the cell is a [`Error::BadOption`], never a panic.
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+use crate::error::{Error, Result};
+use crate::ops::{BatchNorm2d, Conv2d, Conv2dSpec, FactorizedReduce, Linear, Op, ReluConvBn};
+use crate::space::{self, Primitive};
+
+/// Everything that determines the supernet's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupernetConfig {
+    /// Candidate operations of every edge; an op's position here is its index `k` in the
+    /// parameter names.
+    pub primitives: Vec<Primitive>,
+    /// Channels of the first cells (C); doubled at each reduction.
+    pub init_channels: i64,
+    /// Number of cells (L); reductions sit at L/3 and 2L/3.
+    pub layers: i64,
+    /// Intermediate nodes per cell.
+    pub nodes: usize,
+    pub num_classes: i64,
+}
+
+impl SupernetConfig {
+    /// The CNAS/DARTS search settings on CIFAR-10: 16 channels, 8 cells, 4 nodes, 10 classes.
+    pub fn cifar(primitives: Vec<Primitive>) -> Self {
+        SupernetConfig { primitives, init_channels: 16, layers: 8, nodes: 4, num_classes: 10 }
+    }
+
+    /// Cells that reduce (halve the resolution and double the channels).
+    pub fn is_reduction(&self, cell: i64) -> bool {
+        cell == self.layers / 3 || cell == 2 * self.layers / 3
+    }
+
+    /// Edges per cell: intermediate node i (2..nodes+2) has one edge from each earlier state.
+    pub fn num_edges(&self) -> usize {
+        self.nodes * (self.nodes + 3) / 2
+    }
+
+    /// Checks what would otherwise fail deep inside libtorch or build a meaningless network.
+    pub fn validate(&self) -> Result<()> {
+        if self.primitives.is_empty() {
+            return Err(Error::BadOption("the supernet needs at least one candidate operation".into()));
+        }
+        for (i, p) in self.primitives.iter().enumerate() {
+            if self.primitives[..i].contains(p) {
+                return Err(Error::BadOption(format!(
+                    "candidate operation {p} is listed more than once (each edge holds one copy of each)"
+                )));
+            }
+        }
+        if self.init_channels < 2 || self.init_channels % 2 != 0 {
+            return Err(Error::BadOption(format!(
+                "init channels must be even and at least 2 (factorized reduce splits them in two), got {}",
+                self.init_channels
+            )));
+        }
+        if self.layers < 1 {
+            return Err(Error::BadOption(format!("layers must be at least 1, got {}", self.layers)));
+        }
+        if self.nodes < 1 {
+            return Err(Error::BadOption(format!("nodes must be at least 1, got {}", self.nodes)));
+        }
+        if self.num_classes < 1 {
+            return Err(Error::BadOption(format!("classes must be at least 1, got {}", self.num_classes)));
+        }
+        Ok(())
+    }
+}
+
+/// Index of the edge `from → to` in a cell's `_ops` list: edges are numbered node by node
+/// (node 2 takes edges 0, 1 from states 0, 1; node 3 takes 2, 3, 4 from states 0, 1, 2; ...).
+/// Meaningful only for `from < to` and `to >= 2`, which [`Supernet::check_arch`] guarantees.
+pub fn edge_index(from: usize, to: usize) -> usize {
+    debug_assert!(to >= 2 && from < to, "edge {from} -> {to} is not an edge of a cell");
+    // Nodes 2..to take 2 + 3 + ... + (to - 1) edges = to(to-1)/2 - 1.
+    (to * to.saturating_sub(1) / 2 + from).saturating_sub(1)
+}
+
+/// Variable name prefix of operation `op` on edge `edge` of cell `cell`, e.g.
+/// `cells.3._ops.4._ops.2.` (the names of its variables start with it).
+pub fn op_path(cell: usize, edge: usize, op: usize) -> String {
+    format!("cells.{cell}._ops.{edge}._ops.{op}.")
+}
+
+/// A cell's first input: a 1×1 ReLU-conv-BN, or a factorized reduce when the cell before last
+/// had twice this cell's input resolution.
+#[derive(Debug)]
+enum Preprocess {
+    Conv(ReluConvBn),
+    Reduce(FactorizedReduce),
+}
+
+impl Preprocess {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Preprocess::Conv(op) => op.forward_t(x, train),
+            Preprocess::Reduce(op) => op.forward_t(x, train),
+        }
+    }
+}
+
+/// One candidate operation on one edge; pools carry the non-affine BN DARTS adds after them
+/// (without it, parameter-free pools would dominate the learned, normalised convolutions).
+#[derive(Debug)]
+struct CandidateOp {
+    op: Op,
+    bn: Option<BatchNorm2d>,
+}
+
+impl CandidateOp {
+    fn new(p: nn::Path, primitive: Primitive, c: i64, stride: i64) -> Self {
+        let is_pool = matches!(
+            primitive,
+            Primitive::MaxPool3x3 | Primitive::MaxPool5x5 | Primitive::MaxPool7x7 | Primitive::AvgPool3x3
+        );
+        if is_pool {
+            CandidateOp {
+                op: Op::new(&p / 0, primitive, c, stride, false),
+                bn: Some(BatchNorm2d::new(&p / 1, c, false)),
+            }
+        } else {
+            CandidateOp { op: Op::new(p, primitive, c, stride, false), bn: None }
+        }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = self.op.forward_t(x, train);
+        match &self.bn {
+            Some(bn) => bn.forward_t(&y, train),
+            None => y,
+        }
+    }
+}
+
+/// One search cell: every candidate op on every edge.
+#[derive(Debug)]
+struct SearchCell {
+    reduction: bool,
+    /// Channels of each node (C at this depth).
+    channels: i64,
+    preprocess0: Preprocess,
+    preprocess1: ReluConvBn,
+    /// `ops[edge_index(from, to)][k]`.
+    ops: Vec<Vec<CandidateOp>>,
+}
+
+impl SearchCell {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        p: nn::Path,
+        config: &SupernetConfig,
+        c_prev_prev: i64,
+        c_prev: i64,
+        c: i64,
+        reduction: bool,
+        reduction_prev: bool,
+    ) -> Self {
+        let preprocess0 = if reduction_prev {
+            Preprocess::Reduce(FactorizedReduce::new(&p / "preprocess0", c_prev_prev, c, false))
+        } else {
+            Preprocess::Conv(ReluConvBn::new(&p / "preprocess0", c_prev_prev, c, Conv2dSpec::new(1), false))
+        };
+        let preprocess1 = ReluConvBn::new(&p / "preprocess1", c_prev, c, Conv2dSpec::new(1), false);
+        let ops_path = &p / "_ops";
+        let mut ops = Vec::with_capacity(config.num_edges());
+        for to in 2..config.nodes + 2 {
+            for from in 0..to {
+                let stride = if reduction && from < 2 { 2 } else { 1 };
+                let edge_path = &ops_path / edge_index(from, to) / "_ops";
+                ops.push(
+                    config
+                        .primitives
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &prim)| CandidateOp::new(&edge_path / k, prim, c, stride))
+                        .collect(),
+                );
+            }
+        }
+        SearchCell { reduction, channels: c, preprocess0, preprocess1, ops }
+    }
+
+    /// Runs the edges of `arch`, whose ops are already mapped to slots by `slots` and whose
+    /// edges were checked by [`Supernet::check_arch`].
+    fn forward_t(
+        &self,
+        s0: &Tensor,
+        s1: &Tensor,
+        arch: &space::Cell,
+        slots: &[Option<usize>],
+        nodes: usize,
+        train: bool,
+    ) -> Tensor {
+        let mut states: Vec<Tensor> = Vec::with_capacity(nodes + 2);
+        states.push(self.preprocess0.forward_t(s0, train));
+        states.push(self.preprocess1.forward_t(s1, train));
+        for to in 2..nodes + 2 {
+            let mut node: Option<Tensor> = None;
+            for e in arch.edges.iter().filter(|e| e.to == to) {
+                // Checked before the call: a missing slot cannot happen here.
+                let Some(k) = slots.get(e.op as usize).copied().flatten() else { continue };
+                let h = self.ops[edge_index(e.from, to)][k].forward_t(&states[e.from], train);
+                node = Some(match node {
+                    None => h,
+                    Some(acc) => acc + h,
+                });
+            }
+            let node = node.unwrap_or_else(|| self.empty_node(&states[1]));
+            states.push(node);
+        }
+        Tensor::cat(&states[2..], 1)
+    }
+
+    /// Zeros shaped like an intermediate node, for a node the sampled cell gives no edge.
+    /// Shapes are host metadata, so this does not synchronise with the device.
+    fn empty_node(&self, s1: &Tensor) -> Tensor {
+        let size = s1.size();
+        let (n, mut h, mut w) = (size[0], size[2], size[3]);
+        if self.reduction {
+            // What every stride-2 op gives (kernel k, padding k/2): ceil(side / 2).
+            h = (h + 1) / 2;
+            w = (w + 1) / 2;
+        }
+        Tensor::zeros([n, self.channels, h, w], (s1.kind(), s1.device()))
+    }
+}
+
+/// The weight-sharing search network. See the module documentation.
+#[derive(Debug)]
+pub struct Supernet {
+    config: SupernetConfig,
+    stem_conv: Conv2d,
+    stem_bn: BatchNorm2d,
+    cells: Vec<SearchCell>,
+    classifier: Linear,
+    /// Position in `config.primitives` of each primitive, indexed by `Primitive as usize`:
+    /// built once so a forward pass maps sampled ops to candidate slots without searching.
+    slots: Vec<Option<usize>>,
+}
+
+impl Supernet {
+    /// Builds the supernet's variables under `p` (normally a VarStore's root).
+    pub fn new(p: &nn::Path, config: SupernetConfig) -> Result<Self> {
+        config.validate()?;
+        let mut slots = vec![None; Primitive::ALL.len()];
+        for (k, &prim) in config.primitives.iter().enumerate() {
+            match slots.get_mut(prim as usize) {
+                Some(slot) => *slot = Some(k),
+                // Only if Primitive gained a variant that ALL does not list.
+                None => return Err(Error::BadOption(format!("operation {prim} cannot be searched"))),
+            }
+        }
+        let c = config.init_channels;
+        let s = p / "stem";
+        let stem_conv = Conv2d::new(&s / 0, 3, 3 * c, Conv2dSpec::new(3).padding(1));
+        let stem_bn = BatchNorm2d::new(&s / 1, 3 * c, true);
+        let (mut c_prev_prev, mut c_prev, mut c_curr) = (3 * c, 3 * c, c);
+        let mut reduction_prev = false;
+        let multiplier = config.nodes as i64;
+        let cells_path = p / "cells";
+        let mut cells = Vec::with_capacity(config.layers as usize);
+        for i in 0..config.layers {
+            let reduction = config.is_reduction(i);
+            if reduction {
+                c_curr *= 2;
+            }
+            cells.push(SearchCell::new(
+                &cells_path / i,
+                &config,
+                c_prev_prev,
+                c_prev,
+                c_curr,
+                reduction,
+                reduction_prev,
+            ));
+            reduction_prev = reduction;
+            c_prev_prev = c_prev;
+            c_prev = multiplier * c_curr;
+        }
+        let classifier = Linear::new(p / "classifier", c_prev, config.num_classes);
+        Ok(Supernet { config, stem_conv, stem_bn, cells, classifier, slots })
+    }
+
+    pub fn config(&self) -> &SupernetConfig {
+        &self.config
+    }
+
+    /// Number of cells (L).
+    pub fn num_cells(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Checks that every edge of a sampled cell exists in the supernet (`from < to`,
+    /// `2 <= to < nodes + 2`) and carries one of the candidate operations. Any number of edges
+    /// per node is fine; `concat` is not looked at.
+    pub fn check_arch(&self, cell: &space::Cell) -> Result<()> {
+        let last = self.config.nodes + 1;
+        for (i, e) in cell.edges.iter().enumerate() {
+            if e.to < 2 || e.to > last || e.from >= e.to {
+                return Err(Error::BadOption(format!(
+                    "sampled cell, edge {i} {e}: not an edge of the supernet (needs from < to and 2 <= to <= {last})"
+                )));
+            }
+            if self.slots.get(e.op as usize).copied().flatten().is_none() {
+                return Err(Error::BadOption(format!(
+                    "sampled cell, edge {i} {e}: operation {} is not a candidate of the supernet",
+                    e.op
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Logits for a batch N×3×H×W (H, W even at each reduction) with normal cells running
+    /// `normal`'s edges and reduction cells running `reduce`'s. Fails only when a sampled
+    /// cell does not fit the supernet (see [`Supernet::check_arch`]).
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        normal: &space::Cell,
+        reduce: &space::Cell,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.check_arch(normal)?;
+        self.check_arch(reduce)?;
+        let s = self.stem_bn.forward_t(&self.stem_conv.forward(x), train);
+        let (mut s0, mut s1) = (s.shallow_clone(), s);
+        for cell in &self.cells {
+            let arch = if cell.reduction { reduce } else { normal };
+            let next = cell.forward_t(&s0, &s1, arch, &self.slots, self.config.nodes, train);
+            s0 = std::mem::replace(&mut s1, next);
+        }
+        let pooled = s1.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        Ok(self.classifier.forward(&pooled))
+    }
+
+    /// Output of cell `index` alone for inputs `s0` (the cell before last) and `s1` (the last
+    /// cell), running `arch`'s edges: N × (nodes·C) × H' × W', node i at channels
+    /// `(i-2)·C..(i-1)·C`. For tests and diagnostics; `index` and `arch` are checked.
+    pub fn cell_forward_t(
+        &self,
+        index: usize,
+        s0: &Tensor,
+        s1: &Tensor,
+        arch: &space::Cell,
+        train: bool,
+    ) -> Result<Tensor> {
+        let cell = self.cells.get(index).ok_or_else(|| {
+            Error::BadOption(format!("cell {index} does not exist (the supernet has {})", self.cells.len()))
+        })?;
+        self.check_arch(arch)?;
+        Ok(cell.forward_t(s0, s1, arch, &self.slots, self.config.nodes, train))
+    }
+}
