@@ -233,7 +233,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (Some(dir), _) => (dir.clone(), StartMode::Resume),
                 (None, Some(dir)) if args.force => (dir.clone(), StartMode::Force),
                 (None, Some(dir)) => (dir.clone(), StartMode::New),
-                (None, None) => anyhow::bail!(cnas::Error::BadOption("give -o RUN_DIR or --resume RUN_DIR".into())),
+                (None, None) => {
+                    anyhow::bail!(cnas::Error::BadOption("give -o RUN_DIR or --resume RUN_DIR".into()))
+                }
             };
             let outcome = cnas::search::search(
                 &args.options(),

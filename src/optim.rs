@@ -113,12 +113,27 @@ impl Sgd {
     }
 
     /// Restores what [`Sgd::state`] saved; parameters without a saved buffer start afresh.
+    ///
+    /// A parameter that has been updated has a gradient from then on (zeroed, not removed, by
+    /// `zero_grad`), and [`Sgd::step_subset`] decays and moves it even when a later step's graph
+    /// does not reach it; one that never has been has none and is skipped. The restored state
+    /// must behave the same, so every parameter with a momentum buffer gets a zero gradient.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         for (i, name) in self.names.iter().enumerate() {
             self.momentum_buffers[i] = match state.get(&format!("momentum.{name}")) {
                 None => None,
                 Some(t) => Some(checked_copy(t, &self.params[i], name)?),
             };
+        }
+        let touched: Vec<Tensor> = self
+            .params
+            .iter()
+            .zip(&self.momentum_buffers)
+            .filter(|(p, b)| b.is_some() && !p.grad().defined())
+            .map(|(p, _)| p.sum(p.kind()) * 0.0)
+            .collect();
+        if !touched.is_empty() {
+            Tensor::stack(&touched, 0).sum(tch::Kind::Float).backward();
         }
         Ok(())
     }

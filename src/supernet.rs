@@ -107,6 +107,68 @@ pub fn edge_index(from: usize, to: usize) -> usize {
     (to * to.saturating_sub(1) / 2 + from).saturating_sub(1)
 }
 
+/// Which trainable parameters of a supernet an architecture pair uses: the shared ones (stem,
+/// preprocessing, classifier) and those of the ops on the sampled edges. The optimizer updates
+/// only these, as PyTorch does for parameters whose gradient is `None`.
+#[derive(Debug, Clone)]
+pub struct ParamUse {
+    /// Per parameter (in the order given to [`ParamUse::new`]): the (cell, edge, op) owning it.
+    owners: Vec<Option<(usize, usize, usize)>>,
+    reduction: Vec<bool>,
+    primitives: Vec<Primitive>,
+}
+
+impl ParamUse {
+    /// For the parameters named `names` of a supernet built from `config`.
+    pub fn new<S: AsRef<str>>(names: &[S], config: &SupernetConfig) -> Self {
+        ParamUse {
+            owners: names.iter().map(|n| op_owner(n.as_ref())).collect(),
+            reduction: (0..config.layers).map(|i| config.is_reduction(i)).collect(),
+            primitives: config.primitives.clone(),
+        }
+    }
+
+    /// Indices of the parameters that `normal` and `reduce` use.
+    pub fn active(&self, normal: &space::Cell, reduce: &space::Cell) -> Vec<usize> {
+        let op_index = |p: space::Primitive| self.primitives.iter().position(|&q| q == p);
+        let mut used: Vec<[bool; 2]> = Vec::new();
+        for (kind, arch) in [normal, reduce].into_iter().enumerate() {
+            for e in &arch.edges {
+                if let (true, Some(k)) = (e.from < e.to && e.to >= 2, op_index(e.op)) {
+                    let slot = edge_index(e.from, e.to) * self.primitives.len() + k;
+                    if used.len() <= slot {
+                        used.resize(slot + 1, [false; 2]);
+                    }
+                    used[slot][kind] = true;
+                }
+            }
+        }
+        self.owners
+            .iter()
+            .enumerate()
+            .filter(|(_, owner)| match owner {
+                None => true,
+                Some((cell, edge, op)) => {
+                    let kind = usize::from(self.reduction.get(*cell).copied().unwrap_or(false));
+                    used.get(edge * self.primitives.len() + op).is_some_and(|u| u[kind])
+                }
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+/// The (cell, edge, op) a variable named `cells.C._ops.E._ops.K....` belongs to.
+fn op_owner(name: &str) -> Option<(usize, usize, usize)> {
+    let mut parts = name.strip_prefix("cells.")?.split('.');
+    let cell = parts.next()?.parse().ok()?;
+    (parts.next()? == "_ops").then_some(())?;
+    let edge = parts.next()?.parse().ok()?;
+    (parts.next()? == "_ops").then_some(())?;
+    let op = parts.next()?.parse().ok()?;
+    Some((cell, edge, op))
+}
+
 /// Variable name prefix of operation `op` on edge `edge` of cell `cell`, e.g.
 /// `cells.3._ops.4._ops.2.` (the names of its variables start with it).
 pub fn op_path(cell: usize, edge: usize, op: usize) -> String {
