@@ -303,6 +303,8 @@ pub struct Network {
     classifier: Linear,
     /// Drop-path probability applied to non-identity edges in training (0 = off).
     pub drop_path_prob: f64,
+    /// Run in channels-last layout (faster on the CPU); set from the device at construction.
+    pub channels_last: bool,
 }
 
 /// The outputs of a forward pass.
@@ -371,7 +373,8 @@ impl Network {
             .auxiliary
             .then(|| AuxiliaryHead::new(p / "auxiliary_head", config.kind, c_auxiliary, config.num_classes));
         let classifier = Linear::new(p / "classifier", c_prev, config.num_classes);
-        Ok(Network { config, stem, cells, auxiliary_head, classifier, drop_path_prob: 0.0 })
+        let channels_last = crate::ops::channels_last_default(p.device());
+        Ok(Network { config, stem, cells, auxiliary_head, classifier, drop_path_prob: 0.0, channels_last })
     }
 
     pub fn config(&self) -> &NetworkConfig {
@@ -381,7 +384,8 @@ impl Network {
     /// Logits (and, in training with an auxiliary head, the auxiliary logits) for a batch of
     /// normalised images N×3×H×W.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Logits {
-        let (mut s0, mut s1) = self.stem.forward_t(x, train);
+        let x = if self.channels_last { crate::ops::to_channels_last(x) } else { x.shallow_clone() };
+        let (mut s0, mut s1) = self.stem.forward_t(&x, train);
         let mut auxiliary = None;
         for (i, cell) in self.cells.iter().enumerate() {
             let next = cell.forward_t(&s0, &s1, self.drop_path_prob, train);

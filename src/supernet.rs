@@ -329,6 +329,8 @@ pub struct Supernet {
     /// Position in `config.primitives` of each primitive, indexed by `Primitive as usize`:
     /// built once so a forward pass maps sampled ops to candidate slots without searching.
     slots: Vec<Option<usize>>,
+    /// Run in channels-last layout (faster on the CPU); set from the device at construction.
+    pub channels_last: bool,
 }
 
 impl Supernet {
@@ -371,7 +373,8 @@ impl Supernet {
             c_prev = multiplier * c_curr;
         }
         let classifier = Linear::new(p / "classifier", c_prev, config.num_classes);
-        Ok(Supernet { config, stem_conv, stem_bn, cells, classifier, slots })
+        let channels_last = crate::ops::channels_last_default(p.device());
+        Ok(Supernet { config, stem_conv, stem_bn, cells, classifier, slots, channels_last })
     }
 
     pub fn config(&self) -> &SupernetConfig {
@@ -416,7 +419,8 @@ impl Supernet {
     ) -> Result<Tensor> {
         self.check_arch(normal)?;
         self.check_arch(reduce)?;
-        let s = self.stem_bn.forward_t(&self.stem_conv.forward(x), train);
+        let x = if self.channels_last { crate::ops::to_channels_last(x) } else { x.shallow_clone() };
+        let s = self.stem_bn.forward_t(&self.stem_conv.forward(&x), train);
         let (mut s0, mut s1) = (s.shallow_clone(), s);
         for cell in &self.cells {
             let arch = if cell.reduction { reduce } else { normal };

@@ -75,10 +75,11 @@ fn run_case(name: &str, case: Case) {
         args.push("--auxiliary".into());
     }
     common::run_reference("make_reference.py", &args);
-    compare(name, &case, &out);
+    compare(name, &case, &out, false);
+    compare(&format!("{name} (channels-last)"), &case, &out, true);
 }
 
-fn compare(name: &str, case: &Case, out: &Path) {
+fn compare(name: &str, case: &Case, out: &Path, channels_last: bool) {
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
     let reference: HashMap<String, Tensor> =
@@ -94,6 +95,10 @@ fn compare(name: &str, case: &Case, out: &Path) {
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let mut net = Network::new(&vs.root(), config).unwrap();
+    net.channels_last = channels_last;
+    // In channels-last layout oneDNN sums convolution weight gradients in another order, so
+    // they are compared with PyTorch's run in the same layout.
+    let grad_key = if channels_last { "grad_channels_last" } else { "grad" };
 
     // Same parameter and buffer names and shapes as PyTorch's state_dict.
     let ours: HashMap<String, Vec<i64>> = vs.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
@@ -142,7 +147,7 @@ fn compare(name: &str, case: &Case, out: &Path) {
     let mut grads = 0;
     for (var_name, var) in vs.variables() {
         if var.requires_grad() {
-            let reference_grad = &reference[&format!("grad.{var_name}")];
+            let reference_grad = &reference[&format!("{grad_key}.{var_name}")];
             let grad = var.grad();
             let grad = if grad.defined() { grad } else { var.zeros_like() };
             assert_close(&format!("{name}: gradient of {var_name}"), &grad, reference_grad);

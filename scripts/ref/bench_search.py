@@ -64,6 +64,10 @@ def parse_args(argv=None):
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--archs", default=None,
+                   help="JSON list of [normal_edges, reduce_edges] pairs to use, in order, for the "
+                        "weight steps (the cnas side writes the pairs it samples, so both engines "
+                        "run the same architectures)")
     a = p.parse_args(argv)
     if a.steps < 1 or a.controller_steps < 1 or a.warmup < 0 or a.batch < 1:
         p.error("steps and controller-steps must be >= 1, warmup >= 0, batch >= 1")
@@ -106,9 +110,19 @@ def main(argv=None):
     ctl_rng = random.Random(a.seed + 1)
     params = list(model.parameters())
 
+    given = None
+    if a.archs:
+        with open(a.archs) as f:
+            given = [([tuple(e) for e in n], [tuple(e) for e in r]) for n, r in json.load(f)]
+    step_no = [0]
+
     def weight_step():
-        normal = uniform_arch(weight_rng, a.nodes, model.primitives)
-        reduce = uniform_arch(weight_rng, a.nodes, model.primitives)
+        if given:
+            normal, reduce = given[step_no[0] % len(given)]
+        else:
+            normal = uniform_arch(weight_rng, a.nodes, model.primitives)
+            reduce = uniform_arch(weight_rng, a.nodes, model.primitives)
+        step_no[0] += 1
         logits = model(x, normal, reduce)
         loss = F.cross_entropy(logits, y)
         sgd.zero_grad(set_to_none=True)

@@ -12,7 +12,8 @@ Files written under DIR:
     state_dict_module.pth   the same with every key prefixed "module."
     checkpoint.pth          {"epoch": 3, "state_dict": ..., "best_acc_top1": 0.5}
     reference.safetensors   input, target (int64), logits_eval, logits_train, aux_train,
-                            loss ([1]), grad.<param>, running_after.<bn buffer>,
+                            loss ([1]), grad.<param>, grad_channels_last.<param>,
+                            running_after.<bn buffer>,
                             logits_droppath
     meta.json               params, params_total, madds, names, param_names, torch, ...
 
@@ -163,6 +164,23 @@ def main(argv=None):
     for name, b in model.named_buffers():
         if name.endswith("running_mean") or name.endswith("running_var"):
             out["running_after." + name] = flat(b)
+
+    # The same training step with the input in channels-last layout (as cnas runs on the
+    # CPU): convolution kernels sum in another order there, so gradients differ from the
+    # contiguous run by more than float noise; cnas's channels-last gradients are compared
+    # with these.
+    cl = build(a, genotype)
+    cl.load_state_dict(initial)
+    cl.train()
+    cl.drop_path_prob = 0.0
+    cl_logits, cl_aux = cl(x.contiguous(memory_format=torch.channels_last))
+    cl_loss = F.cross_entropy(cl_logits, target)
+    if a.auxiliary:
+        cl_loss = cl_loss + 0.4 * F.cross_entropy(cl_aux, target)
+    cl_loss.backward()
+    for name, p in cl.named_parameters():
+        out["grad_channels_last." + name] = (torch.zeros_like(p, dtype=torch.float32)
+                                             if p.grad is None else flat(p.grad))
 
     if a.drop_path > 0:
         fresh = build(a, genotype)
