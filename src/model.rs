@@ -261,6 +261,7 @@ impl AuxiliaryHead {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per network
 enum Stem {
     /// `stem`: conv 3×3 to 3C, BN.
     Cifar { conv: Conv2d, bn: BatchNorm2d },

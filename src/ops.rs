@@ -207,6 +207,7 @@ pub struct DilConv {
 }
 
 impl DilConv {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         p: nn::Path,
         c_in: i64,

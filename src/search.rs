@@ -792,8 +792,7 @@ impl Search {
         let mut totals = Totals::new(self.device);
         for batch in epoch {
             let (images, labels) = batch?;
-            let images = images.to_device(self.device);
-            let labels = labels.to_device(self.device);
+            let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
             let (normal, reduce) = self.sample_pair(&mut rng, uniform);
             let (loss, logits) = weight_step(
                 &self.supernet,
@@ -865,7 +864,7 @@ impl Search {
                 }
             };
             let (images, labels) = batch?;
-            let (images, labels) = (images.to_device(self.device), labels.to_device(self.device));
+            let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
             images_seen += labels.size()[0] as usize;
             let step = controller_step(
                 &self.supernet,
@@ -933,7 +932,7 @@ impl Search {
             self.heldout_loader.epoch(self.loader_epoch(Phase::Derive)).take(self.options.derive_batches)
         {
             let (images, labels) = batch?;
-            batches.push((images.to_device(self.device), labels.to_device(self.device)));
+            batches.push((to_device(&images, self.device), to_device(&labels, self.device)));
         }
         let start = Instant::now();
         let mut candidates = Vec::with_capacity(self.options.derive_rounds);
@@ -1098,6 +1097,16 @@ pub fn controller_step(
         node_entropy: (n.node_entropy.double_value(&[]) + r.node_entropy.double_value(&[])) / 2.0,
         op_entropy: (n.op_entropy.double_value(&[]) + r.op_entropy.double_value(&[])) / 2.0,
     })
+}
+
+/// Copies a batch to the device without waiting for the copy: the loader hands over pinned
+/// memory on CUDA, so the transfer overlaps with the work already queued.
+fn to_device(t: &Tensor, device: Device) -> Tensor {
+    if device == Device::Cpu {
+        t.shallow_clone()
+    } else {
+        t.to_device_(device, t.kind(), true, false)
+    }
 }
 
 /// The highest-scoring candidate (the earliest on ties).

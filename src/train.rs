@@ -33,7 +33,7 @@ mod tests {
         assert!((total.double_value(&[]) - 10.0).abs() < 1e-5);
         assert!((a.grad().double_value(&[0]) - 3.0).abs() < 1e-4);
         assert!((b.grad().double_value(&[1]) - 4.0).abs() < 1e-4);
-        clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 100.0);
+        let _ = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 100.0);
         assert!((b.grad().double_value(&[1]) - 4.0).abs() < 1e-4);
     }
 }

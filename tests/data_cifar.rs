@@ -67,7 +67,7 @@ fn records(n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * RECORD_BYTES);
     for i in 0..n {
         out.push((i % 10) as u8);
-        out.extend(std::iter::repeat(i as u8).take(IMAGE_BYTES));
+        out.extend(std::iter::repeat_n(i as u8, IMAGE_BYTES));
     }
     out
 }

@@ -15,7 +15,7 @@ fn small_archive() -> Vec<u8> {
     let mut records = Vec::new();
     for i in 0..2u8 {
         records.push(i + 3);
-        records.extend(std::iter::repeat(i).take(IMAGE_BYTES));
+        records.extend(std::iter::repeat_n(i, IMAGE_BYTES));
     }
     assert_eq!(records.len(), 2 * RECORD_BYTES);
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
