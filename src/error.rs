@@ -17,8 +17,10 @@ pub enum Error {
     /// An option or combination of options that cannot work.
     #[error("{0}")]
     BadOption(String),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (`error` is not named `source` on purpose: the message already includes it, and a
+    /// source would be printed a second time by the binary's error chain.)
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -29,8 +31,8 @@ impl Error {
     pub fn is_user_error(&self) -> bool {
         match self {
             Error::Space(_) | Error::BadFile { .. } | Error::WeightMismatch(_) | Error::BadOption(_) => true,
-            Error::Io { source, .. } => matches!(
-                source.kind(),
+            Error::Io { error, .. } => matches!(
+                error.kind(),
                 std::io::ErrorKind::NotFound
                     | std::io::ErrorKind::PermissionDenied
                     | std::io::ErrorKind::InvalidData
@@ -47,8 +49,8 @@ impl Error {
         Error::BadFile { path: path.into(), message: message.into() }
     }
 
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+    pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
+        Error::Io { path: path.into(), error }
     }
 }
 
