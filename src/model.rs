@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::error::{Error, Result};
-use crate::ops::{drop_path, BatchNorm2d, Conv2d, Conv2dSpec, FactorizedReduce, Linear, Op, ReluConvBn};
+use crate::ops::{drop_path, BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn};
 use crate::space::{Cell as CellSpec, Genotype};
 
 /// Which network family: they differ in stem, auxiliary head and input size.
@@ -120,23 +120,6 @@ impl NetworkConfig {
     }
 }
 
-/// The input of a cell's first state: a plain 1×1 ReLU-conv-BN, or a factorized reduce when
-/// the cell before last had twice the resolution.
-#[derive(Debug)]
-enum Preprocess {
-    Conv(ReluConvBn),
-    Reduce(FactorizedReduce),
-}
-
-impl Preprocess {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        match self {
-            Preprocess::Conv(op) => op.forward_t(x, train),
-            Preprocess::Reduce(op) => op.forward_t(x, train),
-        }
-    }
-}
-
 /// One cell of a fixed network.
 #[derive(Debug)]
 pub struct Cell {
@@ -159,11 +142,7 @@ impl Cell {
         reduction: bool,
         reduction_prev: bool,
     ) -> Self {
-        let preprocess0 = if reduction_prev {
-            Preprocess::Reduce(FactorizedReduce::new(&p / "preprocess0", c_prev_prev, c, true))
-        } else {
-            Preprocess::Conv(ReluConvBn::new(&p / "preprocess0", c_prev_prev, c, Conv2dSpec::new(1), true))
-        };
+        let preprocess0 = Preprocess::new(&p / "preprocess0", c_prev_prev, c, reduction_prev, true);
         let preprocess1 = ReluConvBn::new(&p / "preprocess1", c_prev, c, Conv2dSpec::new(1), true);
         let edges = spec.edges_by_node();
         let ops_path = &p / "_ops";

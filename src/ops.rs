@@ -337,6 +337,31 @@ impl FactorizedConv {
     }
 }
 
+/// The input of a cell's first state (`preprocess0`): a 1×1 ReLU-conv-BN, or a factorized
+/// reduce when the cell before last had twice this cell's input resolution.
+#[derive(Debug)]
+pub enum Preprocess {
+    Conv(ReluConvBn),
+    Reduce(FactorizedReduce),
+}
+
+impl Preprocess {
+    pub fn new(p: nn::Path, c_in: i64, c_out: i64, reduction_prev: bool, affine: bool) -> Self {
+        if reduction_prev {
+            Preprocess::Reduce(FactorizedReduce::new(p, c_in, c_out, affine))
+        } else {
+            Preprocess::Conv(ReluConvBn::new(p, c_in, c_out, Conv2dSpec::new(1), affine))
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            Preprocess::Conv(op) => op.forward_t(x, train),
+            Preprocess::Reduce(op) => op.forward_t(x, train),
+        }
+    }
+}
+
 /// One operation on one edge.
 #[derive(Debug)]
 pub enum Op {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::error::{Error, Result};
-use crate::ops::{BatchNorm2d, Conv2d, Conv2dSpec, FactorizedReduce, Linear, Op, ReluConvBn};
+use crate::ops::{BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn};
 use crate::space::{self, Primitive};
 
 /// Everything that determines the supernet's shape.
@@ -175,23 +175,6 @@ pub fn op_path(cell: usize, edge: usize, op: usize) -> String {
     format!("cells.{cell}._ops.{edge}._ops.{op}.")
 }
 
-/// A cell's first input: a 1×1 ReLU-conv-BN, or a factorized reduce when the cell before last
-/// had twice this cell's input resolution.
-#[derive(Debug)]
-enum Preprocess {
-    Conv(ReluConvBn),
-    Reduce(FactorizedReduce),
-}
-
-impl Preprocess {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        match self {
-            Preprocess::Conv(op) => op.forward_t(x, train),
-            Preprocess::Reduce(op) => op.forward_t(x, train),
-        }
-    }
-}
-
 /// One candidate operation on one edge; pools carry the non-affine BN DARTS adds after them
 /// (without it, parameter-free pools would dominate the learned, normalised convolutions).
 #[derive(Debug)]
@@ -248,11 +231,7 @@ impl SearchCell {
         reduction: bool,
         reduction_prev: bool,
     ) -> Self {
-        let preprocess0 = if reduction_prev {
-            Preprocess::Reduce(FactorizedReduce::new(&p / "preprocess0", c_prev_prev, c, false))
-        } else {
-            Preprocess::Conv(ReluConvBn::new(&p / "preprocess0", c_prev_prev, c, Conv2dSpec::new(1), false))
-        };
+        let preprocess0 = Preprocess::new(&p / "preprocess0", c_prev_prev, c, reduction_prev, false);
         let preprocess1 = ReluConvBn::new(&p / "preprocess1", c_prev, c, Conv2dSpec::new(1), false);
         let ops_path = &p / "_ops";
         let mut ops = Vec::with_capacity(config.num_edges());

@@ -79,7 +79,13 @@ fn run_case(name: &str, case: Case) {
     compare(&format!("{name} (channels-last)"), &case, &out, true);
 }
 
+/// libtorch's random generator is global to the process and the tests run on several
+/// threads: whoever builds a network (random initialisation) or draws drop-path masks holds
+/// this, so a seeded drop-path forward sees exactly the draws PyTorch saw.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn compare(name: &str, case: &Case, out: &Path, channels_last: bool) {
+    let _rng = TORCH_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
     let reference: HashMap<String, Tensor> =
