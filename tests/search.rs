@@ -146,45 +146,55 @@ fn a_run_directory_holding_another_run_is_refused() {
 
 #[test]
 fn after_a_short_search_the_controller_beats_uniform_sampling() {
+    // A small space (2 nodes, all 8 ops) and enough weight training for architectures to
+    // differ: controller samples must then score higher than uniform ones on held-out images,
+    // and the controllers must have become more certain than uniform choice.
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let args = [
         "--mode",
         "fixed",
+        "--nodes",
+        "2",
         "--init-channels",
         "8",
         "--layers",
-        "5",
+        "3",
         "--max-images",
-        "1024",
+        "2048",
         "--batch-size",
         "64",
         "--warmup-epochs",
         "2",
         "--epochs",
-        "3",
+        "4",
         "--controller-steps",
-        "25",
+        "40",
         "--controller-lr",
-        "0.0035",
+        "0.006",
         "--derive-rounds",
         "2",
         "--derive-samples",
         "12",
         "--derive-batches",
-        "2",
+        "4",
         "--workers",
         "2",
         "--seed",
-        "1",
+        "2",
     ];
     ok(&search(&run, &args));
     let metrics = metrics_without_timing(&run);
     let controller: Vec<&serde_json::Value> = metrics.iter().filter(|m| m["phase"] == "controller").collect();
     let entropy =
         |m: &serde_json::Value| m["node_entropy"].as_f64().unwrap() + m["op_entropy"].as_f64().unwrap();
-    let (first, last) = (entropy(controller[0]), entropy(controller[controller.len() - 1]));
-    assert!(last < first, "entropy did not fall: {first} -> {last}");
+    // Uniform choice over 2 nodes and 8 ops: node i picks 2 of i+2 inputs and 2 of 8 ops.
+    let uniform_entropy: f64 = (0..2).map(|i| 2.0 * ((i + 2) as f64).ln() + 2.0 * 8f64.ln()).sum();
+    let last = entropy(controller[controller.len() - 1]);
+    assert!(
+        last < 0.9 * uniform_entropy,
+        "entropy {last:.3} has not fallen from uniform's {uniform_entropy:.3}"
+    );
     let derive = metrics.iter().find(|m| m["phase"] == "derive").unwrap();
     assert!(derive["samples"].as_u64().unwrap() >= 20);
     let (ours, uniform) =
