@@ -151,20 +151,16 @@ impl SearchArgs {
             Preset::Paper => cnas::search::SearchOptions::default(),
             Preset::Quick => cnas::search::SearchOptions::quick(),
         };
+        // What the user gave replaces the preset's value; optional settings stay optional.
         macro_rules! set {
             ($($field:ident),*) => { $(if let Some(v) = self.$field { o.$field = v; })* };
         }
+        macro_rules! set_optional {
+            ($($field:ident),*) => { $(if self.$field.is_some() { o.$field = self.$field; })* };
+        }
         set!(mode, init_channels, layers, nodes, batch_size, warmup_epochs, epochs, controller_steps, lr);
         set!(controller_lr, entropy_weight, derive_rounds, derive_samples, derive_batches);
-        if self.temperature.is_some() {
-            o.temperature = self.temperature;
-        }
-        if self.tanh_constant.is_some() {
-            o.tanh_constant = self.tanh_constant;
-        }
-        if self.max_images.is_some() {
-            o.max_images = self.max_images;
-        }
+        set_optional!(temperature, tanh_constant, max_images);
         o.seed = self.data.seed;
         o
     }
