@@ -98,26 +98,31 @@ impl NetworkConfig {
     /// Checks what would otherwise fail deep inside libtorch.
     pub fn validate(&self) -> Result<()> {
         self.genotype.validate(None)?;
-        if self.init_channels < 2 || self.init_channels % 2 != 0 {
-            return Err(Error::BadOption(format!(
-                "init channels must be even and at least 2 (factorized reduce splits them in two), got {}",
-                self.init_channels
-            )));
-        }
+        check_sizes(self.init_channels, self.layers, self.num_classes)?;
         if self.kind == NetworkKind::Imagenet && self.init_channels % 4 != 0 {
             return Err(Error::BadOption(format!(
                 "ImageNet init channels must be a multiple of 4 (the first stem has C/2), got {}",
                 self.init_channels
             )));
         }
-        if self.layers < 1 {
-            return Err(Error::BadOption(format!("layers must be at least 1, got {}", self.layers)));
-        }
-        if self.num_classes < 1 {
-            return Err(Error::BadOption(format!("classes must be at least 1, got {}", self.num_classes)));
-        }
         Ok(())
     }
+}
+
+/// The checks every cell network (fixed or supernet) needs on its sizes.
+pub(crate) fn check_sizes(init_channels: i64, layers: i64, num_classes: i64) -> Result<()> {
+    if init_channels < 2 || init_channels % 2 != 0 {
+        return Err(Error::BadOption(format!(
+            "init channels must be even and at least 2 (factorized reduce splits them in two), got {init_channels}"
+        )));
+    }
+    if layers < 1 {
+        return Err(Error::BadOption(format!("layers must be at least 1, got {layers}")));
+    }
+    if num_classes < 1 {
+        return Err(Error::BadOption(format!("classes must be at least 1, got {num_classes}")));
+    }
+    Ok(())
 }
 
 /// One cell of a fixed network.

@@ -79,20 +79,9 @@ impl SupernetConfig {
                 )));
             }
         }
-        if self.init_channels < 2 || self.init_channels % 2 != 0 {
-            return Err(Error::BadOption(format!(
-                "init channels must be even and at least 2 (factorized reduce splits them in two), got {}",
-                self.init_channels
-            )));
-        }
-        if self.layers < 1 {
-            return Err(Error::BadOption(format!("layers must be at least 1, got {}", self.layers)));
-        }
+        crate::model::check_sizes(self.init_channels, self.layers, self.num_classes)?;
         if self.nodes < 1 {
             return Err(Error::BadOption(format!("nodes must be at least 1, got {}", self.nodes)));
-        }
-        if self.num_classes < 1 {
-            return Err(Error::BadOption(format!("classes must be at least 1, got {}", self.num_classes)));
         }
         Ok(())
     }
