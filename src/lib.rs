@@ -1,16 +1,16 @@
 //! cnas: Curriculum Neural Architecture Search on libtorch.
 //!
 //! One module per concern: [`space`] (primitives, genotypes), [`ops`] (the operations an edge
-//! can carry), [`model`] (fixed CIFAR and ImageNet networks), [`weights`] (state_dict I/O),
-//! [`profile`] (parameter and multiply-add counts), [`input`] (images and arrays to predict
-//! on), [`device`] (`--device`).
-pub mod device;
-pub mod error;
-pub mod space;
-
-pub use error::{Error, Result};
+//! can carry), [`model`] (fixed CIFAR and ImageNet networks), [`supernet`] and [`controller`]
+//! (weight sharing and the LSTM that samples cells), [`search`] (the curriculum search),
+//! [`train`] (retraining a genotype from scratch) and [`eval`] (scoring it), [`optim`],
+//! [`data`] (data sets and the loader), [`weights`] (state_dict I/O), [`profile`] and
+//! [`report`] (parameter and multiply-add counts), [`predict`], [`device`] (`--device`).
 pub mod controller;
 pub mod data;
+pub mod device;
+pub mod error;
+pub mod eval;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -18,7 +18,10 @@ pub mod predict;
 pub mod profile;
 pub mod report;
 pub mod search;
+pub mod space;
 pub mod supernet;
 pub mod train;
 pub mod util;
 pub mod weights;
+
+pub use error::{Error, Result};

@@ -28,6 +28,12 @@ enum Command {
     /// Curriculum architecture search on CIFAR-10 (resumable); leaves the best genotype in
     /// RUN_DIR/genotype.json.
     Search(Box<SearchArgs>),
+    /// Train a genotype from scratch with the paper's recipe (resumable); leaves the best and
+    /// last checkpoints, metrics and the final evaluation in OUT.
+    Train(Box<TrainArgs>),
+    /// Score trained weights on the test split: top-1/top-5, loss, per-class accuracy,
+    /// confusion matrix.
+    Eval(Box<EvalArgs>),
     /// Show a genotype and the size (params, multiply-adds) of the network built from it.
     Info {
         #[command(flatten)]
@@ -166,6 +172,141 @@ impl SearchArgs {
     }
 }
 
+/// `cnas train`: every number has the paper's default for the data set unless given.
+#[derive(Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    data: cnas::data::DataArgs,
+    /// A published architecture (CNAS, DARTS_V2, ...) or a genotype file (JSON, e.g.
+    /// RUN_DIR/genotype.json, or DARTS text).
+    #[arg(long, required_unless_present = "resume")]
+    arch: Option<String>,
+    /// Run directory (config, metrics, last and best checkpoints, eval.json).
+    #[arg(short = 'o', long, value_name = "OUT", required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in OUT from its last checkpoint, with its own options.
+    #[arg(long, value_name = "OUT", conflicts_with_all = ["out", "arch"])]
+    resume: Option<PathBuf>,
+    /// Start over in an OUT that holds another run, deleting it.
+    #[arg(long)]
+    force: bool,
+    /// Channels of the first cells [cifar10: 36, imagenet: 48].
+    #[arg(long)]
+    init_channels: Option<i64>,
+    /// Number of cells [cifar10: 20, imagenet: 14].
+    #[arg(long)]
+    layers: Option<i64>,
+    /// [cifar10: 600, imagenet: 250]
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per batch (per device) [64].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Initial learning rate (SGD) [0.05].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning rate the decay ends at [0].
+    #[arg(long)]
+    lr_min: Option<f64>,
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// [3e-4]
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// No weight decay on biases and BatchNorm parameters.
+    #[arg(long)]
+    no_bias_decay: bool,
+    /// Learning-rate decay [cifar10: cosine, imagenet: linear].
+    #[arg(long, value_enum)]
+    scheduler: Option<cnas::train::SchedulerKind>,
+    /// Epochs of linear warm-up before the decay [0].
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// --scheduler step: epochs between decays [1].
+    #[arg(long)]
+    step_size: Option<usize>,
+    /// --scheduler step: decay factor [0.97].
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Label smoothing [cifar10: 0, imagenet: 0.1].
+    #[arg(long)]
+    label_smooth: Option<f64>,
+    /// Weight of the auxiliary head's loss; 0 trains without the head [0.4].
+    #[arg(long)]
+    auxiliary_weight: Option<f64>,
+    /// Drop-path probability at the last epoch, rising linearly from 0 [0.2].
+    #[arg(long)]
+    drop_path_prob: Option<f64>,
+    /// Gradient clipping (global L2 norm) [5].
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Mixed precision: bf16 autocast for the forward pass, loss in fp32.
+    #[arg(long)]
+    amp: bool,
+    /// Train on at most this many images of the training set.
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// Validate on at most this many test images.
+    #[arg(long)]
+    max_eval_images: Option<usize>,
+    /// Validate every N epochs (and after the last) [1].
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Stop (as if interrupted) after this many epochs; for testing resume.
+    #[arg(long, hide = true)]
+    stop_after_epochs: Option<usize>,
+}
+
+impl TrainArgs {
+    fn options(&self) -> cnas::train::TrainOptions {
+        let mut o = cnas::train::TrainOptions::paper(self.data.dataset);
+        macro_rules! set {
+            ($($field:ident),*) => { $(if let Some(v) = self.$field { o.$field = v; })* };
+        }
+        set!(init_channels, layers, epochs, batch_size, lr, lr_min, momentum, weight_decay, scheduler);
+        set!(warmup_epochs, step_size, gamma, label_smooth, auxiliary_weight, drop_path_prob, grad_clip);
+        set!(eval_every);
+        o.max_images = self.max_images;
+        o.max_eval_images = self.max_eval_images;
+        o.no_bias_decay = self.no_bias_decay;
+        o.amp = self.amp;
+        o.seed = self.data.seed;
+        o
+    }
+}
+
+/// `cnas eval`: the network comes from the weights file (cnas format) or from --arch.
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[command(flatten)]
+    data: cnas::data::DataArgs,
+    /// Trained weights: OUT/best.safetensors or last.safetensors of `cnas train`, or a PyTorch
+    /// state_dict (.pth) with --arch.
+    #[arg(long, alias = "checkpoint", value_name = "FILE")]
+    weights: PathBuf,
+    /// The architecture, when the weights file does not say [CNAS].
+    #[arg(long)]
+    arch: Option<String>,
+    #[arg(long)]
+    init_channels: Option<i64>,
+    #[arg(long)]
+    layers: Option<i64>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Evaluate on the first N test images only.
+    #[arg(long)]
+    max_images: Option<usize>,
+    /// bf16 autocast.
+    #[arg(long)]
+    amp: bool,
+    /// Folder for eval.json (every number, the confusion matrix) and confusion.svg.
+    #[arg(short = 'o', long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Which fixed network to build.
 #[derive(Args, Debug, Clone)]
 struct NetArgs {
@@ -250,6 +391,60 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     outcome.best.stage,
                     outcome.run_dir.join("genotype.json").display()
                 );
+            }
+        }
+        Command::Train(args) => {
+            use cnas::search::StartMode;
+            let (run_dir, start) = match (&args.resume, &args.out) {
+                (Some(dir), _) => (dir.clone(), StartMode::Resume),
+                (None, Some(dir)) if args.force => (dir.clone(), StartMode::Force),
+                (None, Some(dir)) => (dir.clone(), StartMode::New),
+                (None, None) => anyhow::bail!(cnas::Error::BadOption("give -o OUT or --resume OUT".into())),
+            };
+            let request = match &args.arch {
+                Some(arch) if start != StartMode::Resume => {
+                    let (name, genotype) = cnas::space::resolve_arch(arch)?;
+                    Some(cnas::train::TrainRequest {
+                        arch: name,
+                        genotype,
+                        options: args.options(),
+                        data: &args.data,
+                    })
+                }
+                _ => None,
+            };
+            let summary = cnas::train::train(
+                request,
+                args.data.workers,
+                &run_dir,
+                start,
+                device,
+                cli.quiet,
+                args.stop_after_epochs,
+            )?;
+            if let Some(summary) = summary {
+                println!("{summary}");
+            }
+        }
+        Command::Eval(args) => {
+            let request = cnas::eval::EvalRequest {
+                weights: &args.weights,
+                arch: args.arch.as_deref(),
+                init_channels: args.init_channels,
+                layers: args.layers,
+                data: &args.data,
+                batch_size: args.batch_size,
+                max_images: args.max_images,
+                amp: args.amp,
+            };
+            let result = cnas::eval::evaluate_weights(&request, device, cli.quiet)?;
+            if let Some(dir) = &args.out {
+                cnas::eval::write_result(&result, dir)?;
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                print!("{result}");
             }
         }
         Command::Info { net, json } => {

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use crate::controller::{reinforce_loss, uniform_cell, Baseline, Controller, ControllerConfig};
-use crate::data::{Data, DataArgs, Loader, LoaderOptions, Part};
+use crate::data::{to_device, Data, DataArgs, DataConfig, Loader, LoaderOptions, Part};
 use crate::error::{Error, Result};
 use crate::optim::{Adam, Sgd};
 use crate::space::{Cell, Genotype, Primitive};
@@ -270,41 +270,6 @@ pub struct RunConfig {
     /// The curriculum's operation order.
     pub op_order: Vec<String>,
     pub versions: BTreeMap<String, String>,
-}
-
-/// The data options of a run, as config.json keeps them (resume reads them back).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DataConfig {
-    pub dataset: String,
-    pub data: PathBuf,
-    pub train_portion: f64,
-    pub seed: u64,
-    pub cutout: Option<usize>,
-}
-
-impl DataConfig {
-    fn from_args(args: &DataArgs) -> Self {
-        DataConfig {
-            dataset: format!("{:?}", args.dataset).to_lowercase(),
-            data: args.data.clone(),
-            train_portion: args.train_portion,
-            seed: args.seed,
-            cutout: args.cutout,
-        }
-    }
-
-    fn apply(&self, args: &mut DataArgs) -> Result<()> {
-        args.dataset = match self.dataset.as_str() {
-            "cifar10" => crate::data::DatasetKind::Cifar10,
-            "imagenet" => crate::data::DatasetKind::ImageNet,
-            other => return Err(Error::BadOption(format!("config.json: unknown dataset '{other}'"))),
-        };
-        args.data = self.data.clone();
-        args.train_portion = self.train_portion;
-        args.seed = self.seed;
-        args.cutout = self.cutout;
-        Ok(())
-    }
 }
 
 /// How a search is started.
@@ -1097,16 +1062,6 @@ pub fn controller_step(
         node_entropy: (n.node_entropy.double_value(&[]) + r.node_entropy.double_value(&[])) / 2.0,
         op_entropy: (n.op_entropy.double_value(&[]) + r.op_entropy.double_value(&[])) / 2.0,
     })
-}
-
-/// Copies a batch to the device without waiting for the copy: the loader hands over pinned
-/// memory on CUDA, so the transfer overlaps with the work already queued.
-fn to_device(t: &Tensor, device: Device) -> Tensor {
-    if device == Device::Cpu {
-        t.shallow_clone()
-    } else {
-        t.to_device_(device, t.kind(), true, false)
-    }
 }
 
 /// The highest-scoring candidate (the earliest on ties).

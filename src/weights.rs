@@ -45,8 +45,20 @@ fn sniff(path: &Path) -> Result<Format> {
     Err(Error::bad_file(path, "not a weights file (expected a torch.save .pth or a safetensors file)"))
 }
 
-/// Reads every tensor of a weights file, whatever its format.
+/// Names of the training state (optimizer buffers) that a `cnas train` checkpoint holds beside
+/// the network's own tensors.
+pub const TRAINING_STATE_PREFIX: &str = "optimizer.";
+
+/// Reads the network's tensors of a weights file, whatever its format: everything but the
+/// training state a `cnas train` checkpoint also holds.
 pub fn read(path: &Path) -> Result<NamedTensors> {
+    let mut tensors = read_all(path)?;
+    tensors.retain(|(name, _)| !name.starts_with(TRAINING_STATE_PREFIX));
+    Ok(tensors)
+}
+
+/// Reads every tensor of a weights file, whatever its format.
+pub fn read_all(path: &Path) -> Result<NamedTensors> {
     match sniff(path)? {
         Format::TorchZip => read_pth(path),
         Format::Safetensors => Tensor::read_safetensors(path).map_err(|e| {

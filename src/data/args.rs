@@ -56,6 +56,52 @@ impl Default for DataArgs {
     }
 }
 
+/// The data options of a run, as its config.json keeps them (resume reads them back; the
+/// number of workers is the machine's business and is not kept).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataConfig {
+    pub dataset: String,
+    pub data: PathBuf,
+    pub train_portion: f64,
+    pub seed: u64,
+    pub cutout: Option<usize>,
+    #[serde(default)]
+    pub skip_bad_images: bool,
+    #[serde(default)]
+    pub val_labels: Option<PathBuf>,
+    #[serde(default)]
+    pub image_size: Option<usize>,
+}
+
+impl DataConfig {
+    pub fn from_args(args: &DataArgs) -> Self {
+        DataConfig {
+            dataset: args.dataset.to_string(),
+            data: args.data.clone(),
+            train_portion: args.train_portion,
+            seed: args.seed,
+            cutout: args.cutout,
+            skip_bad_images: args.skip_bad_images,
+            val_labels: args.val_labels.clone(),
+            image_size: args.image_size,
+        }
+    }
+
+    /// Puts the kept options into `args` (whose `workers` stays as given).
+    pub fn apply(&self, args: &mut DataArgs) -> Result<()> {
+        args.dataset =
+            self.dataset.parse().map_err(|e: String| Error::BadOption(format!("config.json: {e}")))?;
+        args.data = self.data.clone();
+        args.train_portion = self.train_portion;
+        args.seed = self.seed;
+        args.cutout = self.cutout;
+        args.skip_bad_images = self.skip_bad_images;
+        args.val_labels = self.val_labels.clone();
+        args.image_size = self.image_size;
+        Ok(())
+    }
+}
+
 impl DataArgs {
     /// Rejects values that cannot work, naming the option.
     pub fn validate(&self) -> Result<()> {

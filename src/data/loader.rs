@@ -165,6 +165,15 @@ impl Loader {
         Ok(Loader { indices: Arc::new(indices), ..self.clone() })
     }
 
+    /// The same loader over its first `n` samples, in order (e.g. the first N test images).
+    pub fn first(&self, n: usize) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::BadOption("a loader needs at least one sample".into()));
+        }
+        let indices: Vec<usize> = self.indices.iter().copied().take(n).collect();
+        Ok(Loader { indices: Arc::new(indices), ..self.clone() })
+    }
+
     pub fn config(&self) -> &LoaderConfig {
         &self.cfg
     }

@@ -59,9 +59,19 @@ pub mod normalize;
 mod rng;
 pub mod transforms;
 
-pub use args::DataArgs;
+pub use args::{DataArgs, DataConfig};
 pub use cifar10::{read_records, CIFAR10_CLASSES};
 pub use dataset::{split_indices, Data, DatasetInfo, DatasetKind, LoaderOptions, Part};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, Source};
 pub use normalize::{CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD};
 pub use rng::{sample_rng, SampleRng};
+
+/// Moves a batch to `device` without waiting for the copy: the loader hands over pinned memory
+/// on CUDA, so the transfer overlaps with the work already queued.
+pub fn to_device(t: &tch::Tensor, device: tch::Device) -> tch::Tensor {
+    if device == tch::Device::Cpu {
+        t.shallow_clone()
+    } else {
+        t.to_device_(device, t.kind(), true, false)
+    }
+}

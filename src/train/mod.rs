@@ -1,0 +1,884 @@
+//! Training a fixed network from scratch (`cnas train`) with the paper's recipe, resumable.
+//!
+//! # Run directory
+//! - `config.json`: `"kind": "train"`, the architecture, the network, every option, the data
+//!   options, versions; `--resume` reads everything back from it;
+//! - `metrics.jsonl`: one line per epoch (learning rate, drop-path probability, train and
+//!   validation loss/top-1/top-5, images/s, epoch time);
+//! - `last.safetensors`: the network and the optimizer's momentum buffers, the epoch, the best
+//!   accuracy so far (in its metadata), written atomically after every epoch;
+//! - `best.safetensors`: the network at its best validation top-1 (cnas weights format, read
+//!   by `cnas predict`, `cnas eval` and `cnas export`);
+//! - `eval.json`: the final network's evaluation with per-class accuracy and confusion matrix.
+//!
+//! # Determinism
+//! Everything random in epoch `e` is drawn from streams keyed by (seed, e): the loader's
+//! shuffle and augmentations, and libtorch's generator (drop-path masks), reseeded at the start
+//! of every epoch. The learning rate is a closed form of `e`. A run resumed after epoch `e`
+//! therefore replays exactly what the uninterrupted run did; on the CPU the two end
+//! bit-identical.
+pub mod amp;
+pub mod schedule;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Reduction, Tensor};
+
+use crate::data::{to_device, Data, DataArgs, DataConfig, DatasetKind, LoaderOptions, Part};
+use crate::error::{Error, Result};
+use crate::eval::{evaluate, EvalResult, Totals};
+use crate::model::{Network, NetworkConfig, NetworkKind};
+use crate::optim::Sgd;
+use crate::space::Genotype;
+pub use schedule::{Schedule, SchedulerKind};
+
+/// Rescales the gradients of `params` so their global L2 norm is at most `max_norm`, like
+/// PyTorch's `clip_grad_norm_`, and returns the norm before clipping as a 0-dim tensor.
+/// Everything stays on the device: no host sync, so it can run inside the training step.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Tensor {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        if grads.is_empty() {
+            return Tensor::from(0f32);
+        }
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.norm()).collect();
+        let total = Tensor::stack(&norms, 0).norm();
+        let coef = (max_norm / (&total + 1e-6)).clamp_max(1.0);
+        for mut g in grads {
+            let _ = g.g_mul_(&coef);
+        }
+        total
+    })
+}
+
+/// Cross-entropy of `logits` against `labels`, in fp32 whatever the logits' dtype, with label
+/// smoothing `smooth` (PyTorch's definition: the target puts 1-smooth on the label and
+/// smooth/K on every class).
+pub fn classification_loss(logits: &Tensor, labels: &Tensor, smooth: f64) -> Tensor {
+    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, smooth)
+}
+
+/// Whether `--no-bias-decay` exempts a parameter from weight decay: biases and BatchNorm's
+/// affine parameters (every 1-dimensional parameter of the network).
+pub fn exempt_from_decay(param: &Tensor) -> bool {
+    param.dim() <= 1
+}
+
+/// Every number of a training run. [`TrainOptions::paper`] is the paper's recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    pub init_channels: i64,
+    pub layers: i64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub lr_min: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// No weight decay on biases and BatchNorm parameters.
+    pub no_bias_decay: bool,
+    pub scheduler: SchedulerKind,
+    pub warmup_epochs: usize,
+    /// For `--scheduler step`: every `step_size` epochs multiply by `gamma`.
+    pub step_size: usize,
+    pub gamma: f64,
+    pub label_smooth: f64,
+    /// Weight of the auxiliary head's loss; 0 builds no auxiliary head.
+    pub auxiliary_weight: f64,
+    /// Drop-path probability reached at the last epoch (it rises linearly from 0).
+    pub drop_path_prob: f64,
+    pub grad_clip: f64,
+    /// bf16 autocast for the forward pass (the loss in fp32).
+    pub amp: bool,
+    /// Train on at most this many images of the training set (None: all).
+    pub max_images: Option<usize>,
+    /// Validate on at most this many test images (None: all).
+    pub max_eval_images: Option<usize>,
+    /// Validate every this many epochs (and always after the last).
+    pub eval_every: usize,
+    pub seed: u64,
+}
+
+impl TrainOptions {
+    /// The paper's recipe for a data set (CIFAR-10: 36×20, 600 epochs, cosine; ImageNet:
+    /// 48×14, 250 epochs, linear decay, label smoothing 0.1).
+    pub fn paper(dataset: DatasetKind) -> Self {
+        let cifar = TrainOptions {
+            init_channels: 36,
+            layers: 20,
+            epochs: 600,
+            batch_size: 64,
+            lr: 0.05,
+            lr_min: 0.0,
+            momentum: 0.9,
+            weight_decay: 3e-4,
+            no_bias_decay: false,
+            scheduler: SchedulerKind::Cosine,
+            warmup_epochs: 0,
+            step_size: 1,
+            gamma: 0.97,
+            label_smooth: 0.0,
+            auxiliary_weight: 0.4,
+            drop_path_prob: 0.2,
+            grad_clip: 5.0,
+            amp: false,
+            max_images: None,
+            max_eval_images: None,
+            eval_every: 1,
+            seed: 0,
+        };
+        match dataset {
+            DatasetKind::Cifar10 => cifar,
+            DatasetKind::ImageNet => TrainOptions {
+                init_channels: 48,
+                layers: 14,
+                epochs: 250,
+                scheduler: SchedulerKind::Linear,
+                label_smooth: 0.1,
+                ..cifar
+            },
+        }
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            kind: self.scheduler,
+            lr: self.lr,
+            lr_min: self.lr_min,
+            epochs: self.epochs,
+            warmup_epochs: self.warmup_epochs,
+            step_size: self.step_size,
+            gamma: self.gamma,
+        }
+    }
+
+    /// Drop-path probability during epoch `epoch` (0-based): `drop_path_prob · epoch / epochs`.
+    pub fn drop_path_at(&self, epoch: usize) -> f64 {
+        self.drop_path_prob * epoch as f64 / self.epochs.max(1) as f64
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::BadOption(m));
+        if self.epochs == 0 {
+            return bad("--epochs must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return bad("--batch-size must be at least 2 (BatchNorm needs two samples)".into());
+        }
+        if !(0.0..1.0).contains(&self.drop_path_prob) {
+            return bad(format!("--drop-path-prob {} must be in [0, 1)", self.drop_path_prob));
+        }
+        if !(0.0..1.0).contains(&self.label_smooth) {
+            return bad(format!("--label-smooth {} must be in [0, 1)", self.label_smooth));
+        }
+        if !(self.auxiliary_weight >= 0.0) || !(self.grad_clip > 0.0) || !(self.momentum >= 0.0) {
+            return bad("--auxiliary-weight and --momentum must be ≥ 0, --grad-clip > 0".into());
+        }
+        if !(self.weight_decay >= 0.0) {
+            return bad(format!("--weight-decay {} must be ≥ 0", self.weight_decay));
+        }
+        if self.eval_every == 0 {
+            return bad("--eval-every must be at least 1".into());
+        }
+        if self.max_images.is_some_and(|n| n < self.batch_size) {
+            return bad("--max-images must hold at least one batch".into());
+        }
+        self.schedule().validate()
+    }
+}
+
+/// What `cnas train` writes into config.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Always "train": tells a training run from a search run.
+    pub kind: String,
+    /// The published name or file the genotype came from.
+    pub arch: String,
+    pub network: NetworkConfig,
+    pub options: TrainOptions,
+    pub data: DataConfig,
+    pub versions: BTreeMap<String, String>,
+}
+
+/// How a training run is started.
+pub use crate::search::StartMode;
+
+/// The position and bests a checkpoint records (in its metadata).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct TrainState {
+    /// Epochs completed.
+    epoch: usize,
+    best_top1: f64,
+    best_top5: f64,
+    best_epoch: usize,
+    metrics_lines: usize,
+    /// Seconds spent in epochs so far (over all sessions).
+    train_time_s: f64,
+}
+
+/// One line of metrics.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub drop_path_prob: f64,
+    pub train_loss: f64,
+    pub train_top1: f64,
+    pub train_top5: f64,
+    pub val_loss: Option<f64>,
+    pub val_top1: Option<f64>,
+    pub val_top5: Option<f64>,
+    pub images_per_sec: f64,
+    pub epoch_time_s: f64,
+}
+
+/// The summary a finished run prints (and what a paper table needs).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub params_m: f64,
+    pub madds_m: f64,
+    pub best_top1: f64,
+    pub best_top5: f64,
+    pub best_epoch: usize,
+    pub final_top1: f64,
+    pub final_top5: f64,
+    pub train_time_s: f64,
+}
+
+impl std::fmt::Display for TrainSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "params {:.2} M, multiply-adds {:.1} M", self.params_m, self.madds_m)?;
+        writeln!(
+            f,
+            "final top-1 {:.2}%, top-5 {:.2}%; best top-1 {:.2}% (top-5 {:.2}%) at epoch {}",
+            self.final_top1 * 100.0,
+            self.final_top5 * 100.0,
+            self.best_top1 * 100.0,
+            self.best_top5 * 100.0,
+            self.best_epoch
+        )?;
+        write!(f, "train time {:.1} min; run in {}", self.train_time_s / 60.0, self.run_dir.display())
+    }
+}
+
+const CONFIG: &str = "config.json";
+const METRICS: &str = "metrics.jsonl";
+const LAST: &str = "last.safetensors";
+const BEST: &str = "best.safetensors";
+const EVAL: &str = "eval.json";
+/// Files whose presence means a directory holds a run.
+const RUN_FILES: [&str; 5] = [CONFIG, METRICS, LAST, BEST, EVAL];
+
+fn versions() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("cnas".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("tch".to_string(), "0.24.0".to_string()),
+        ("libtorch".to_string(), "2.11.0".to_string()),
+    ])
+}
+
+fn json_error(e: serde_json::Error) -> Error {
+    Error::BadOption(e.to_string())
+}
+
+/// A new training run: its architecture (name, genotype), options and data.
+pub struct TrainRequest<'a> {
+    pub arch: String,
+    pub genotype: Genotype,
+    pub options: TrainOptions,
+    pub data: &'a DataArgs,
+}
+
+/// Trains (or resumes) in `run_dir`. `request` is needed for a new run and ignored on resume
+/// (the run's own config.json is used). `stop_after` ends the process's work after that many
+/// epochs as if it had been interrupted (for tests of resume).
+pub fn train(
+    request: Option<TrainRequest<'_>>,
+    workers: Option<usize>,
+    run_dir: &Path,
+    start: StartMode,
+    device: Device,
+    quiet: bool,
+    stop_after: Option<usize>,
+) -> Result<Option<TrainSummary>> {
+    let config = prepare_run_dir(request, run_dir, start)?;
+    let mut data_args = DataArgs { workers, ..DataArgs::default() };
+    config.data.apply(&mut data_args)?;
+    let mut run = Trainer::new(config, &data_args, run_dir, device, quiet)?;
+    run.run(stop_after)
+}
+
+fn prepare_run_dir(
+    request: Option<TrainRequest<'_>>,
+    run_dir: &Path,
+    start: StartMode,
+) -> Result<TrainConfig> {
+    let config_path = run_dir.join(CONFIG);
+    if start == StartMode::Resume {
+        if !config_path.is_file() {
+            return Err(Error::bad_file(run_dir, "no training run to resume here (config.json is missing)"));
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: TrainConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&config_path, format!("not a cnas training config: {e}")))?;
+        if config.kind != "train" {
+            return Err(Error::bad_file(&config_path, "not a cnas training run"));
+        }
+        return Ok(config);
+    }
+    let request =
+        request.ok_or_else(|| Error::BadOption("a new training run needs an architecture".into()))?;
+    request.options.validate()?;
+    request.data.validate()?;
+    let occupied = RUN_FILES.iter().any(|f| run_dir.join(f).exists());
+    if occupied && start == StartMode::New {
+        return Err(Error::BadOption(format!(
+            "{} holds another run: use --resume to continue it or --force to start over",
+            run_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    for f in RUN_FILES {
+        let _ = std::fs::remove_file(run_dir.join(f));
+    }
+    let kind = match request.data.dataset {
+        DatasetKind::Cifar10 => NetworkKind::Cifar,
+        DatasetKind::ImageNet => NetworkKind::Imagenet,
+    };
+    let o = &request.options;
+    let network = NetworkConfig {
+        kind,
+        genotype: request.genotype,
+        init_channels: o.init_channels,
+        layers: o.layers,
+        // Set from the data set once it is open.
+        num_classes: kind.default_num_classes(),
+        auxiliary: o.auxiliary_weight > 0.0,
+    };
+    network.validate()?;
+    let config = TrainConfig {
+        kind: "train".into(),
+        arch: request.arch,
+        network,
+        options: request.options,
+        data: DataConfig::from_args(request.data),
+        versions: versions(),
+    };
+    write_config(run_dir, &config)?;
+    Ok(config)
+}
+
+fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
+    let json = serde_json::to_string_pretty(config).map_err(json_error)?;
+    crate::util::write_atomic(&run_dir.join(CONFIG), json.as_bytes())
+}
+
+/// The stream of epoch `epoch`'s libtorch draws (drop-path masks): a hash of (seed, epoch).
+fn epoch_seed(seed: u64, epoch: usize) -> i64 {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x7472_6169_6e00_0000);
+    rng.set_stream(epoch as u64);
+    (rng.next_u64() >> 1) as i64
+}
+
+struct Trainer {
+    config: TrainConfig,
+    run_dir: PathBuf,
+    device: Device,
+    quiet: bool,
+    class_names: Vec<String>,
+    train_loader: crate::data::Loader,
+    eval_loader: crate::data::Loader,
+    vs: nn::VarStore,
+    network: Network,
+    sgd: Sgd,
+    state: TrainState,
+    last_eval: Option<EvalResult>,
+}
+
+impl Trainer {
+    fn new(
+        mut config: TrainConfig,
+        data_args: &DataArgs,
+        run_dir: &Path,
+        device: Device,
+        quiet: bool,
+    ) -> Result<Self> {
+        let o = config.options.clone();
+        let data = Data::open(data_args, !quiet)?;
+        let num_classes = data.info().num_classes as i64;
+        if config.network.num_classes != num_classes {
+            config.network.num_classes = num_classes;
+            write_config(run_dir, &config)?;
+        }
+        let train_opts = LoaderOptions::train(o.batch_size).device(device).drop_last(true).default_cutout(16);
+        let mut train_loader = data.loader(Part::Train, &train_opts)?;
+        if let Some(n) = o.max_images {
+            train_loader = train_loader.limited(n)?;
+        }
+        if train_loader.batches_per_epoch() == 0 {
+            return Err(Error::BadOption(format!(
+                "the training set has fewer images than one batch of {}",
+                o.batch_size
+            )));
+        }
+        let eval_batch = (o.batch_size * 2).max(64);
+        let mut eval_loader = data.loader(Part::Test, &LoaderOptions::eval(eval_batch).device(device))?;
+        if let Some(n) = o.max_eval_images {
+            eval_loader = eval_loader.limited(n)?;
+        }
+        if device.is_cuda() {
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+
+        tch::manual_seed(o.seed as i64);
+        let vs = nn::VarStore::new(device);
+        let network = Network::new(&vs.root(), config.network.clone())?;
+        let mut params: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let decay_exempt: HashMap<String, bool> =
+            params.iter().map(|(n, t)| (n.clone(), o.no_bias_decay && exempt_from_decay(t))).collect();
+        let mut sgd = Sgd::new(params, o.lr, o.momentum, o.weight_decay, false);
+        sgd.exempt_from_decay(|name| decay_exempt.get(name).copied().unwrap_or(false));
+
+        let mut trainer = Trainer {
+            class_names: data.info().class_names.clone(),
+            config,
+            run_dir: run_dir.to_path_buf(),
+            device,
+            quiet,
+            train_loader,
+            eval_loader,
+            vs,
+            network,
+            sgd,
+            state: TrainState::default(),
+            last_eval: None,
+        };
+        trainer.restore()?;
+        Ok(trainer)
+    }
+
+    /// Loads last.safetensors if there is one, and trims metrics.jsonl to the epochs it covers.
+    fn restore(&mut self) -> Result<()> {
+        let path = self.run_dir.join(LAST);
+        if !path.is_file() {
+            truncate_lines(&self.run_dir.join(METRICS), 0)?;
+            return Ok(());
+        }
+        let metadata = crate::weights::read_metadata(&path)?.unwrap_or_default();
+        let state: TrainState =
+            metadata.get("train_state").and_then(|s| serde_json::from_str(s).ok()).ok_or_else(|| {
+                Error::bad_file(&path, "not a cnas training checkpoint (no train_state in its metadata)")
+            })?;
+        let mut network = Vec::new();
+        let mut optimizer = HashMap::new();
+        for (name, t) in crate::weights::read_all(&path)? {
+            match name.strip_prefix(crate::weights::TRAINING_STATE_PREFIX) {
+                Some(rest) => {
+                    optimizer.insert(rest.to_string(), t);
+                }
+                None => network.push((name, t)),
+            }
+        }
+        crate::weights::load_into(&self.vs, &network)?;
+        self.sgd.load_state(&optimizer)?;
+        self.state = state;
+        truncate_lines(&self.run_dir.join(METRICS), state.metrics_lines)?;
+        tracing::info!("resuming after epoch {} of {}", state.epoch, self.config.options.epochs);
+        Ok(())
+    }
+
+    fn metadata(&self, extra: Vec<(&str, String)>) -> Result<BTreeMap<String, String>> {
+        let mut m = BTreeMap::from([
+            ("format".to_string(), "cnas".to_string()),
+            ("network".to_string(), serde_json::to_string(&self.config.network).map_err(json_error)?),
+            ("arch".to_string(), self.config.arch.clone()),
+        ]);
+        m.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+        Ok(m)
+    }
+
+    fn network_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn save_last(&self) -> Result<()> {
+        let mut tensors = self.network_tensors();
+        tensors.extend(
+            self.sgd
+                .state()
+                .into_iter()
+                .map(|(n, t)| (format!("{}{n}", crate::weights::TRAINING_STATE_PREFIX), t)),
+        );
+        let state = serde_json::to_string(&self.state).map_err(json_error)?;
+        let metadata = self.metadata(vec![("train_state", state)])?;
+        crate::weights::save_tensors(&tensors, &self.run_dir.join(LAST), metadata)
+    }
+
+    fn save_best(&self, top1: f64, top5: f64) -> Result<()> {
+        let metadata = self.metadata(vec![
+            ("epoch", self.state.epoch.to_string()),
+            ("top1", format!("{top1}")),
+            ("top5", format!("{top5}")),
+        ])?;
+        crate::weights::save_tensors(&self.network_tensors(), &self.run_dir.join(BEST), metadata)
+    }
+
+    fn progress(&self, len: u64, prefix: String) -> ProgressBar {
+        if self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix);
+        bar
+    }
+
+    fn run(&mut self, stop_after: Option<usize>) -> Result<Option<TrainSummary>> {
+        let epochs = self.config.options.epochs;
+        let mut done_here = 0;
+        while self.state.epoch < epochs {
+            if stop_after.is_some_and(|n| done_here >= n) {
+                tracing::info!("stopping after {done_here} epochs as asked; resume with --resume");
+                return Ok(None);
+            }
+            self.epoch()?;
+            done_here += 1;
+        }
+        self.finish().map(Some)
+    }
+
+    /// One epoch of training, then validation when it is due, then the checkpoints.
+    fn epoch(&mut self) -> Result<()> {
+        let o = self.config.options.clone();
+        let e = self.state.epoch;
+        let lr = o.schedule().lr_at(e);
+        self.sgd.lr = lr;
+        self.network.drop_path_prob = o.drop_path_at(e);
+        tch::manual_seed(epoch_seed(o.seed, e));
+
+        let start = Instant::now();
+        let batches = self.train_loader.epoch(e as u64);
+        let bar = self.progress(batches.batch_count() as u64, format!("epoch {}/{}", e + 1, o.epochs));
+        let mut totals = Totals::new(self.config.network.num_classes, false, self.device);
+        for (i, batch) in batches.enumerate() {
+            let (images, labels) = batch?;
+            let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
+            let (loss, logits) = train_step(&self.network, &mut self.sgd, &images, &labels, &o, self.device)?;
+            totals.add(&loss, &logits, &labels);
+            bar.inc(1);
+            // A host sync for the bar only now and then, never per step.
+            if (i + 1) % 50 == 0 && !self.quiet {
+                let (l, top1, _) = totals.read();
+                bar.set_message(format!("loss {l:.3} top-1 {:.1}%", top1 * 100.0));
+            }
+        }
+        let (train_loss, train_top1, train_top5) = totals.read();
+        let train_seconds = start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        if !train_loss.is_finite() {
+            return Err(Error::BadOption(format!(
+                "the training loss diverged (not finite) in epoch {}; try a lower --lr",
+                e + 1
+            )));
+        }
+
+        let last = e + 1 == o.epochs;
+        let eval = if last || (e + 1) % o.eval_every == 0 {
+            let bar = self.progress(self.eval_loader.samples_per_epoch() as u64, "validation".into());
+            let r = evaluate(&self.network, &self.eval_loader, &self.class_names, self.device, o.amp, &bar)?;
+            bar.finish_and_clear();
+            Some(r)
+        } else {
+            None
+        };
+        let epoch_seconds = start.elapsed().as_secs_f64();
+        self.state.epoch = e + 1;
+        self.state.train_time_s += epoch_seconds;
+        let metrics = EpochMetrics {
+            epoch: e + 1,
+            lr,
+            drop_path_prob: self.network.drop_path_prob,
+            train_loss,
+            train_top1,
+            train_top5,
+            val_loss: eval.as_ref().map(|r| r.loss),
+            val_top1: eval.as_ref().map(|r| r.top1),
+            val_top5: eval.as_ref().map(|r| r.top5),
+            images_per_sec: totals.images as f64 / train_seconds.max(1e-9),
+            epoch_time_s: epoch_seconds,
+        };
+        let val = match &eval {
+            Some(r) => {
+                format!(", val loss {:.4} top-1 {:.2}% top-5 {:.2}%", r.loss, r.top1 * 100.0, r.top5 * 100.0)
+            }
+            None => String::new(),
+        };
+        tracing::info!(
+            "epoch {}/{}: lr {lr:.5}, train loss {train_loss:.4} top-1 {:.2}%{val}, {:.0} images/s",
+            e + 1,
+            o.epochs,
+            train_top1 * 100.0,
+            metrics.images_per_sec
+        );
+        self.log_metrics(&metrics)?;
+        if let Some(r) = &eval {
+            if r.top1 > self.state.best_top1 || self.state.best_epoch == 0 {
+                self.state.best_top1 = r.top1;
+                self.state.best_top5 = r.top5;
+                self.state.best_epoch = e + 1;
+                self.save_best(r.top1, r.top5)?;
+            }
+        }
+        self.last_eval = eval;
+        self.save_last()
+    }
+
+    fn log_metrics(&mut self, metrics: &EpochMetrics) -> Result<()> {
+        let path = self.run_dir.join(METRICS);
+        let line = serde_json::to_string(metrics).map_err(json_error)?;
+        let mut f =
+            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+        self.state.metrics_lines += 1;
+        Ok(())
+    }
+
+    /// After the last epoch: the final evaluation (eval.json) and the summary.
+    fn finish(&mut self) -> Result<TrainSummary> {
+        let eval = match self.last_eval.take() {
+            Some(r) => r,
+            // Resumed after the last epoch: evaluate the final network again.
+            None => {
+                let bar = self.progress(self.eval_loader.samples_per_epoch() as u64, "evaluation".into());
+                let amp = self.config.options.amp;
+                evaluate(&self.network, &self.eval_loader, &self.class_names, self.device, amp, &bar)?
+            }
+        };
+        let json = serde_json::to_string(&eval).map_err(json_error)?;
+        crate::util::write_atomic(&self.run_dir.join(EVAL), json.as_bytes())?;
+        let image_size = self.eval_loader.image_shape()[1] as i64;
+        let profile = crate::profile::profile(&self.vs, &self.network, image_size);
+        Ok(TrainSummary {
+            run_dir: self.run_dir.clone(),
+            params_m: profile.params as f64 / 1e6,
+            madds_m: profile.madds as f64 / 1e6,
+            best_top1: self.state.best_top1,
+            best_top5: self.state.best_top5,
+            best_epoch: self.state.best_epoch,
+            final_top1: eval.top1,
+            final_top5: eval.top5,
+            train_time_s: self.state.train_time_s,
+        })
+    }
+}
+
+/// One optimisation step of a fixed network on a batch: forward (bf16 autocast when
+/// `options.amp`), cross-entropy with label smoothing plus the weighted auxiliary loss,
+/// backward, gradient clipping, SGD. Returns (loss, logits) without reading them (no host sync).
+pub fn train_step(
+    network: &Network,
+    sgd: &mut Sgd,
+    images: &Tensor,
+    labels: &Tensor,
+    options: &TrainOptions,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    sgd.zero_grad();
+    let out = amp::autocast(device, options.amp, || network.forward_t(images, true))?;
+    let mut loss = classification_loss(&out.logits, labels, options.label_smooth);
+    if let Some(aux) = &out.auxiliary {
+        loss = loss + classification_loss(aux, labels, options.label_smooth) * options.auxiliary_weight;
+    }
+    loss.backward();
+    let _ = clip_grad_norm(sgd.params(), options.grad_clip);
+    sgd.step();
+    Ok((loss.detach(), out.logits.detach().to_kind(Kind::Float)))
+}
+
+/// Keeps the first `lines` lines of a text file (creating it empty when absent).
+fn truncate_lines(path: &Path, lines: usize) -> Result<()> {
+    let kept: Vec<String> = match std::fs::File::open(path) {
+        Ok(f) => BufReader::new(f)
+            .lines()
+            .take(lines)
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(path, e))?,
+        Err(_) => Vec::new(),
+    };
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    crate::util::write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{nn, Device, Kind};
+
+    #[test]
+    fn clips_to_the_global_norm_and_leaves_small_gradients_alone() {
+        let a = Tensor::from_slice(&[3f32, 0.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0f32, 4.0]).set_requires_grad(true);
+        (&a * &a + &b * &b).sum(tch::Kind::Float).backward(); // grads 6,0 and 0,8: norm 10
+        let total = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 5.0);
+        assert!((total.double_value(&[]) - 10.0).abs() < 1e-5);
+        assert!((a.grad().double_value(&[0]) - 3.0).abs() < 1e-4);
+        assert!((b.grad().double_value(&[1]) - 4.0).abs() < 1e-4);
+        let _ = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 100.0);
+        assert!((b.grad().double_value(&[1]) - 4.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn label_smoothing_matches_a_direct_computation() {
+        let logits = Tensor::from_slice(&[2f32, -1.0, 0.5, 0.0, 3.0, 1.0]).reshape([2, 3]);
+        let labels = Tensor::from_slice(&[0i64, 2]);
+        let eps = 0.1;
+        // -Σ_k q_k log p_k with q = (1-ε)·onehot + ε/K, averaged over the batch.
+        let mut expected = 0.0;
+        let rows: [[f64; 3]; 2] = [[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]];
+        for (row, label) in rows.iter().zip([0usize, 2]) {
+            let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+            for (k, v) in row.iter().enumerate() {
+                let q = eps / 3.0 + if k == label { 1.0 - eps } else { 0.0 };
+                expected -= q * (v - lse);
+            }
+        }
+        expected /= 2.0;
+        let got = classification_loss(&logits, &labels, eps).double_value(&[]);
+        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
+        // bf16 logits still give an fp32 loss.
+        let half = classification_loss(&logits.to_kind(Kind::BFloat16), &labels, 0.0);
+        assert_eq!(half.kind(), Kind::Float);
+    }
+
+    #[test]
+    fn no_bias_decay_spares_biases_and_batchnorm_only() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = NetworkConfig {
+            init_channels: 8,
+            layers: 3,
+            ..NetworkConfig::paper(NetworkKind::Cifar, crate::space::published("CNAS").unwrap())
+        };
+        let _net = Network::new(&vs.root(), config).unwrap();
+        let params: Vec<(String, Tensor)> =
+            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        let exempt: Vec<&String> =
+            params.iter().filter(|(_, t)| exempt_from_decay(t)).map(|(n, _)| n).collect();
+        assert!(!exempt.is_empty());
+        for (name, t) in &params {
+            let is_bias_or_bn = name.ends_with(".bias") || (name.ends_with(".weight") && t.dim() == 1);
+            assert_eq!(exempt_from_decay(t), is_bias_or_bn, "{name}");
+        }
+        assert!(params.iter().any(|(n, t)| n == "classifier.bias" && exempt_from_decay(t)));
+        assert!(params.iter().any(|(n, t)| n == "classifier.weight" && !exempt_from_decay(t)));
+
+        // With zero gradients only decay moves parameters: the exempt ones stay.
+        let w = Tensor::ones([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        (w.sum(Kind::Float) * 0.0 + b.sum(Kind::Float) * 0.0).backward();
+        let mut sgd = Sgd::new(
+            vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())],
+            1.0,
+            0.0,
+            0.1,
+            false,
+        );
+        sgd.exempt_from_decay(|n| n == "b");
+        sgd.step();
+        assert!((w.double_value(&[0, 0]) - 0.9).abs() < 1e-6);
+        assert_eq!(b.double_value(&[0]), 1.0);
+    }
+
+    #[test]
+    fn drop_path_drops_the_asked_share_and_keeps_the_mean() {
+        tch::manual_seed(3);
+        let x = Tensor::ones([20000, 1, 2, 2], (Kind::Float, Device::Cpu));
+        let y = crate::ops::drop_path(&x, 0.3);
+        let per_sample = y.mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
+        let dropped = per_sample.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        assert!((dropped - 0.3).abs() < 0.015, "dropped share {dropped}");
+        let kept_value = per_sample.max().double_value(&[]);
+        assert!((kept_value - 1.0 / 0.7).abs() < 1e-5);
+        let mean = y.mean(Kind::Float).double_value(&[]);
+        assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
+        // The probability rises linearly over training: 0 at the first epoch.
+        let o = TrainOptions { epochs: 10, drop_path_prob: 0.2, ..TrainOptions::paper(DatasetKind::Cifar10) };
+        assert_eq!(o.drop_path_at(0), 0.0);
+        assert!((o.drop_path_at(5) - 0.1).abs() < 1e-12);
+        assert!((o.drop_path_at(9) - 0.18).abs() < 1e-12);
+    }
+
+    #[test]
+    fn paper_recipes_and_option_checks() {
+        let c = TrainOptions::paper(DatasetKind::Cifar10);
+        assert_eq!((c.init_channels, c.layers, c.epochs, c.batch_size), (36, 20, 600, 64));
+        assert_eq!((c.lr, c.momentum, c.weight_decay, c.scheduler), (0.05, 0.9, 3e-4, SchedulerKind::Cosine));
+        assert_eq!((c.auxiliary_weight, c.drop_path_prob, c.grad_clip), (0.4, 0.2, 5.0));
+        let i = TrainOptions::paper(DatasetKind::ImageNet);
+        assert_eq!((i.init_channels, i.layers, i.epochs, i.scheduler), (48, 14, 250, SchedulerKind::Linear));
+        assert!(c.validate().is_ok() && i.validate().is_ok());
+        for bad in [
+            TrainOptions { epochs: 0, ..c.clone() },
+            TrainOptions { batch_size: 1, ..c.clone() },
+            TrainOptions { drop_path_prob: 1.0, ..c.clone() },
+            TrainOptions { label_smooth: -0.1, ..c.clone() },
+            TrainOptions { warmup_epochs: 600, ..c.clone() },
+            TrainOptions { lr: f64::NAN, ..c.clone() },
+        ] {
+            assert!(bad.validate().unwrap_err().is_user_error());
+        }
+    }
+
+    #[test]
+    fn amp_step_runs_in_bf16_and_stays_close_to_fp32() {
+        // Other tests draw from libtorch's global generator concurrently: copy the weights
+        // instead of relying on the same seed.
+        let build = || {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let config = NetworkConfig {
+                init_channels: 8,
+                layers: 3,
+                ..NetworkConfig::paper(NetworkKind::Cifar, crate::space::published("CNAS").unwrap())
+            };
+            let net = Network::new(&vs.root(), config).unwrap();
+            let params: Vec<(String, Tensor)> =
+                vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+            (vs, net, params)
+        };
+        let (reference, _, _) = build();
+        let images = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let labels = Tensor::from_slice(&[1i64, 2, 3, 4]);
+        let mut losses = Vec::new();
+        for amp in [false, true] {
+            let (mut vs, net, params) = build();
+            vs.copy(&reference).unwrap();
+            let mut sgd = Sgd::new(params, 0.05, 0.9, 3e-4, false);
+            let o = TrainOptions { amp, drop_path_prob: 0.0, ..TrainOptions::paper(DatasetKind::Cifar10) };
+            let (loss, logits) = train_step(&net, &mut sgd, &images, &labels, &o, Device::Cpu).unwrap();
+            assert_eq!(logits.kind(), Kind::Float);
+            losses.push(loss.double_value(&[]));
+            let inside = amp::autocast(Device::Cpu, amp, || net.forward_t(&images, false).logits).unwrap();
+            assert_eq!(inside.kind(), if amp { Kind::BFloat16 } else { Kind::Float });
+        }
+        assert!(losses.iter().all(|l| l.is_finite()));
+        assert!((losses[0] - losses[1]).abs() < 0.05 * losses[0].abs(), "{losses:?}");
+    }
+}
