@@ -1,13 +1,17 @@
 //! The cnas side of the training-step benchmark (scripts/bench_step.sh runs both sides):
-//! one step = zero grads, forward with auxiliary head and drop-path 0.2, cross-entropy +
-//! 0.4 × auxiliary loss, backward, gradient clipping at 5, SGD (momentum 0.9, wd 3e-4).
+//! `cnas train`'s own step ([`cnas::train::train_step`]): zero grads, forward with auxiliary
+//! head and drop-path 0.2 (bf16 autocast with `--amp`), cross-entropy + 0.4 × auxiliary loss,
+//! backward, gradient clipping at 5, SGD (momentum 0.9, wd 3e-4).
 //! Prints one JSON line like the PyTorch side (scripts/ref/bench_step.py).
 use std::time::Instant;
 
 use clap::Parser;
+use cnas::data::DatasetKind;
 use cnas::device::DeviceChoice;
 use cnas::model::{Network, NetworkConfig, NetworkKind};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Reduction, Tensor};
+use cnas::optim::Sgd;
+use cnas::train::{train_step, TrainOptions};
+use tch::{nn, Device, Kind, Tensor};
 
 #[derive(Parser)]
 struct Args {
@@ -28,6 +32,9 @@ struct Args {
     /// Intra-op threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<i32>,
+    /// bf16 autocast.
+    #[arg(long)]
+    amp: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,30 +54,25 @@ fn main() -> anyhow::Result<()> {
     let vs = nn::VarStore::new(device);
     let mut net = Network::new(&vs.root(), config)?;
     net.drop_path_prob = 0.2;
-    let mut opt = nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 3e-4, nesterov: false }.build(&vs, 0.025)?;
-    let params = vs.trainable_variables();
+    let params: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    let mut sgd = Sgd::new(params, 0.025, 0.9, 3e-4, false);
+    let options = TrainOptions { amp: args.amp, ..TrainOptions::paper(DatasetKind::Cifar10) };
     let x = Tensor::randn([args.batch, 3, 32, 32], (Kind::Float, device));
     let y = Tensor::randint(10, [args.batch], (Kind::Int64, device));
     let mut last_loss = Tensor::from(0f32);
-    let mut step = |net: &Network| {
-        opt.zero_grad();
-        let out = net.forward_t(&x, true);
-        let mut loss = out.logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, 0.0);
-        if let Some(aux) = &out.auxiliary {
-            loss += aux.cross_entropy_loss::<Tensor>(&y, None, Reduction::Mean, -100, 0.0) * 0.4;
-        }
-        loss.backward();
-        let _grad_norm = cnas::train::clip_grad_norm(&params, 5.0);
-        opt.step();
-        last_loss = loss.detach();
+    let mut step = |net: &Network| -> anyhow::Result<()> {
+        let (loss, _logits) = train_step(net, &mut sgd, &x, &y, &options, device)?;
+        last_loss = loss;
+        Ok(())
     };
     for _ in 0..args.warmup {
-        step(&net);
+        step(&net)?;
     }
     sync(device);
     let start = Instant::now();
     for _ in 0..args.steps {
-        step(&net);
+        step(&net)?;
     }
     sync(device);
     let secs = start.elapsed().as_secs_f64();
@@ -83,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             "images_per_s": args.batch as f64 * args.steps as f64 / secs,
             "threads": tch::get_num_threads(),
             "device": format!("{device:?}"),
+            "amp": args.amp,
             "final_loss": last_loss.double_value(&[]),
             "channels": args.channels, "layers": args.layers, "batch": args.batch,
         })

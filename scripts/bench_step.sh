@@ -3,10 +3,10 @@
 # (scripts/ref/bench_step.py), same network, same shapes, same step, in the same run,
 # alternating the two engines ROUNDS times so machine noise hits both alike.
 #   scripts/bench_step.sh [--device cpu|cuda] [--channels 36] [--layers 20] [--batch 96]
-#                         [--steps 5] [--warmup 2] [--rounds 3] [--threads N]
+#                         [--steps 5] [--warmup 2] [--rounds 3] [--threads N] [--amp]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-device=cpu channels=36 layers=20 batch=96 steps=5 warmup=2 rounds=3 threads=$(nproc)
+device=cpu channels=36 layers=20 batch=96 steps=5 warmup=2 rounds=3 threads=$(nproc) amp=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -17,6 +17,7 @@ while [ $# -gt 0 ]; do
     --warmup) warmup=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --amp) amp=(--amp); shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +29,7 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # The genotype the PyTorch side builds: cnas writes it, so both sides use the same one.
 target/release/cnas info --arch CNAS --json --init-channels 2 --layers 1 2>/dev/null \
   | "$PY" -c 'import json,sys; d=json.load(sys.stdin); json.dump(d["genotype"], sys.stdout)' > "$tmp/g.json"
-common=(--channels "$channels" --layers "$layers" --batch "$batch" --steps "$steps" --warmup "$warmup" --device "$device" --threads "$threads")
+common=(--channels "$channels" --layers "$layers" --batch "$batch" --steps "$steps" --warmup "$warmup" --device "$device" --threads "$threads" "${amp[@]}")
 for r in $(seq "$rounds"); do
   "$PY" scripts/ref/bench_step.py --genotype "$tmp/g.json" "${common[@]}" | tee -a "$tmp/py.jsonl"
   "$BIN" --arch CNAS "${common[@]}" | tee -a "$tmp/rs.jsonl"

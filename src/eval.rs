@@ -207,6 +207,7 @@ pub fn evaluate_weights(request: &EvalRequest<'_>, device: Device, quiet: bool) 
     let data = Data::open(request.data, !quiet)?;
     config.num_classes = data.info().num_classes as i64;
     config.auxiliary = crate::weights::has_auxiliary(&tensors);
+    config.check_input_size(data.info().input_size as i64, false)?;
     let vs = tch::nn::VarStore::new(device);
     let network = Network::new(&vs.root(), config)?;
     crate::weights::load_into(&vs, &tensors)?;

@@ -341,6 +341,13 @@ impl NetArgs {
 }
 
 fn main() -> ExitCode {
+    // Output into a closed pipe (`cnas predict … | head`) ends the process quietly, as it does
+    // for Unix tools, instead of a panic in println!.
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -95,6 +95,50 @@ impl NetworkConfig {
         2 * self.layers / 3
     }
 
+    /// Checks that `size`×`size` inputs fit the network: every FactorizedReduce needs an even
+    /// map, and the auxiliary head (in training) needs a 2×2 map after its pooling (CIFAR 29
+    /// to 40 pixels, ImageNet 193 to 256 around the usual 32 and 224).
+    pub fn check_input_size(&self, size: i64, with_auxiliary: bool) -> Result<()> {
+        let half = |s: i64| (s + 1) / 2; // a 3×3 (or k×k, padding k/2) stride-2 window
+        let bad = |why: String| {
+            Err(Error::BadOption(format!(
+                "{size}×{size} inputs do not fit this {:?} network: {why}",
+                self.kind
+            )))
+        };
+        let (mut prev_prev, mut prev, mut reduction_prev) = match self.kind {
+            NetworkKind::Cifar => (size, size, false),
+            NetworkKind::Imagenet => {
+                let s0 = half(half(size));
+                (s0, half(s0), true)
+            }
+        };
+        for i in 0..self.layers {
+            let reduction = self.is_reduction(i);
+            if reduction_prev && prev_prev % 2 != 0 {
+                return bad(format!("cell {i} halves an odd {prev_prev}×{prev_prev} map"));
+            }
+            if reduction && prev % 2 != 0 {
+                return bad(format!("cell {i} halves an odd {prev}×{prev} map"));
+            }
+            let out = if reduction { prev / 2 } else { prev };
+            if with_auxiliary && self.auxiliary && i == self.auxiliary_cell() {
+                let stride = match self.kind {
+                    NetworkKind::Cifar => 3,
+                    NetworkKind::Imagenet => 2,
+                };
+                if out < 5 || (out - 5) / stride + 1 != 2 {
+                    return bad(format!(
+                        "the auxiliary head needs a 2×2 map after its pooling, it gets {out}×{out} \
+                         features (use the family's usual input size or --auxiliary-weight 0)"
+                    ));
+                }
+            }
+            (prev_prev, prev, reduction_prev) = (prev, out, reduction);
+        }
+        Ok(())
+    }
+
     /// Checks what would otherwise fail deep inside libtorch.
     pub fn validate(&self) -> Result<()> {
         self.genotype.validate(None)?;
@@ -229,7 +273,7 @@ impl AuxiliaryHead {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        // CIFAR: 8×8 → 2×2 (stride 3); ImageNet: 14×14 → 5×5 (stride 2).
+        // CIFAR: 8×8 → 2×2 (stride 3); ImageNet: 7×7 → 2×2 (stride 2).
         let stride = match self.kind {
             NetworkKind::Cifar => 3,
             NetworkKind::Imagenet => 2,
@@ -383,5 +427,47 @@ impl Network {
         }
         let pooled = s1.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         Logits { logits: self.classifier.forward(&pooled), auxiliary }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a train-mode forward at `size` runs in libtorch.
+    fn runs(config: &NetworkConfig, size: i64) -> bool {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let net = Network::new(&vs.root(), config.clone()).unwrap();
+        let x = Tensor::zeros([2, 3, size, size], (tch::Kind::Float, tch::Device::Cpu));
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tch::no_grad(|| net.forward_t(&x, true));
+        }))
+        .is_ok()
+    }
+
+    #[test]
+    fn the_input_size_check_agrees_with_libtorch() {
+        let genotype = crate::space::published("CNAS").unwrap();
+        let small = |kind| NetworkConfig {
+            init_channels: 4,
+            layers: 3,
+            ..NetworkConfig::paper(kind, genotype.clone())
+        };
+        let cifar = small(NetworkKind::Cifar);
+        assert!(cifar.check_input_size(32, true).is_ok());
+        assert!(cifar.check_input_size(48, true).is_err());
+        assert!(cifar.check_input_size(48, false).is_ok());
+        let imagenet = small(NetworkKind::Imagenet);
+        assert!(imagenet.check_input_size(224, true).is_ok());
+        assert!(imagenet.check_input_size(64, true).is_err());
+        assert!(imagenet.check_input_size(64, false).is_ok());
+        for (config, sizes) in
+            [(&cifar, vec![28, 30, 32, 33, 40, 42, 48]), (&imagenet, vec![64, 100, 192, 193, 224, 256, 264])]
+        {
+            for size in sizes {
+                let predicted = config.check_input_size(size, true).is_ok();
+                assert_eq!(predicted, runs(config, size), "{:?} at {size}", config.kind);
+            }
+        }
     }
 }

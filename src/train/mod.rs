@@ -438,6 +438,7 @@ impl Trainer {
             tch::Cuda::cudnn_set_benchmark(true);
         }
 
+        config.network.check_input_size(data.info().input_size as i64, true)?;
         tch::manual_seed(o.seed as i64);
         let vs = nn::VarStore::new(device);
         let network = Network::new(&vs.root(), config.network.clone())?;
