@@ -283,3 +283,87 @@ fn amp_runs_on_the_cpu_and_user_mistakes_exit_2() {
         "weights do not fit this network",
     );
 }
+
+#[test]
+fn imagenet_style_folders_train_with_label_smoothing_and_a_linear_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("folders");
+    for (split, count) in [("train", 6u32), ("val", 2)] {
+        for (class, colour) in [("ant", [200u8, 30, 30]), ("bee", [30, 30, 200])] {
+            let folder = root.join(split).join(class);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..count {
+                let img = image::RgbImage::from_fn(72, 80, |x, y| {
+                    image::Rgb([colour[0], colour[1].wrapping_add((x * i + y) as u8), colour[2]])
+                });
+                img.save_with_format(folder.join(format!("{i}.JPEG")), image::ImageFormat::Png).unwrap();
+            }
+        }
+    }
+    let out = dir.path().join("run");
+    let (r, o) = (root.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "--quiet",
+        "train",
+        "--arch",
+        "CNAS",
+        "--dataset",
+        "imagenet",
+        "--data",
+        r,
+        "-o",
+        o,
+        "--image-size",
+        "64",
+        "--init-channels",
+        "4",
+        "--layers",
+        "3",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--auxiliary-weight",
+        "0",
+        "--warmup-epochs",
+        "1",
+    ];
+    run_ok(&args);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["data"]["dataset"], "imagenet");
+    assert_eq!(config["network"]["num_classes"], 2);
+    assert_eq!(config["options"]["scheduler"], "linear");
+    assert_eq!(config["options"]["label_smooth"], 0.1);
+    let lines = metrics(&out);
+    // Warm-up epoch at lr/1, then the linear decay starting from lr.
+    assert_eq!(lines[0]["lr"], 0.05);
+    assert_eq!(lines[1]["lr"], 0.05);
+    let eval: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(eval["class_names"], serde_json::json!(["ant", "bee"]));
+    assert_eq!(eval["images"], 4);
+
+    // The auxiliary head cannot run on 64-pixel ImageNet inputs: said before training starts.
+    let aux = dir.path().join("aux");
+    run_user_error(
+        &[
+            "train",
+            "--arch",
+            "CNAS",
+            "--dataset",
+            "imagenet",
+            "--data",
+            r,
+            "-o",
+            aux.to_str().unwrap(),
+            "--image-size",
+            "64",
+            "--init-channels",
+            "4",
+            "--layers",
+            "3",
+        ],
+        "auxiliary head",
+    );
+}

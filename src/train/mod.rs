@@ -414,6 +414,7 @@ impl Trainer {
         let o = config.options.clone();
         let data = Data::open(data_args, !quiet)?;
         let num_classes = data.info().num_classes as i64;
+        config.network.check_input_size(data.info().input_size as i64, true)?;
         if config.network.num_classes != num_classes {
             config.network.num_classes = num_classes;
             write_config(run_dir, &config)?;
@@ -438,7 +439,6 @@ impl Trainer {
             tch::Cuda::cudnn_set_benchmark(true);
         }
 
-        config.network.check_input_size(data.info().input_size as i64, true)?;
         tch::manual_seed(o.seed as i64);
         let vs = nn::VarStore::new(device);
         let network = Network::new(&vs.root(), config.network.clone())?;
