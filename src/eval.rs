@@ -131,7 +131,7 @@ pub fn evaluate(
     let seconds = start.elapsed().as_secs_f64();
     let confusion = totals.confusion()?;
     let mut names: Vec<String> = class_names.to_vec();
-    names.resize_with(num_classes as usize, || String::new());
+    names.resize_with(num_classes as usize, String::new);
     for (i, n) in names.iter_mut().enumerate() {
         if n.is_empty() {
             *n = format!("class {i}");

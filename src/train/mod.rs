@@ -177,10 +177,14 @@ impl TrainOptions {
         if !(0.0..1.0).contains(&self.label_smooth) {
             return bad(format!("--label-smooth {} must be in [0, 1)", self.label_smooth));
         }
-        if !(self.auxiliary_weight >= 0.0) || !(self.grad_clip > 0.0) || !(self.momentum >= 0.0) {
+        let non_negative = |v: f64| v >= 0.0; // false for NaN too
+        if !non_negative(self.auxiliary_weight)
+            || !non_negative(self.momentum)
+            || !(self.grad_clip.is_finite() && self.grad_clip > 0.0)
+        {
             return bad("--auxiliary-weight and --momentum must be ≥ 0, --grad-clip > 0".into());
         }
-        if !(self.weight_decay >= 0.0) {
+        if !non_negative(self.weight_decay) {
             return bad(format!("--weight-decay {} must be ≥ 0", self.weight_decay));
         }
         if self.eval_every == 0 {
@@ -704,7 +708,7 @@ pub fn train_step(
     let out = amp::autocast(device, options.amp, || network.forward_t(images, true))?;
     let mut loss = classification_loss(&out.logits, labels, options.label_smooth);
     if let Some(aux) = &out.auxiliary {
-        loss = loss + classification_loss(aux, labels, options.label_smooth) * options.auxiliary_weight;
+        loss += classification_loss(aux, labels, options.label_smooth) * options.auxiliary_weight;
     }
     loss.backward();
     let _ = clip_grad_norm(sgd.params(), options.grad_clip);

@@ -43,7 +43,9 @@ impl Schedule {
                 self.warmup_epochs, self.epochs
             )));
         }
-        if self.kind == SchedulerKind::Step && (self.step_size == 0 || !(self.gamma > 0.0)) {
+        if self.kind == SchedulerKind::Step
+            && (self.step_size == 0 || self.gamma.is_nan() || self.gamma <= 0.0)
+        {
             return Err(Error::BadOption("--scheduler step needs --step-size ≥ 1 and --gamma > 0".into()));
         }
         Ok(())
