@@ -11,6 +11,7 @@ pub mod space;
 pub use error::{Error, Result};
 pub mod controller;
 pub mod data;
+pub mod export;
 pub mod model;
 pub mod ops;
 pub mod optim;

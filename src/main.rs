@@ -55,6 +55,8 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
+    Export(Box<ExportArgs>),
     /// Fetch a data set: CIFAR-10's official archive, MD5-checked, resumable, unpacked in one step.
     Download {
         /// What to fetch.
@@ -163,6 +165,45 @@ impl SearchArgs {
         set_optional!(temperature, tanh_constant, max_images);
         o.seed = self.data.seed;
         o
+    }
+}
+
+/// `cnas export`.
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// The network, when the weights file does not describe it (PyTorch and plain safetensors).
+    #[command(flatten)]
+    net: NetArgs,
+    /// Trained weights: cnas's own file, a training checkpoint, a PyTorch state_dict, safetensors.
+    #[arg(long, alias = "checkpoint", value_name = "FILE")]
+    weights: PathBuf,
+    /// Output format [default: from the output's extension].
+    #[arg(long, value_enum)]
+    format: Option<cnas::export::ExportFormat>,
+    /// The file to write.
+    #[arg(short = 'o', long, value_name = "OUT")]
+    out: PathBuf,
+    /// Leave the auxiliary head out (.pth, safetensors; ONNX never has it).
+    #[arg(long)]
+    drop_auxiliary: bool,
+    /// ONNX: keep BatchNormalization nodes instead of folding them into the convolutions.
+    #[arg(long)]
+    keep_bn: bool,
+    /// ONNX: input height and width [default: 32 for cifar10, 224 for imagenet].
+    #[arg(long)]
+    image_size: Option<i64>,
+}
+
+impl ExportArgs {
+    fn options(&self) -> anyhow::Result<cnas::export::ExportOptions> {
+        Ok(cnas::export::ExportOptions {
+            format: self.format,
+            network: self.net.config()?.1,
+            network_given: self.net.arch.is_some(),
+            drop_auxiliary: self.drop_auxiliary,
+            keep_bn: self.keep_bn,
+            image_size: self.image_size,
+        })
     }
 }
 
@@ -296,6 +337,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Export(args) => {
+            println!("{}", cnas::export::export(&args.weights, &args.out, &args.options()?)?);
         }
         Command::Download { what, data } => {
             let dir = data.unwrap_or_else(|| PathBuf::from("data"));

@@ -116,7 +116,7 @@ fn candle_to_tch(t: &candle_core::Tensor) -> candle_core::Result<Tensor> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadReport {
     pub loaded: usize,
-    /// BatchNorm's `num_batches_tracked` counters: cnas does not use them.
+    /// BatchNorm's `num_batches_tracked` counters (cnas does not use them) and optimizer state.
     pub ignored: usize,
     pub missing: Vec<String>,
     pub unexpected: Vec<String>,
@@ -154,6 +154,20 @@ impl LoadReport {
     }
 }
 
+/// Prefix of the optimizer state a training checkpoint keeps beside the network's tensors.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+/// False for what a weights file may hold beside the network (a training checkpoint's
+/// optimizer state): the one place that decides which tensors belong to the network.
+pub fn is_network_tensor(name: &str) -> bool {
+    !name.starts_with(OPTIMIZER_PREFIX)
+}
+
+/// The tensors of `tensors` that belong to the network (see [`is_network_tensor`]).
+pub fn network_tensors(tensors: NamedTensors) -> NamedTensors {
+    tensors.into_iter().filter(|(n, _)| is_network_tensor(n)).collect()
+}
+
 /// The name a tensor has in the network: DataParallel's `module.` prefix removed.
 fn network_name(name: &str) -> &str {
     name.strip_prefix("module.").unwrap_or(name)
@@ -171,6 +185,10 @@ pub fn load_into(vs: &nn::VarStore, tensors: &NamedTensors) -> Result<LoadReport
     let mut report = LoadReport::default();
     let mut matched = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
+        if !is_network_tensor(name) {
+            report.ignored += 1;
+            continue;
+        }
         let name = network_name(name);
         if name.ends_with("num_batches_tracked") {
             report.ignored += 1;
