@@ -57,7 +57,8 @@ enum Command {
     },
     /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
     Export(Box<ExportArgs>),
-    /// Fetch a data set: CIFAR-10's official archive, MD5-checked, resumable, unpacked in one step.
+    /// Fetch a data set or pretrained weights: CIFAR-10's official archive (MD5-checked,
+    /// unpacked in one step) or the published CNAS ImageNet weights (SHA-256-checked); resumable.
     Download {
         /// What to fetch.
         #[arg(value_enum)]
@@ -65,6 +66,9 @@ enum Command {
         /// Folder to put it in [default: ./data].
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
+        /// Fetch from this address instead of the official one (a mirror).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -341,9 +345,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => {
             println!("{}", cnas::export::export(&args.weights, &args.out, &args.options()?)?);
         }
-        Command::Download { what, data } => {
+        Command::Download { what, data, url } => {
             let dir = data.unwrap_or_else(|| PathBuf::from("data"));
-            let placed = cnas::data::download::download(what, &dir, !cli.quiet)?;
+            let placed = cnas::data::download::download_from(what, &dir, url.as_deref(), !cli.quiet)?;
             println!("{}", placed.display());
         }
     }
