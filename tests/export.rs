@@ -26,15 +26,14 @@ struct Trained {
     net: Network,
 }
 
-fn config(kind: NetworkKind, genotype: Genotype, channels: i64, layers: i64, auxiliary: bool) -> NetworkConfig {
-    NetworkConfig {
-        kind,
-        genotype,
-        init_channels: channels,
-        layers,
-        num_classes: 10,
-        auxiliary,
-    }
+fn config(
+    kind: NetworkKind,
+    genotype: Genotype,
+    channels: i64,
+    layers: i64,
+    auxiliary: bool,
+) -> NetworkConfig {
+    NetworkConfig { kind, genotype, init_channels: channels, layers, num_classes: 10, auxiliary }
 }
 
 /// A network with random weights and BatchNorm statistics far from the identity, so that
@@ -323,7 +322,8 @@ fn pth_of_every_operation_and_of_an_imagenet_network() {
     check_pth_in_pytorch("every op .pth", &model, &pth, false, &x);
 
     let x = x.upsample_bilinear2d([64, 64], false, None, None);
-    let model = trained(config(NetworkKind::Imagenet, cnas::space::published("DARTS_V2").unwrap(), 8, 4, false), 6);
+    let model =
+        trained(config(NetworkKind::Imagenet, cnas::space::published("DARTS_V2").unwrap(), 8, 4, false), 6);
     model.save_checkpoint(&weights);
     export(&weights, &pth, &options(ExportFormat::Pth)).unwrap();
     check_pth_in_pytorch("DARTS_V2 imagenet .pth", &model, &pth, false, &x);
@@ -368,7 +368,8 @@ fn safetensors_from_a_pytorch_file_describes_its_network() {
     }
     // The file alone is enough for the next export.
     let onnx = dir.path().join("net.onnx");
-    let exported = export(&out, &onnx, &ExportOptions { format: None, ..options(ExportFormat::Pth) }).unwrap();
+    let exported =
+        export(&out, &onnx, &ExportOptions { format: None, ..options(ExportFormat::Pth) }).unwrap();
     assert_eq!(exported.format, ExportFormat::Onnx);
     assert_eq!(exported.config.genotype, genotype);
 }
@@ -413,7 +414,19 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
     );
     // Weights of another network.
     assert_user_error(
-        &run(&["export", "--weights", p(&weights), "--arch", "DARTS_V2", "--init-channels", "4", "--layers", "3", "-o", p(&onnx)]),
+        &run(&[
+            "export",
+            "--weights",
+            p(&weights),
+            "--arch",
+            "DARTS_V2",
+            "--init-channels",
+            "4",
+            "--layers",
+            "3",
+            "-o",
+            p(&onnx),
+        ]),
         "weights do not fit",
     );
 
@@ -427,6 +440,9 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
     let checkpoint = d.join("checkpoint.safetensors");
     let tensors = vec![("supernet/stem.0.weight".to_string(), t)];
     cnas::weights::save_tensors(&tensors, &checkpoint, BTreeMap::new()).unwrap();
-    assert_user_error(&run(&["export", "--weights", p(&checkpoint), "-o", p(&onnx)]), "export a trained network");
+    assert_user_error(
+        &run(&["export", "--weights", p(&checkpoint), "-o", p(&onnx)]),
+        "export a trained network",
+    );
     assert!(!onnx.exists(), "nothing is written on a mistake");
 }

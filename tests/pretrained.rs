@@ -1,8 +1,9 @@
 //! Pretrained weights: `cnas download pretrained` against a local HTTP server (127.0.0.1,
 //! ephemeral port) serving a file laid out like the published CNAS ImageNet weights (PyTorch's
 //! ImageNet network of the CNAS cell, 48 channels × 14 cells, auxiliary head, a plain
-//! `torch.save(state_dict)`), resumed after a cut, checked by the SHA-256 prefix in its name;
-//! then `cnas predict` with it matches PyTorch's logits.
+//! `torch.save(state_dict)` in the pre-1.6 format the CNAS code's PyTorch 1.5 wrote), resumed
+//! after a cut, checked by the SHA-256 prefix in its name; then `cnas predict` with it matches
+//! PyTorch's logits. Also: legacy-format files read exactly like zip ones.
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -52,7 +53,8 @@ fn serve(name: &str, body: Vec<u8>, cut_first: bool, requests: usize) -> (String
             let start: usize =
                 range.strip_prefix("bytes=").and_then(|r| r.trim_end_matches('-').parse().ok()).unwrap_or(0);
             let (head, data) = if cut_first && answered == 1 {
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
                 (head, &body[..body.len() / 3])
             } else if start > 0 {
                 let head = format!(
@@ -63,7 +65,8 @@ fn serve(name: &str, body: Vec<u8>, cut_first: bool, requests: usize) -> (String
                 );
                 (head, &body[start..])
             } else {
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                let head =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
                 (head, &body[..])
             };
             let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(data));
@@ -107,8 +110,15 @@ fn published_layout_downloads_resumes_verifies_and_predicts_like_pytorch() {
     std::fs::write(&genotype, serde_json::to_string(&cnas_genotype.to_json()).unwrap()).unwrap();
     common::run_reference(
         "check_export.py",
-        &["pretrained", "--genotype", genotype.to_str().unwrap(), "--out", reference.to_str().unwrap()]
-            .map(String::from),
+        &[
+            "pretrained",
+            "--legacy",
+            "--genotype",
+            genotype.to_str().unwrap(),
+            "--out",
+            reference.to_str().unwrap(),
+        ]
+        .map(String::from),
     );
     let body = std::fs::read(reference.join("weights.pth")).unwrap();
     let name = format!("cnas-imagenet-{}.pth", &sha256_hex(&body)[..8]);
@@ -178,10 +188,37 @@ fn a_missing_file_is_one_clear_line() {
             while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.trim().is_empty() {
                 line.clear();
             }
-            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ =
+                stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", &url]);
     assert_user_error(&out, "404");
     assert_eq!(entries(dir.path()), Vec::<String>::new());
+}
+
+#[test]
+fn legacy_torch_files_read_like_zip_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    common::run_reference(
+        "check_export.py",
+        &["legacy".to_string(), "--out".into(), dir.path().to_str().unwrap().into()],
+    );
+    let zip = cnas::weights::read(&dir.path().join("zip.pth")).unwrap();
+    let legacy = cnas::weights::read(&dir.path().join("legacy.pth")).unwrap();
+    let checkpoint = cnas::weights::read(&dir.path().join("checkpoint_legacy.pth")).unwrap();
+    let names = |v: &[(String, Tensor)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&zip), ["base", "bn.num_batches_tracked", "conv.weight", "double", "scalar"]);
+    assert_eq!(names(&legacy), [names(&zip), vec!["view".to_string()]].concat());
+    let prefixed: Vec<String> = names(&legacy).iter().map(|n| format!("module.{n}")).collect();
+    assert_eq!(names(&checkpoint), prefixed);
+    for ((name, a), ((_, b), (_, c))) in zip.iter().zip(legacy.iter().zip(&checkpoint)) {
+        assert_eq!((a.size(), a.kind()), (b.size(), b.kind()), "{name}");
+        assert!(a.equal(b) && a.equal(c), "{name} differs");
+    }
+    assert!(legacy[5].1.equal(&checkpoint[5].1));
+    let by_name: std::collections::HashMap<_, _> = legacy.into_iter().collect();
+    assert_eq!(by_name["view"].size(), [3, 3]);
+    assert!(by_name["view"].equal(&by_name["base"].narrow(0, 1, 3).slice(1, 0, None, 2)));
+    assert_eq!(by_name["bn.num_batches_tracked"].int64_value(&[]), 7);
 }

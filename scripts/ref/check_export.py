@@ -9,11 +9,16 @@
         onnx.checker.check_model (full check), then onnxruntime on X's "input" one sample at a
         time ("logits_batch1") and all at once ("logits_batchN"); prints the graph's op types,
         opset and input shape as JSON.
-    check_export.py pretrained --genotype G.json --image-size S --out DIR
+    check_export.py pretrained --genotype G.json --image-size S --out DIR [--legacy]
         A file laid out like the published CNAS ImageNet weights: darts_model's ImageNet
         network (48 channels, 14 cells, 1000 classes, auxiliary head) with randomised BatchNorm,
-        torch.save(state_dict) to DIR/weights.pth; one normalised input DIR/input.npy
+        torch.save(state_dict) to DIR/weights.pth (--legacy: in the pre-1.6 format, which the
+        PyTorch 1.5 of the CNAS code wrote by default); one normalised input DIR/input.npy
         (1x3xSxS) and its eval logits DIR/logits.safetensors.
+    check_export.py legacy --out DIR
+        The same small tensors (float, float64, int64, a scalar) saved as DIR/zip.pth and
+        DIR/legacy.pth (with a strided view with an offset too), and as a legacy checkpoint dict
+        DIR/checkpoint_legacy.pth ({"epoch", "state_dict" with "module." names, "optimizer"}).
 """
 
 import argparse
@@ -86,13 +91,41 @@ def make_pretrained(a):
     randomise_bn(model)
     model.eval()
     os.makedirs(a.out, exist_ok=True)
-    torch.save(model.state_dict(), os.path.join(a.out, "weights.pth"))
+    torch.save(model.state_dict(), os.path.join(a.out, "weights.pth"),
+               _use_new_zipfile_serialization=not a.legacy)
     x = torch.randn(1, 3, a.image_size, a.image_size)
     with torch.no_grad():
         logits = model(x)[0]
     np.save(os.path.join(a.out, "input.npy"), x.numpy())
     save_file({"logits": logits.contiguous()}, os.path.join(a.out, "logits.safetensors"))
     print(json.dumps({"tensors": len(model.state_dict())}))
+
+
+def make_legacy(a):
+    import collections
+    torch.manual_seed(3)
+    base = torch.randn(4, 6)
+    state = collections.OrderedDict([
+        ("conv.weight", torch.randn(3, 2, 3, 3)),
+        ("bn.num_batches_tracked", torch.tensor(7, dtype=torch.int64)),
+        ("base", base),
+        ("view", base[1:, ::2]),
+        ("scalar", torch.tensor(2.5)),
+        ("double", torch.randn(5, dtype=torch.float64)),
+    ])
+    os.makedirs(a.out, exist_ok=True)
+    # (cnas's zip reader takes contiguous tensors only: the view goes in the legacy files.)
+    torch.save(collections.OrderedDict((k, v) for k, v in state.items() if k != "view"),
+               os.path.join(a.out, "zip.pth"))
+    torch.save(state, os.path.join(a.out, "legacy.pth"), _use_new_zipfile_serialization=False)
+    checkpoint = {
+        "epoch": 3,
+        "state_dict": collections.OrderedDict(("module." + k, v) for k, v in state.items()),
+        "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3, dtype=torch.float64)}},
+                      "param_groups": [{"lr": 0.1, "params": [0]}]},
+    }
+    torch.save(checkpoint, os.path.join(a.out, "checkpoint_legacy.pth"),
+               _use_new_zipfile_serialization=False)
 
 
 def main():
@@ -116,9 +149,13 @@ def main():
     q.add_argument("--genotype", required=True)
     q.add_argument("--image-size", type=int, default=224)
     q.add_argument("--out", required=True)
+    q.add_argument("--legacy", action="store_true")
+    q = sub.add_parser("legacy")
+    q.add_argument("--out", required=True)
     a = p.parse_args()
     torch.set_num_threads(2)
-    {"pth": check_pth, "onnx": check_onnx, "pretrained": make_pretrained}[a.what](a)
+    {"pth": check_pth, "onnx": check_onnx, "pretrained": make_pretrained,
+     "legacy": make_legacy}[a.what](a)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,12 @@ pub fn download(what: DownloadTarget, data_dir: &Path, progress: bool) -> Result
 }
 
 /// [`download`] from `url` instead of the official address when one is given.
-pub fn download_from(what: DownloadTarget, data_dir: &Path, url: Option<&str>, progress: bool) -> Result<PathBuf> {
+pub fn download_from(
+    what: DownloadTarget,
+    data_dir: &Path,
+    url: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf> {
     let cifar10_url = url.unwrap_or(CIFAR10_URL);
     match what {
         DownloadTarget::Pretrained => download_weights(data_dir, url.unwrap_or(CNAS_IMAGENET_URL), progress),

@@ -101,7 +101,11 @@ impl fmt::Display for Exported {
 /// controllers, not networks that can be exported.
 const SEARCH_FORMATS: [&str; 3] = ["cnas-search-checkpoint", "cnas-supernet", "cnas-controllers"];
 
-fn refuse_search_artefacts(input: &Path, metadata: &BTreeMap<String, String>, tensors: &NamedTensors) -> Result<()> {
+fn refuse_search_artefacts(
+    input: &Path,
+    metadata: &BTreeMap<String, String>,
+    tensors: &NamedTensors,
+) -> Result<()> {
     let format = metadata.get("format").map(String::as_str).unwrap_or("");
     // A search checkpoint keeps its groups as `supernet/...`, `controller/...`.
     let grouped = tensors.iter().any(|(n, _)| n.starts_with("supernet/") || n.starts_with("controller/"));
@@ -115,7 +119,10 @@ fn refuse_search_artefacts(input: &Path, metadata: &BTreeMap<String, String>, te
 }
 
 /// The network described by a cnas file's metadata, if it has one.
-pub fn network_from_metadata(input: &Path, metadata: &BTreeMap<String, String>) -> Result<Option<NetworkConfig>> {
+pub fn network_from_metadata(
+    input: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Option<NetworkConfig>> {
     match metadata.get("network") {
         None => Ok(None),
         Some(json) => serde_json::from_str(json)

@@ -274,7 +274,12 @@ impl GraphBuilder {
         name
     }
 
-    fn node(&mut self, op_type: &'static str, inputs: Vec<String>, attributes: Vec<proto::AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op_type: &'static str,
+        inputs: Vec<String>,
+        attributes: Vec<proto::AttributeProto>,
+    ) -> String {
         let output = self.fresh(op_type);
         for i in &inputs {
             *self.readers.entry(i.clone()).or_default() += 1;
@@ -315,7 +320,8 @@ impl GraphBuilder {
             .ok_or_else(|| Error::BadOption("ONNX export: convolution weight is not a constant".into()))?
             .to_kind(Kind::Double);
         let n = weight.size()[0];
-        let channels = |t: &Tensor| t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Double).narrow(0, from, n);
+        let channels =
+            |t: &Tensor| t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Double).narrow(0, from, n);
         let mean = channels(&bn.running_mean);
         let var = channels(&bn.running_var);
         let gamma = bn.weight.as_ref().map(channels).unwrap_or_else(|| mean.ones_like());
@@ -389,7 +395,11 @@ impl GraphBuilder {
             // The last node's output is the graph's output, under its public name.
             let out = if n.output == output { OUTPUT.to_string() } else { n.output };
             nodes.push(proto::NodeProto {
-                input: n.inputs.into_iter().map(|i| if i == output { OUTPUT.to_string() } else { i }).collect(),
+                input: n
+                    .inputs
+                    .into_iter()
+                    .map(|i| if i == output { OUTPUT.to_string() } else { i })
+                    .collect(),
                 output: vec![out],
                 name: Some(format!("{}_{k}", n.op_type)),
                 op_type: Some(n.op_type.into()),
@@ -403,9 +413,16 @@ impl GraphBuilder {
                     let v: Vec<f32> = Vec::try_from(&t.flatten(0, -1))?;
                     (t.size(), proto::FLOAT, v.iter().flat_map(|x| x.to_le_bytes()).collect())
                 }
-                Constant::Int64(v) => (vec![v.len() as i64], proto::INT64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                Constant::Int64(v) => {
+                    (vec![v.len() as i64], proto::INT64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
             };
-            initializer.push(proto::TensorProto { dims, data_type: Some(data_type), name: Some(name), raw_data: Some(raw) });
+            initializer.push(proto::TensorProto {
+                dims,
+                data_type: Some(data_type),
+                name: Some(name),
+                raw_data: Some(raw),
+            });
         }
         let value_info = |name: &str, dims: Vec<proto::DimensionValue>| proto::ValueInfoProto {
             name: Some(name.into()),

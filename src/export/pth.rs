@@ -160,7 +160,8 @@ pub fn state_dict_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>> {
     pickle.op(op::SETITEMS);
     pickle.op(op::STOP);
 
-    let zip_error = |e: zip::result::ZipError| Error::BadOption(format!("cannot build the .pth archive: {e}"));
+    let zip_error =
+        |e: zip::result::ZipError| Error::BadOption(format!("cannot build the .pth archive: {e}"));
     let options = SimpleFileOptions::default()
         .compression_method(zip::CompressionMethod::Stored)
         .with_alignment(ALIGNMENT);
