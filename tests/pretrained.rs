@@ -133,7 +133,7 @@ fn published_layout_downloads_resumes_verifies_and_predicts_like_pytorch() {
     let out = cnas(&["download", "pretrained", "--data", data.to_str().unwrap(), "--url", &url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(ranges.lock().unwrap().clone(), ["".to_string(), format!("bytes={}-", body.len() / 3)]);
-    assert_eq!(entries(&data), [name.clone()]);
+    assert_eq!(entries(&data), [name.as_str()]);
     let weights = data.join(&name);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), weights.to_str().unwrap());
     assert_eq!(std::fs::read(&weights).unwrap(), body);

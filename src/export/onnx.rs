@@ -231,6 +231,8 @@ struct GraphBuilder {
     /// Shared int64 constants (Slice arguments) by content.
     int_constants: HashMap<Vec<i64>, String>,
     zero_scalar: Option<String>,
+    /// Relu of each value already computed: a state read by several edges is rectified once.
+    relu_of: HashMap<String, String>,
     counter: usize,
 }
 
@@ -246,6 +248,7 @@ impl GraphBuilder {
             zeros: HashSet::new(),
             int_constants: HashMap::new(),
             zero_scalar: None,
+            relu_of: HashMap::new(),
             counter: 0,
         }
     }
@@ -454,7 +457,12 @@ impl Trace for GraphBuilder {
     type Value = String;
 
     fn relu(&mut self, x: &String) -> String {
-        self.node("Relu", vec![x.clone()], vec![])
+        if let Some(y) = self.relu_of.get(x) {
+            return y.clone();
+        }
+        let y = self.node("Relu", vec![x.clone()], vec![]);
+        self.relu_of.insert(x.clone(), y.clone());
+        y
     }
 
     fn conv(&mut self, x: &String, weight: &Tensor, spec: &Conv2dSpec) -> String {
