@@ -397,6 +397,11 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
     let text = d.join("notes.pth");
     common::write(&text, "not weights at all");
     assert_user_error(&run(&["export", "--weights", p(&text), "-o", p(&onnx)]), "not a weights file");
+    // A PyTorch file says nothing of its network: the paper's CNAS is assumed, and the error
+    // says what to give.
+    let pth = d.join("small.pth");
+    assert!(run(&["export", "--weights", p(&weights), "-o", p(&pth)]).status.success());
+    assert_user_error(&run(&["export", "--weights", p(&pth), "-o", p(&onnx)]), "give --arch");
     let empty = d.join("empty.pth");
     common::write(&empty, "");
     assert_user_error(&run(&["export", "--weights", p(&empty), "-o", p(&onnx)]), "empty file");

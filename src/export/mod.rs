@@ -165,7 +165,10 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
     refuse_search_artefacts(input, &metadata, &tensors)?;
     let tensors = weights::network_tensors(tensors);
 
-    let mut config = match network_from_metadata(input, &metadata)? {
+    let described = network_from_metadata(input, &metadata)?;
+    // Guessed: neither the file nor the user said which network the weights belong to.
+    let guessed = described.is_none() && !options.network_given;
+    let mut config = match described {
         Some(config) if !options.network_given => config,
         _ => options.network.clone(),
     };
@@ -186,6 +189,13 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
     let mut network = Network::new(&vs.root(), config.clone())?;
     network.channels_last = false;
     weights::load_into(&vs, &tensors).map_err(|e| match e {
+        Error::WeightMismatch(m) if guessed => Error::bad_file(
+            input,
+            format!(
+                "{m} (the file does not say which network it holds: give --arch, --dataset, \
+                 --init-channels, --layers and --classes)"
+            ),
+        ),
         Error::WeightMismatch(m) => Error::bad_file(input, m),
         other => other,
     })?;
