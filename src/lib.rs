@@ -3,7 +3,7 @@
 //! One module per concern: [`space`] (primitives, genotypes), [`ops`] (the operations an edge
 //! can carry), [`model`] (fixed CIFAR and ImageNet networks), [`weights`] (state_dict I/O),
 //! [`profile`] (parameter and multiply-add counts), [`input`] (images and arrays to predict
-//! on), [`device`] (`--device`).
+//! on), [`device`] (`--device`), [`export`] (`.pth`, safetensors and ONNX out).
 pub mod device;
 pub mod error;
 pub mod space;
