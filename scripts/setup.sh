@@ -18,8 +18,8 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   echo "setup: installing torch==$TORCH_VERSION into .venv (about 3 GB)"
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
-# Reference and format-check packages used by the tests.
-.venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors
+# Reference and format-check packages used by the tests (onnx, onnxruntime: export checks).
+.venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors onnx onnxruntime
 
 # A stable path to libtorch whatever the venv's Python version (.cargo/config.toml points here).
 site=$(.venv/bin/python -c 'import torch, pathlib; print(pathlib.Path(torch.__file__).parent)')

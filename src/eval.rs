@@ -174,19 +174,8 @@ pub fn evaluate_weights(request: &EvalRequest<'_>, device: Device, quiet: bool) 
         DatasetKind::Cifar10 => NetworkKind::Cifar,
         DatasetKind::ImageNet => NetworkKind::Imagenet,
     };
-    let from_file: Option<NetworkConfig> =
-        match metadata.get("network") {
-            Some(json) => Some(serde_json::from_str(json).map_err(|e| {
-                Error::bad_file(path, format!("bad network description in its metadata: {e}"))
-            })?),
-            None if metadata.get("format").is_some_and(|f| f.starts_with("cnas-")) => {
-                return Err(Error::bad_file(
-                    path,
-                    "is a search checkpoint, not a trained network (see cnas train)",
-                ));
-            }
-            None => None,
-        };
+    crate::weights::refuse_search_artefacts(path, &metadata, &tensors)?;
+    let from_file = crate::weights::network_from_metadata(path, &metadata)?;
     let mut config = match (request.arch, from_file) {
         (None, Some(config)) => config,
         (arch, _) => {

@@ -5,12 +5,14 @@
 //! (weight sharing and the LSTM that samples cells), [`search`] (the curriculum search),
 //! [`train`] (retraining a genotype from scratch) and [`eval`] (scoring it), [`optim`],
 //! [`data`] (data sets and the loader), [`weights`] (state_dict I/O), [`profile`] and
-//! [`report`] (parameter and multiply-add counts), [`predict`], [`device`] (`--device`).
+//! [`report`] (parameter and multiply-add counts), [`predict`], [`device`] (`--device`),
+//! [`export`] (`.pth`, safetensors and ONNX out).
 pub mod controller;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod model;
 pub mod ops;
 pub mod optim;

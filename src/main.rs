@@ -1,5 +1,4 @@
 //! The `cnas` command line: a thin layer over the library.
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,7 +60,10 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
-    /// Fetch a data set: CIFAR-10's official archive, MD5-checked, resumable, unpacked in one step.
+    /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
+    Export(Box<ExportArgs>),
+    /// Fetch a data set or pretrained weights: CIFAR-10's official archive (MD5-checked,
+    /// unpacked in one step) or the published CNAS ImageNet weights (SHA-256-checked); resumable.
     Download {
         /// What to fetch.
         #[arg(value_enum)]
@@ -69,6 +71,9 @@ enum Command {
         /// Folder to put it in [default: ./data].
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
+        /// Fetch from this address instead of the official one (a mirror).
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -307,6 +312,45 @@ struct EvalArgs {
     json: bool,
 }
 
+/// `cnas export`.
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// The network, when the weights file does not describe it (PyTorch and plain safetensors).
+    #[command(flatten)]
+    net: NetArgs,
+    /// Trained weights: cnas's own file, a training checkpoint, a PyTorch state_dict, safetensors.
+    #[arg(long, alias = "checkpoint", value_name = "FILE")]
+    weights: PathBuf,
+    /// Output format [default: from the output's extension].
+    #[arg(long, value_enum)]
+    format: Option<cnas::export::ExportFormat>,
+    /// The file to write.
+    #[arg(short = 'o', long, value_name = "OUT")]
+    out: PathBuf,
+    /// Leave the auxiliary head out (.pth, safetensors; ONNX never has it).
+    #[arg(long)]
+    drop_auxiliary: bool,
+    /// ONNX: keep BatchNormalization nodes instead of folding them into the convolutions.
+    #[arg(long)]
+    keep_bn: bool,
+    /// ONNX: input height and width [default: 32 for cifar10, 224 for imagenet].
+    #[arg(long)]
+    image_size: Option<i64>,
+}
+
+impl ExportArgs {
+    fn options(&self) -> anyhow::Result<cnas::export::ExportOptions> {
+        Ok(cnas::export::ExportOptions {
+            format: self.format,
+            network: self.net.config()?.1,
+            network_given: self.net.arch.is_some(),
+            drop_auxiliary: self.drop_auxiliary,
+            keep_bn: self.keep_bn,
+            image_size: self.image_size,
+        })
+    }
+}
+
 /// Which fixed network to build.
 #[derive(Args, Debug, Clone)]
 struct NetArgs {
@@ -466,11 +510,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict { net, weights, top, batch_size, json, inputs } => {
             let tensors = cnas::weights::read(&weights)?;
             let metadata = cnas::weights::read_metadata(&weights)?.unwrap_or_default();
-            let (_, mut config) = match (&net.arch, network_from_metadata(&metadata)?) {
-                // A cnas weights file knows its network unless the user says otherwise.
-                (None, Some(config)) => (String::new(), config),
-                _ => net.config()?,
-            };
+            let (_, mut config) =
+                match (&net.arch, cnas::weights::network_from_metadata(&weights, &metadata)?) {
+                    // A cnas weights file knows its network unless the user says otherwise.
+                    (None, Some(config)) => (String::new(), config),
+                    _ => net.config()?,
+                };
             config.auxiliary = cnas::weights::has_auxiliary(&tensors);
             let vs = tch::nn::VarStore::new(device);
             let network = Network::new(&vs.root(), config)?;
@@ -499,21 +544,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Download { what, data } => {
+        Command::Export(args) => {
+            println!("{}", cnas::export::export(&args.weights, &args.out, &args.options()?)?);
+        }
+        Command::Download { what, data, url } => {
             let dir = data.unwrap_or_else(|| PathBuf::from("data"));
-            let placed = cnas::data::download::download(what, &dir, !cli.quiet)?;
+            let placed = cnas::data::download::download_from(what, &dir, url.as_deref(), !cli.quiet)?;
             println!("{}", placed.display());
         }
     }
     Ok(())
-}
-
-/// The network a cnas weights file describes in its metadata, if it does.
-fn network_from_metadata(metadata: &BTreeMap<String, String>) -> anyhow::Result<Option<NetworkConfig>> {
-    match metadata.get("network") {
-        None => Ok(None),
-        Some(json) => {
-            Ok(Some(serde_json::from_str(json).context("weights metadata: bad network description")?))
-        }
-    }
 }

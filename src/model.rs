@@ -8,6 +8,8 @@ use crate::error::{Error, Result};
 use crate::ops::{drop_path, BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn};
 use crate::space::{Cell as CellSpec, Genotype};
 
+mod trace;
+
 /// Which network family: they differ in stem, auxiliary head and input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -10,6 +10,8 @@ use tch::{nn, Tensor};
 
 use crate::space::Primitive;
 
+pub mod trace;
+
 thread_local! {
     /// Multiply-adds counter used by [`crate::profile`]: `Some` only while a profiling pass
     /// runs, so normal forward passes pay one thread-local read per convolution.

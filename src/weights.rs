@@ -1,7 +1,8 @@
 //! Reading and writing weights.
 //!
-//! Reads PyTorch `state_dict`s written by `torch.save` (zip format; also a checkpoint dict that
-//! holds one under `state_dict`, `model`, `net` or `state_dict_ema`), safetensors files, and
+//! Reads PyTorch `state_dict`s written by `torch.save` (the zip format, and the legacy format of
+//! PyTorch before 1.6; also a checkpoint dict that holds one under `state_dict`, `model`, `net`
+//! or `state_dict_ema`), safetensors files, and
 //! cnas's own format: a safetensors file whose metadata carries `"format": "cnas"` and the
 //! network's configuration (`"network"`: a [`crate::model::NetworkConfig`] as JSON), so the
 //! file alone says what it holds.
@@ -45,16 +46,10 @@ fn sniff(path: &Path) -> Result<Format> {
     Err(Error::bad_file(path, "not a weights file (expected a torch.save .pth or a safetensors file)"))
 }
 
-/// Names of the training state (optimizer buffers) that a `cnas train` checkpoint holds beside
-/// the network's own tensors.
-pub const TRAINING_STATE_PREFIX: &str = "optimizer.";
-
 /// Reads the network's tensors of a weights file, whatever its format: everything but the
-/// training state a `cnas train` checkpoint also holds.
+/// optimizer state a `cnas train` checkpoint also holds (see [`is_network_tensor`]).
 pub fn read(path: &Path) -> Result<NamedTensors> {
-    let mut tensors = read_all(path)?;
-    tensors.retain(|(name, _)| !name.starts_with(TRAINING_STATE_PREFIX));
-    Ok(tensors)
+    Ok(network_tensors(read_all(path)?))
 }
 
 /// Reads every tensor of a weights file, whatever its format.
@@ -64,10 +59,7 @@ pub fn read_all(path: &Path) -> Result<NamedTensors> {
         Format::Safetensors => Tensor::read_safetensors(path).map_err(|e| {
             Error::bad_file(path, format!("unreadable safetensors file: {}", first_line(&e.to_string())))
         }),
-        Format::TorchLegacy => Err(Error::bad_file(
-            path,
-            "legacy (pre-1.6, non-zip) torch.save format is not supported; re-save it with a current PyTorch",
-        )),
+        Format::TorchLegacy => read_legacy_pth(path),
     }
 }
 
@@ -110,6 +102,145 @@ fn read_pth(path: &Path) -> Result<NamedTensors> {
     Ok(out)
 }
 
+/// The first pickle of every legacy file: protocol 2, `LONG1` of 10 bytes holding PyTorch's
+/// magic number 0x1950a86a20f9469cfc6c, `STOP`.
+const LEGACY_MAGIC: [u8; 15] =
+    [0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e];
+
+/// Reads the `torch.save` format of PyTorch before 1.6 (also what later versions write with
+/// `_use_new_zipfile_serialization=False`): five pickles (magic number, protocol version
+/// 1001, system info, the object with storages as persistent ids, the storage keys in the
+/// order their data follows), then each storage as an 8-byte element count and raw
+/// little-endian data.
+fn read_legacy_pth(path: &Path) -> Result<NamedTensors> {
+    use candle_core::pickle::{Object, Stack};
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |what: &str| Error::bad_file(path, format!("unreadable legacy PyTorch file: {what}"));
+    if !bytes.starts_with(&LEGACY_MAGIC) {
+        return Err(bad("no PyTorch magic number (not a torch.save file?)"));
+    }
+    let mut reader = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
+    let mut next_pickle = |what: &str| -> Result<Object> {
+        let mut stack = Stack::empty();
+        stack
+            .read_loop(&mut reader)
+            .and_then(|_| stack.finalize())
+            .map_err(|e| bad(&format!("{what}: {}", first_line(&e.to_string()))))
+    };
+    match next_pickle("protocol version")? {
+        Object::Int(1001) => {}
+        other => return Err(bad(&format!("protocol version {other:?}, expected 1001"))),
+    }
+    next_pickle("system info")?;
+    let object = next_pickle("contents")?;
+    let keys: Vec<String> = match next_pickle("storage keys")? {
+        Object::List(keys) => keys.into_iter().filter_map(|k| k.unicode().ok()).collect(),
+        other => return Err(bad(&format!("storage keys {other:?}"))),
+    };
+
+    // Element sizes of every storage the contents name, so storages of other parts of a
+    // checkpoint (an optimizer's) can be stepped over.
+    let mut kinds = HashMap::new();
+    collect_storages(&object, &mut kinds);
+    let mut offset = LEGACY_MAGIC.len() + reader.position() as usize;
+    let mut storages: HashMap<String, (Kind, &[u8])> = HashMap::new();
+    for key in keys {
+        let kind = *kinds.get(&key).ok_or_else(|| bad(&format!("storage {key} of unknown type")))?;
+        let count = bytes.get(offset..offset + 8).ok_or_else(|| bad("truncated"))?;
+        let count = u64::from_le_bytes(count.try_into().unwrap_or_default()) as usize;
+        let len = count.checked_mul(kind.elt_size_in_bytes()).ok_or_else(|| bad("storage too large"))?;
+        let data = bytes.get(offset + 8..offset + 8 + len).ok_or_else(|| bad("truncated"))?;
+        storages.insert(key, (kind, data));
+        offset += 8 + len;
+    }
+
+    let dict = |o: Object| match o {
+        Object::Dict(entries) => Some(entries),
+        _ => None,
+    };
+    let entries = dict(object).ok_or_else(|| bad("holds no dict of tensors"))?;
+    // A plain state_dict, or a checkpoint dict holding one under a usual key.
+    let is_tensor = |v: &Object| matches!(v, Object::Reduce { .. });
+    let entries = if entries.iter().any(|(_, v)| is_tensor(v)) {
+        entries
+    } else {
+        CHECKPOINT_KEYS
+            .iter()
+            .find_map(|key| {
+                entries
+                    .iter()
+                    .find(|(k, _)| *k == Object::Unicode(key.to_string()))
+                    .and_then(|(_, v)| dict(v.clone()))
+            })
+            .ok_or_else(|| bad("holds no tensors (expected a state_dict or a checkpoint containing one)"))?
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let info = match value.into_tensor_info(name, Path::new("")) {
+            Ok(Some(info)) => info,
+            _ => continue,
+        };
+        let key = info.path.trim_start_matches('/');
+        let &(kind, data) = storages.get(key).ok_or_else(|| bad(&format!("no data for storage {key}")))?;
+        let numel = (data.len() / kind.elt_size_in_bytes()) as i64;
+        let storage = Tensor::f_from_data_size(data, &[numel], kind)?;
+        let layout = &info.layout;
+        let size: Vec<i64> = layout.dims().iter().map(|&d| d as i64).collect();
+        let stride: Vec<i64> = layout.stride().iter().map(|&d| d as i64).collect();
+        let start = (layout.start_offset() / kind.elt_size_in_bytes()) as i64;
+        let t = storage.f_as_strided(&size, &stride, start)?.contiguous();
+        let t = match kind {
+            Kind::Int64 | Kind::Uint8 => t,
+            _ => t.to_kind(Kind::Float),
+        };
+        out.push((info.name, t));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if out.is_empty() {
+        return Err(bad("holds no tensors"));
+    }
+    Ok(out)
+}
+
+/// Storage key → element kind for every storage persistent id inside `o`.
+fn collect_storages(o: &candle_core::pickle::Object, out: &mut HashMap<String, Kind>) {
+    use candle_core::pickle::Object;
+    match o {
+        Object::PersistentLoad(id) => {
+            if let Object::Tuple(parts) = id.as_ref() {
+                if let [Object::Unicode(tag), Object::Class { class_name, .. }, Object::Unicode(key), ..] =
+                    parts.as_slice()
+                {
+                    let kind = match class_name.as_str() {
+                        "FloatStorage" => Some(Kind::Float),
+                        "DoubleStorage" => Some(Kind::Double),
+                        "HalfStorage" => Some(Kind::Half),
+                        "BFloat16Storage" => Some(Kind::BFloat16),
+                        "LongStorage" => Some(Kind::Int64),
+                        "IntStorage" => Some(Kind::Int),
+                        "ByteStorage" => Some(Kind::Uint8),
+                        "BoolStorage" => Some(Kind::Bool),
+                        _ => None,
+                    };
+                    if let (true, Some(kind)) = (tag == "storage", kind) {
+                        out.insert(key.clone(), kind);
+                    }
+                }
+            }
+        }
+        Object::Tuple(v) | Object::List(v) => v.iter().for_each(|o| collect_storages(o, out)),
+        Object::Dict(v) => v.iter().for_each(|(k, o)| {
+            collect_storages(k, out);
+            collect_storages(o, out);
+        }),
+        Object::Reduce { callable, args } | Object::Build { callable, args } => {
+            collect_storages(callable, out);
+            collect_storages(args, out);
+        }
+        _ => {}
+    }
+}
+
 fn candle_to_tch(t: &candle_core::Tensor) -> candle_core::Result<Tensor> {
     use candle_core::DType;
     let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
@@ -128,7 +259,7 @@ fn candle_to_tch(t: &candle_core::Tensor) -> candle_core::Result<Tensor> {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LoadReport {
     pub loaded: usize,
-    /// BatchNorm's `num_batches_tracked` counters: cnas does not use them.
+    /// BatchNorm's `num_batches_tracked` counters (cnas does not use them) and optimizer state.
     pub ignored: usize,
     pub missing: Vec<String>,
     pub unexpected: Vec<String>,
@@ -166,6 +297,55 @@ impl LoadReport {
     }
 }
 
+/// Prefix of the optimizer state a training checkpoint keeps beside the network's tensors.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
+/// False for what a weights file may hold beside the network (a training checkpoint's
+/// optimizer state): the one place that decides which tensors belong to the network.
+pub fn is_network_tensor(name: &str) -> bool {
+    !name.starts_with(OPTIMIZER_PREFIX)
+}
+
+/// The tensors of `tensors` that belong to the network (see [`is_network_tensor`]).
+pub fn network_tensors(tensors: NamedTensors) -> NamedTensors {
+    tensors.into_iter().filter(|(n, _)| is_network_tensor(n)).collect()
+}
+
+/// The `format` values of search artefacts (src/search.rs): weight-sharing supernets and
+/// controllers, not trained networks.
+const SEARCH_FORMATS: [&str; 3] = ["cnas-search-checkpoint", "cnas-supernet", "cnas-controllers"];
+
+/// Refuses a search artefact where a trained network is expected (eval, export).
+pub fn refuse_search_artefacts(
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+    tensors: &NamedTensors,
+) -> Result<()> {
+    let format = metadata.get("format").map(String::as_str).unwrap_or("");
+    // A search checkpoint keeps its groups as `supernet/...`, `controller/...`.
+    let grouped = tensors.iter().any(|(n, _)| n.starts_with("supernet/") || n.starts_with("controller/"));
+    if SEARCH_FORMATS.contains(&format) || grouped {
+        return Err(Error::bad_file(
+            path,
+            "is a search supernet (or its controllers), not a trained network (see cnas train)",
+        ));
+    }
+    Ok(())
+}
+
+/// The network a cnas weights file describes in its metadata, if it does.
+pub fn network_from_metadata(
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Option<crate::model::NetworkConfig>> {
+    match metadata.get("network") {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(json)
+            .map(Some)
+            .map_err(|e| Error::bad_file(path, format!("bad network description in its metadata: {e}"))),
+    }
+}
+
 /// The name a tensor has in the network: DataParallel's `module.` prefix removed.
 fn network_name(name: &str) -> &str {
     name.strip_prefix("module.").unwrap_or(name)
@@ -183,6 +363,10 @@ pub fn load_into(vs: &nn::VarStore, tensors: &NamedTensors) -> Result<LoadReport
     let mut report = LoadReport::default();
     let mut matched = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
+        if !is_network_tensor(name) {
+            report.ignored += 1;
+            continue;
+        }
         let name = network_name(name);
         if name.ends_with("num_batches_tracked") {
             report.ignored += 1;

@@ -276,7 +276,7 @@ fn amp_runs_on_the_cpu_and_user_mistakes_exit_2() {
         meta,
     )
     .unwrap();
-    run_user_error(&["eval", "--weights", supernet.to_str().unwrap(), "--data", &data], "search checkpoint");
+    run_user_error(&["eval", "--weights", supernet.to_str().unwrap(), "--data", &data], "search supernet");
     let best = out.join("best.safetensors");
     run_user_error(
         &["eval", "--weights", best.to_str().unwrap(), "--data", &data, "--init-channels", "8"],

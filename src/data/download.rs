@@ -1,4 +1,4 @@
-//! Fetching CIFAR-10 from its official address.
+//! Fetching CIFAR-10 from its official address, and the published pretrained CNAS weights.
 //!
 //! Steps, each safe to interrupt:
 //! 1. the archive is streamed to `DIR/cifar-10-binary.tar.gz.part`; a later run that finds a
@@ -14,6 +14,10 @@
 //!
 //! Two processes downloading into the same folder at once would share the `.part`: for
 //! multi-process training, run `cnas download cifar10 --data DIR` once first.
+//!
+//! Pretrained weights ([`download_weights`]) take the same resumable path into `NAME.part`,
+//! are checked against the SHA-256 prefix their file name carries (torch.hub's `NAME-HASH.pth`
+//! convention, e.g. `cnas-imagenet-602b7057.pth`) and renamed to `NAME` in one step.
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -29,6 +33,12 @@ pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.
 /// Its published MD5.
 pub const CIFAR10_MD5: &str = "c32a1d4ab5d03f1284b67883e8d87530";
 
+/// The CNAS authors' ImageNet network (CNAS cell, 48 channels, 14 cells, auxiliary head) as a
+/// PyTorch state_dict, from the release of their code (the address their `cnas_imagenet()`
+/// loads).
+pub const CNAS_IMAGENET_URL: &str =
+    "https://github.com/guoyongcs/CNAS/releases/download/models/cnas-imagenet-602b7057.pth";
+
 const EXTRACT_PREFIX: &str = ".cifar-10-extract-";
 
 /// What `cnas download` can fetch.
@@ -37,11 +47,26 @@ pub enum DownloadTarget {
     /// The CIFAR-10 binary distribution (about 163 MB).
     #[value(name = "cifar10", alias = "cifar-10")]
     Cifar10,
+    /// The published CNAS ImageNet weights (cnas-imagenet-602b7057.pth, a PyTorch state_dict).
+    #[value(name = "pretrained")]
+    Pretrained,
 }
 
 /// `cnas download WHAT [--data DIR]`: fetches `what` into `data_dir` unless it is already there.
 pub fn download(what: DownloadTarget, data_dir: &Path, progress: bool) -> Result<PathBuf> {
+    download_from(what, data_dir, None, progress)
+}
+
+/// [`download`] from `url` instead of the official address when one is given.
+pub fn download_from(
+    what: DownloadTarget,
+    data_dir: &Path,
+    url: Option<&str>,
+    progress: bool,
+) -> Result<PathBuf> {
+    let cifar10_url = url.unwrap_or(CIFAR10_URL);
     match what {
+        DownloadTarget::Pretrained => download_weights(data_dir, url.unwrap_or(CNAS_IMAGENET_URL), progress),
         DownloadTarget::Cifar10 => match cifar10::locate(data_dir) {
             Some(cifar10::Location::Folder(dir)) => {
                 check_batches(&dir)?;
@@ -54,7 +79,7 @@ pub fn download(what: DownloadTarget, data_dir: &Path, progress: bool) -> Result
                 tracing::info!("CIFAR-10 is already in {} (cnas reads the archive as it is)", file.display());
                 Ok(file)
             }
-            None => download_cifar10(data_dir, CIFAR10_URL, CIFAR10_MD5, progress),
+            None => download_cifar10(data_dir, cifar10_url, CIFAR10_MD5, progress),
         },
     }
 }
@@ -86,7 +111,7 @@ pub fn download_cifar10(data_dir: &Path, url: &str, md5_hex: &str, progress: boo
     fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
     remove_stale_extractions(data_dir);
     let part = data_dir.join(part_name());
-    fetch(url, &part, progress)?;
+    fetch(url, &part, "CIFAR-10", progress)?;
 
     let digest = md5_of(&part)?;
     if !digest.eq_ignore_ascii_case(md5_hex.trim()) {
@@ -179,7 +204,7 @@ fn net_error(url: &str, err: ureq::Error) -> Error {
 }
 
 /// Streams `url` into `part`, continuing an existing `part` when the server allows it.
-fn fetch(url: &str, part: &Path, progress: bool) -> Result<()> {
+fn fetch(url: &str, part: &Path, label: &str, progress: bool) -> Result<()> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(30)))
@@ -200,11 +225,11 @@ fn fetch(url: &str, part: &Path, progress: bool) -> Result<()> {
         206 => match header("content-range").as_deref().and_then(parse_content_range) {
             Some((from, total)) if from == have => (have, total.or(length.map(|l| have + l))),
             // A range we did not ask for: do not splice it in.
-            _ => return restart(url, part, progress),
+            _ => return restart(url, part, label, progress),
         },
         200 => (0, length),
         // The `.part` is already as long as (or longer than) the file.
-        416 if have > 0 => return restart(url, part, progress),
+        416 if have > 0 => return restart(url, part, label, progress),
         _ => {
             let reason = response.status().canonical_reason().unwrap_or("");
             let kind =
@@ -226,7 +251,7 @@ fn fetch(url: &str, part: &Path, progress: bool) -> Result<()> {
         ) {
             bar.set_style(style.progress_chars("=> "));
         }
-        bar.set_message("CIFAR-10");
+        bar.set_message(label.to_string());
         bar.set_position(start);
         bar
     } else {
@@ -263,10 +288,10 @@ fn fetch(url: &str, part: &Path, progress: bool) -> Result<()> {
 }
 
 /// Drops the `.part` and downloads from the start, once.
-fn restart(url: &str, part: &Path, progress: bool) -> Result<()> {
+fn restart(url: &str, part: &Path, label: &str, progress: bool) -> Result<()> {
     tracing::warn!("cannot resume {}; downloading it again from the start", part.display());
     fs::remove_file(part).map_err(|e| Error::io(part, e))?;
-    fetch(url, part, progress)
+    fetch(url, part, label, progress)
 }
 
 fn interrupted(url: &str, written: u64, total: Option<u64>, why: &str) -> Error {
@@ -278,6 +303,94 @@ fn interrupted(url: &str, written: u64, total: Option<u64>, why: &str) -> Error 
             format!("download interrupted after {written}{of} bytes ({why}); run again to resume"),
         ),
     )
+}
+
+/// The SHA-256 prefix a file name carries as torch.hub writes it: the first `-HEX.` in the
+/// name (lower-case hex), as in `cnas-imagenet-602b7057.pth`.
+pub fn hash_prefix(file_name: &str) -> Option<&str> {
+    file_name.match_indices('-').find_map(|(i, _)| {
+        let rest = &file_name[i + 1..];
+        let hex = rest.bytes().take_while(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b)).count();
+        (hex > 0 && rest[hex..].starts_with('.')).then(|| &rest[..hex])
+    })
+}
+
+fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest as _, Sha256};
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Downloads a weights file from `url` into `data_dir` under the name the URL ends with,
+/// resumable, checked against the SHA-256 prefix in that name when it has one (see the module
+/// docs), or else readable as weights; returns its path. A file already there with the right hash
+/// is kept as it is.
+pub fn download_weights(data_dir: &Path, url: &str, progress: bool) -> Result<PathBuf> {
+    let name = url.split(['?', '#']).next().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(Error::BadOption(format!("{url}: the address does not end with a file name")));
+    }
+    let target = data_dir.join(&name);
+    let prefix = hash_prefix(&name);
+    let check = |file: &Path| -> Result<Option<String>> {
+        match prefix {
+            None => Ok(None),
+            Some(p) => {
+                let digest = sha256_of(file)?;
+                Ok((!digest.starts_with(p)).then_some(digest))
+            }
+        }
+    };
+    if target.exists() {
+        if let Some(digest) = check(&target)? {
+            return Err(Error::bad_file(
+                &target,
+                format!(
+                    "already exists but its SHA-256 {digest} does not start with {}; remove it to download again",
+                    prefix.unwrap_or_default()
+                ),
+            ));
+        }
+        tracing::info!("{} is already there", target.display());
+        return Ok(target);
+    }
+    fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+    let part = data_dir.join(format!("{name}.part"));
+    fetch(url, &part, &name, progress)?;
+    let verdict = check(&part).and_then(|bad| match bad {
+        Some(digest) => Err(Error::bad_file(
+            url,
+            format!(
+                "downloaded file has SHA-256 {digest}, expected one starting with {} (its name says so); \
+                 it was deleted, run again to retry",
+                prefix.unwrap_or_default()
+            ),
+        )),
+        // Without a hash, at least refuse what is not weights (an error page, say); a file
+        // whose hash matches is kept even if this cnas cannot read its format.
+        None if prefix.is_none() => crate::weights::read(&part).map(|_| ()),
+        None => Ok(()),
+    });
+    if let Err(e) = verdict {
+        // A bad file must not be resumed or taken for weights by a later run.
+        let _ = fs::remove_file(&part);
+        return Err(e);
+    }
+    if prefix.is_none() {
+        tracing::warn!("{name} carries no hash in its name; it was not verified");
+    }
+    fs::rename(&part, &target).map_err(|e| Error::io(&target, e))?;
+    tracing::info!("pretrained weights are in {}", target.display());
+    Ok(target)
 }
 
 /// `bytes FROM-TO/TOTAL` → (FROM, TOTAL), TOTAL `None` when `*`.
@@ -317,5 +430,14 @@ mod tests {
         assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
         assert_eq!(parse_content_range("items 1-2/3"), None);
+    }
+
+    #[test]
+    fn hash_prefix_as_torch_hub_reads_it() {
+        assert_eq!(hash_prefix("cnas-imagenet-602b7057.pth"), Some("602b7057"));
+        assert_eq!(hash_prefix("resnet18-f37072fd.pth"), Some("f37072fd"));
+        assert_eq!(hash_prefix("weights.pth"), None);
+        assert_eq!(hash_prefix("net-ABCD.pth"), None);
+        assert_eq!(hash_prefix("a-.pth"), None);
     }
 }

@@ -180,7 +180,8 @@ impl TrainOptions {
         let non_negative = |v: f64| v >= 0.0; // false for NaN too
         if !non_negative(self.auxiliary_weight)
             || !non_negative(self.momentum)
-            || !(self.grad_clip.is_finite() && self.grad_clip > 0.0)
+            || !self.grad_clip.is_finite()
+            || self.grad_clip <= 0.0
         {
             return bad("--auxiliary-weight and --momentum must be ≥ 0, --grad-clip > 0".into());
         }
@@ -487,7 +488,7 @@ impl Trainer {
         let mut network = Vec::new();
         let mut optimizer = HashMap::new();
         for (name, t) in crate::weights::read_all(&path)? {
-            match name.strip_prefix(crate::weights::TRAINING_STATE_PREFIX) {
+            match name.strip_prefix(crate::weights::OPTIMIZER_PREFIX) {
                 Some(rest) => {
                     optimizer.insert(rest.to_string(), t);
                 }
@@ -524,7 +525,7 @@ impl Trainer {
             self.sgd
                 .state()
                 .into_iter()
-                .map(|(n, t)| (format!("{}{n}", crate::weights::TRAINING_STATE_PREFIX), t)),
+                .map(|(n, t)| (format!("{}{n}", crate::weights::OPTIMIZER_PREFIX), t)),
         );
         let state = serde_json::to_string(&self.state).map_err(json_error)?;
         let metadata = self.metadata(vec![("train_state", state)])?;
