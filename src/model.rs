@@ -102,11 +102,12 @@ impl NetworkConfig {
     /// to 40 pixels, ImageNet 193 to 256 around the usual 32 and 224).
     pub fn check_input_size(&self, size: i64, with_auxiliary: bool) -> Result<()> {
         let half = |s: i64| (s + 1) / 2; // a 3×3 (or k×k, padding k/2) stride-2 window
+        let family = match self.kind {
+            NetworkKind::Cifar => "CIFAR",
+            NetworkKind::Imagenet => "ImageNet",
+        };
         let bad = |why: String| {
-            Err(Error::BadOption(format!(
-                "{size}×{size} inputs do not fit this {:?} network: {why}",
-                self.kind
-            )))
+            Err(Error::BadOption(format!("{size}×{size} inputs do not fit this {family} network: {why}")))
         };
         let (mut prev_prev, mut prev, mut reduction_prev) = match self.kind {
             NetworkKind::Cifar => (size, size, false),

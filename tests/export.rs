@@ -415,7 +415,7 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
     assert!(!unwritable.exists());
     assert_user_error(
         &run(&["export", "--weights", p(&weights), "-o", p(&onnx), "--image-size", "30"]),
-        "image size 30",
+        "30×30 inputs do not fit",
     );
     // Weights of another network.
     assert_user_error(
