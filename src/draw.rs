@@ -349,9 +349,9 @@ pub fn genotype_svg(
     ))
 }
 
-/// Rasterises an SVG document at `zoom` times its size, with the system's fonts.
-pub fn svg_to_png(svg: &str, zoom: f32) -> Result<Vec<u8>> {
-    let png_err = |m: String| Error::io("png", std::io::Error::other(m));
+/// SVG reading options with the system's fonts, generic families pointed at faces that exist
+/// here (fontdb's defaults name faces by guess, and a missing face would drop the text).
+pub fn svg_options() -> Result<resvg::usvg::Options<'static>> {
     let mut options = resvg::usvg::Options::default();
     let fonts = options.fontdb_mut();
     fonts.load_system_fonts();
@@ -361,7 +361,6 @@ pub fn svg_to_png(svg: &str, zoom: f32) -> Result<Vec<u8>> {
                 .into(),
         ));
     }
-    // Generic families map to faces fontdb guesses by name; point them at faces that exist here.
     let families: Vec<String> =
         fonts.faces().flat_map(|f| f.families.iter().map(|(name, _)| name.clone())).collect();
     let pick = |wanted: &[&str]| {
@@ -377,6 +376,13 @@ pub fn svg_to_png(svg: &str, zoom: f32) -> Result<Vec<u8>> {
     if let Some(serif) = pick(&["DejaVu Serif", "Liberation Serif", "Noto Serif", "Times New Roman"]) {
         fonts.set_serif_family(serif);
     }
+    Ok(options)
+}
+
+/// Rasterises an SVG document at `zoom` times its size, with the system's fonts.
+pub fn svg_to_png(svg: &str, zoom: f32) -> Result<Vec<u8>> {
+    let png_err = |m: String| Error::io("png", std::io::Error::other(m));
+    let options = svg_options()?;
     let tree = resvg::usvg::Tree::from_str(svg, &options).map_err(|e| png_err(format!("bad SVG: {e}")))?;
     let size = tree.size().to_int_size().scale_by(zoom).ok_or_else(|| png_err("empty drawing".into()))?;
     let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())

@@ -637,18 +637,19 @@ impl Search {
         self.log_tensorboard(&line)
     }
 
-    /// The numbers of a metrics line as TensorBoard scalars `search/<phase>/<key>`, at a step
-    /// that counts weight-training epochs over all stages (controller and derive lines share the
-    /// step of the epoch they follow), so it depends only on the position and resume repeats it.
+    /// The numbers of a metrics line as TensorBoard scalars `search/<phase>/<key>`. The step
+    /// counts epochs and derives over all stages (a controller line shares the step of its
+    /// weights epoch), so it depends only on the position: a resumed run repeats it, and every
+    /// line it redoes has a step at or after the one where the process started.
     fn log_tensorboard(&mut self, line: &serde_json::Value) -> Result<()> {
         let p = self.position;
-        let per_stage = self.options.warmup_epochs + self.options.epochs;
+        let (warmup, epochs) = (self.options.warmup_epochs, self.options.epochs);
         let within = match p.phase {
             Phase::Warmup => p.epoch + 1,
-            Phase::Search => self.options.warmup_epochs + p.epoch + 1,
-            Phase::Derive => per_stage,
+            Phase::Search => warmup + p.epoch + 1,
+            Phase::Derive => warmup + epochs + 1,
         };
-        let step = (p.stage * per_stage + within) as i64;
+        let step = (p.stage * (warmup + epochs + 1) + within) as i64;
         let writer = match &mut self.tensorboard {
             Some(w) => w,
             None => {

@@ -19,7 +19,7 @@ struct Event {
     wall_time: f64,
     #[prost(int64, tag = "2")]
     step: i64,
-    #[prost(oneof = "What", tags = "3, 5, 6")]
+    #[prost(oneof = "What", tags = "3, 5, 7")]
     what: Option<What>,
 }
 
@@ -29,7 +29,7 @@ enum What {
     FileVersion(String),
     #[prost(message, tag = "5")]
     Summary(Summary),
-    #[prost(message, tag = "6")]
+    #[prost(message, tag = "7")]
     SessionLog(SessionLog),
 }
 
@@ -72,17 +72,20 @@ pub struct EventWriter {
 
 impl EventWriter {
     /// Creates `dir` if needed and a new event file in it, named as TensorFlow names them
-    /// (`events.out.tfevents.<seconds>.<host>`, made unique when a file of that name exists).
+    /// (`events.out.tfevents.<seconds>.<host>`, then the microseconds, and a number when a
+    /// file of that name exists).
     pub fn create(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty() && !h.contains('/'))
             .unwrap_or_else(|| "localhost".to_string());
-        let base = format!("events.out.tfevents.{secs:010}.{host}.{}", std::process::id());
+        // Readers take a run's files in name order, which must be the order they were written
+        // in (a restart marker only discards what was read before it): the microseconds go last.
+        let base = format!("events.out.tfevents.{:010}.{host}.{:06}", now.as_secs(), now.subsec_micros());
         let mut path = dir.join(&base);
         let mut n = 1;
         let file = loop {

@@ -96,8 +96,8 @@ fn series(label: &str, lines: &[(f64, &Value)], key: &str) -> Series {
     s
 }
 
-/// The search's curves: x counts weight-training epochs over all stages (controller and derive
-/// lines sit at the epoch they follow, as in the TensorBoard scalars).
+/// The search's curves: x counts epochs and derives over all stages (a controller line sits at
+/// the epoch it follows), as the TensorBoard scalars' step does.
 fn search_curves(out: &mut String, metrics: &[Value]) -> Result<Vec<(usize, Vec<String>, usize)>> {
     let mut step = 0.0;
     let mut weights = Vec::new();
@@ -107,7 +107,7 @@ fn search_curves(out: &mut String, metrics: &[Value]) -> Result<Vec<(usize, Vec<
     let mut stages: Vec<(usize, f64, f64, Vec<String>, usize)> = Vec::new();
     for line in metrics {
         let phase = line.get("phase").and_then(Value::as_str).unwrap_or("");
-        if matches!(phase, "warmup" | "weights") {
+        if matches!(phase, "warmup" | "weights" | "derive") {
             step += 1.0;
         }
         match phase {
@@ -141,7 +141,7 @@ fn search_curves(out: &mut String, metrics: &[Value]) -> Result<Vec<(usize, Vec<
             label: format!("S{stage}"),
         })
         .collect();
-    let x = "epoch (all stages)";
+    let x = "epoch (all stages, derives included)";
     let mut supernet = warmup.clone();
     supernet.extend_from_slice(&weights);
     supernet.sort_by(|p, q| p.0.total_cmp(&q.0));
@@ -210,7 +210,7 @@ fn train_curves(out: &mut String, metrics: &[Value]) -> Result<()> {
     figure(out, "top-5 accuracy (%)", x, &[pct("train", "train_top5"), pct("validation", "val_top5")], &[])?;
     figure(out, "learning rate", x, &[series("lr", &lines, "lr")], &[])?;
     figure(out, "drop-path probability", x, &[series("drop path", &lines, "drop_path_prob")], &[])?;
-    figure(out, "images/s", x, &[series("train", &lines, "images_per_s")], &[])?;
+    figure(out, "images/s", x, &[series("train", &lines, "images_per_sec")], &[])?;
     Ok(())
 }
 

@@ -35,7 +35,8 @@ const COLORS: [RGBColor; 6] = [
 ];
 
 pub const CHART_WIDTH: u32 = 600;
-pub const CHART_HEIGHT: u32 = 320;
+pub const CHART_HEIGHT: u32 = 340;
+const LEGEND_HEIGHT: u32 = 50;
 
 fn plot_error(e: impl std::fmt::Display) -> Error {
     Error::io("plot", std::io::Error::other(e.to_string()))
@@ -68,24 +69,50 @@ pub fn line_chart(title: &str, x_desc: &str, series: &[Series], bands: &[Band]) 
     let Some((y0, y1)) = span(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), 0.08) else {
         return Ok(None);
     };
+    let integer_x = series.iter().flat_map(|s| s.points.iter()).all(|p| p.0.fract() == 0.0);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (CHART_WIDTH, CHART_HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 17))
-            .margin(12)
+        // The legend gets a strip of its own under the title, so it never covers a curve.
+        let (head, body) = root.split_vertically(LEGEND_HEIGHT);
+        head.draw(&Text::new(
+            title.to_string(),
+            (CHART_WIDTH as i32 / 2, 6),
+            ("sans-serif", 20).into_font().color(&BLACK).pos(Pos::new(HPos::Center, VPos::Top)),
+        ))
+        .map_err(plot_error)?;
+        let widths: Vec<i32> = series.iter().map(|s| 40 + 7 * s.label.chars().count() as i32).collect();
+        let mut x = (CHART_WIDTH as i32 - widths.iter().sum::<i32>()) / 2;
+        for (i, s) in series.iter().enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            head.draw(&PathElement::new(vec![(x, 36), (x + 22, 36)], color.stroke_width(2)))
+                .map_err(plot_error)?;
+            head.draw(&Text::new(
+                s.label.clone(),
+                (x + 28, 36),
+                ("sans-serif", 15).into_font().color(&BLACK).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(plot_error)?;
+            x += widths[i];
+        }
+        let mut chart = ChartBuilder::on(&body)
+            .margin_left(8)
+            .margin_right(16)
+            .margin_bottom(4)
             .x_label_area_size(40)
             .y_label_area_size(64)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(plot_error)?;
+        let x_format = |v: &f64| if integer_x { format!("{v:.0}") } else { format!("{v}") };
         chart
             .configure_mesh()
             .x_desc(x_desc)
+            .x_label_formatter(&x_format)
             .light_line_style(RGBColor(238, 238, 238))
             .bold_line_style(RGBColor(215, 215, 215))
-            .label_style(("sans-serif", 12))
-            .axis_desc_style(("sans-serif", 13))
+            .label_style(("sans-serif", 14))
+            .axis_desc_style(("sans-serif", 15))
             .x_labels(8)
             .y_labels(6)
             .draw()
@@ -102,7 +129,7 @@ pub fn line_chart(title: &str, x_desc: &str, series: &[Series], bands: &[Band]) 
                 .draw_series(std::iter::once(Text::new(
                     band.label.clone(),
                     ((band.start + band.end) / 2.0, y1),
-                    ("sans-serif", 11)
+                    ("sans-serif", 13)
                         .into_font()
                         .color(&RGBColor(110, 110, 110))
                         .pos(Pos::new(HPos::Center, VPos::Top)),
@@ -112,11 +139,7 @@ pub fn line_chart(title: &str, x_desc: &str, series: &[Series], bands: &[Band]) 
         for (i, s) in series.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
             let points: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(s.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart.draw_series(LineSeries::new(points.clone(), color.stroke_width(2))).map_err(plot_error)?;
             // Few points (short runs) would hardly show as a line: mark them.
             if points.len() <= 80 {
                 chart
@@ -124,14 +147,6 @@ pub fn line_chart(title: &str, x_desc: &str, series: &[Series], bands: &[Band]) 
                     .map_err(plot_error)?;
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(200, 200, 200))
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
     Ok(Some(svg))
@@ -228,9 +243,10 @@ mod tests {
         a.points = vec![(1.0, 0.5), (2.0, 0.4), (3.0, 0.3)];
         let bands = [Band { start: 0.5, end: 2.5, label: "S1".into() }];
         let svg = line_chart("loss", "epoch", &[a, Series::new("empty")], &bands).unwrap().unwrap();
-        assert!(svg.contains("<svg") && svg.contains(">loss<") && svg.contains(">train<"));
-        assert!(svg.contains(">S1<"));
-        assert!(!svg.contains(">empty<"), "a series with no point gets no legend entry");
+        // plotters writes each text on a line of its own
+        assert!(svg.contains("<svg") && svg.contains("\nloss\n") && svg.contains("\ntrain\n"));
+        assert!(svg.contains("\nS1\n"));
+        assert!(!svg.contains("\nempty\n"), "a series with no point gets no legend entry");
         assert!(line_chart("none", "epoch", &[Series::new("x")], &[]).unwrap().is_none());
     }
 
