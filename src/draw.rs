@@ -255,7 +255,7 @@ fn svg_parts(svg: &str) -> Result<SvgParts<'_>> {
     };
     let view_box = attr("viewBox").ok_or_else(bad)?.to_string();
     let numbers: Vec<f64> = view_box
-        .split(|c: char| c == ' ' || c == ',')
+        .split([' ', ','])
         .filter(|s| !s.is_empty())
         .filter_map(|s| s.parse().ok())
         .collect();

@@ -341,11 +341,20 @@ fn search_sections(
         );
     }
     let _ = writeln!(body, "</table>");
-    for (stage, ops, _) in stages {
+    for (i, (stage, ops, nodes)) in stages.iter().enumerate() {
         let path = run.dir.join(format!("stage-{stage}/genotype.json"));
         if path.is_file() {
-            let added = ops.last().map(|o| format!(" (+{o})")).unwrap_or_default();
-            let _ = writeln!(body, "<h3>Stage {stage}{}</h3>", escape(&added));
+            // What this stage brought: an operation (op curriculum) or searched nodes (node).
+            let added: Vec<&String> = match i.checked_sub(1).map(|p| &stages[p].1) {
+                Some(previous) => ops.iter().filter(|o| !previous.contains(o)).collect(),
+                None if ops.len() == 1 => ops.iter().collect(),
+                None => Vec::new(),
+            };
+            let what = match added.as_slice() {
+                [] => format!("{nodes} searched node{}", if *nodes == 1 { "" } else { "s" }),
+                added => format!("+{}", added.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", +")),
+            };
+            let _ = writeln!(body, "<h3>Stage {stage} ({})</h3>", escape(&what));
             cells_block(body, &read_genotype(&path)?, &format!("stage-{stage}"), layout)?;
         }
     }
