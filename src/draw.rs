@@ -201,7 +201,7 @@ fn builtin_svg(cell: &Cell) -> String {
     let node =
         |graph: &mut layout::topo::layout::VisualGraph, label: String, fill: &str, line: &str, size| {
             let shape = ShapeKind::Box(label);
-            // Records grow across the rank direction, so sizes are computed in the flipped one.
+            // Shapes take the flipped graph direction, as in the crate's own DOT builder.
             let extent = get_shape_size(dir.flip(), &shape, size, false);
             let look = StyleAttr::new(color(line), 1, Some(color(fill)), 6, size);
             graph.add_node(Element::create(shape, look, dir.flip(), extent))
@@ -254,11 +254,8 @@ fn svg_parts(svg: &str) -> Result<SvgParts<'_>> {
         Some(&tag[at..at + len])
     };
     let view_box = attr("viewBox").ok_or_else(bad)?.to_string();
-    let numbers: Vec<f64> = view_box
-        .split([' ', ','])
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let numbers: Vec<f64> =
+        view_box.split([' ', ',']).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect();
     if numbers.len() != 4 {
         return Err(bad());
     }
