@@ -228,7 +228,23 @@ fn builtin_svg(cell: &Cell) -> String {
     let mut svg = layout::backends::svg::SVGWriter::new();
     graph.do_it(false, false, false, &mut svg);
     // The crate hard-codes a serif face; use the same face as the rest of the drawing.
-    svg.finalize().replace("font-family: Times, serif;", &format!("font-family: {FONT};"))
+    let svg = svg.finalize().replace("font-family: Times, serif;", &format!("font-family: {FONT};"));
+    sort_style_rules(&svg)
+}
+
+/// Sorts the rules of the first `<style>` block, one per line: `layout-rs` writes them in hash
+/// order, and the same cell should give the same file every time.
+fn sort_style_rules(svg: &str) -> String {
+    let (Some(open), Some(close)) = (svg.find("<style>"), svg.find("</style>")) else {
+        return svg.to_string();
+    };
+    let start = open + "<style>".len();
+    if close < start {
+        return svg.to_string();
+    }
+    let mut rules: Vec<&str> = svg[start..close].lines().filter(|l| !l.trim().is_empty()).collect();
+    rules.sort_unstable();
+    format!("{}\n{}\n{}", &svg[..start], rules.join("\n"), &svg[close..])
 }
 
 /// An SVG document's root element: its attributes' text and its content.
@@ -453,6 +469,12 @@ mod tests {
         assert_eq!(svg.matches(">max_pool_3x3<").count(), 5, "{svg}");
         assert!(svg.contains("normal cell") && svg.contains("reduction cell"));
         assert!(!svg.contains("<?xml"));
+    }
+
+    #[test]
+    fn style_rules_are_sorted() {
+        let svg = "<svg><style>\n.b { x }\n.a { y }\n</style><g/></svg>";
+        assert_eq!(sort_style_rules(svg), "<svg><style>\n.a { y }\n.b { x }\n</style><g/></svg>");
     }
 
     #[test]

@@ -131,10 +131,25 @@ fn draw_errors_are_one_line_and_exit_2() {
     user_error(&cnas(&["draw", "--arch", bad.to_str().unwrap(), "-o", svg.to_str().unwrap()]), "bad.json");
     let unwritable = dir.path().join("missing/dir/x.svg");
     user_error(&cnas(&["draw", "--arch", "CNAS", "-o", unwritable.to_str().unwrap()]), "missing/dir/x.svg");
-    if !cnas::draw::graphviz_available() {
-        let out = cnas(&["draw", "--arch", "CNAS", "-o", svg.to_str().unwrap(), "--layout", "dot"]);
-        user_error(&out, "Graphviz");
-    }
+    // Without Graphviz on PATH: --layout dot is refused, auto falls back to the built-in layout.
+    let no_dot = |layout: &str| {
+        common::cnas()
+            .env("PATH", dir.path())
+            .args(["--device", "cpu", "--quiet", "draw", "--arch", "CNAS", "-o", svg.to_str().unwrap()])
+            .args(["--layout", layout])
+            .output()
+            .unwrap()
+    };
+    user_error(&no_dot("dot"), "Graphviz");
+    ok(&no_dot("auto"));
+    let builtin = cnas::draw::genotype_svg(
+        &cnas::space::published("CNAS").unwrap(),
+        Cells::Both,
+        Layout::Builtin,
+        Some("CNAS"),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&svg).unwrap(), builtin);
 }
 
 /// A training run as `cnas train` writes it (config.json, metrics.jsonl, eval.json).
