@@ -18,8 +18,26 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   echo "setup: installing torch==$TORCH_VERSION into .venv (about 3 GB)"
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
-# Reference and format-check packages used by the tests (onnx, onnxruntime: export checks).
-.venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors onnx onnxruntime
+# Reference and format-check packages used by the tests.
+# tensorboard: its own reader checks the event files cnas writes; onnx, onnxruntime: export checks.
+.venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors tensorboard onnx onnxruntime
+
+# Headless Chromium renders `cnas report` pages in the tests (which require it under CI);
+# Graphviz lets them check `cnas draw`'s dot layout beside the built-in one. Installed only as
+# root where apt-get exists; elsewhere those checks are skipped.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v dot >/dev/null 2>&1 || missing+=(graphviz)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${missing[*]} (apt-get)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >/dev/null 2>&1; then
+      echo "setup: note: could not install ${missing[*]}; the tests will skip what needs them"
+    fi
+  else
+    echo "setup: note: ${missing[*]} missing (not root or no apt-get); the tests will skip what needs them"
+  fi
+fi
 
 # A stable path to libtorch whatever the venv's Python version (.cargo/config.toml points here).
 site=$(.venv/bin/python -c 'import torch, pathlib; print(pathlib.Path(torch.__file__).parent)')

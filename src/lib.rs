@@ -10,6 +10,7 @@
 pub mod controller;
 pub mod data;
 pub mod device;
+pub mod draw;
 pub mod error;
 pub mod eval;
 pub mod export;
@@ -22,6 +23,7 @@ pub mod report;
 pub mod search;
 pub mod space;
 pub mod supernet;
+pub mod tensorboard;
 pub mod train;
 pub mod util;
 pub mod weights;

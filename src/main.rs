@@ -60,6 +60,10 @@ enum Command {
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
+    /// Draw the cells of a genotype (SVG, PNG or DOT, by the output's extension or --format).
+    Draw(DrawArgs),
+    /// One self-contained HTML page for a search or training run: configuration, curves, cells.
+    Report(ReportArgs),
     /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
     Export(Box<ExportArgs>),
     /// Fetch a data set or pretrained weights: CIFAR-10's official archive (MD5-checked,
@@ -75,6 +79,39 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// `cnas draw`.
+#[derive(Args, Debug)]
+struct DrawArgs {
+    /// A published architecture (CNAS, DARTS_V2, ...) or a genotype file (JSON or DARTS text).
+    #[arg(long)]
+    arch: String,
+    /// Output file (.svg, .png or .dot).
+    #[arg(short = 'o', long)]
+    out: PathBuf,
+    /// Output format [default: from the output's extension].
+    #[arg(long, value_enum)]
+    format: Option<cnas::draw::Format>,
+    /// Graph layout: Graphviz dot when installed (auto), dot, or the built-in Rust layout.
+    #[arg(long, value_enum, default_value_t = cnas::draw::Layout::Auto)]
+    layout: cnas::draw::Layout,
+    /// Which cells to draw.
+    #[arg(long, value_enum, default_value_t = cnas::draw::Cells::Both)]
+    cell: cnas::draw::Cells,
+}
+
+/// `cnas report`.
+#[derive(Args, Debug)]
+struct ReportArgs {
+    /// A search or training run directory.
+    run_dir: PathBuf,
+    /// Output HTML file [default: RUN_DIR/report.html].
+    #[arg(short = 'o', long)]
+    out: Option<PathBuf>,
+    /// Graph layout of the cells drawn in the report.
+    #[arg(long, value_enum, default_value_t = cnas::draw::Layout::Auto)]
+    layout: cnas::draw::Layout,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,6 +580,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Draw(a) => {
+            let request = cnas::draw::DrawRequest {
+                arch: a.arch,
+                out: a.out,
+                format: a.format,
+                layout: a.layout,
+                cells: a.cell,
+            };
+            cnas::draw::draw(&request)?;
+            println!("{}", request.out.display());
+        }
+        Command::Report(a) => {
+            let out = a.out.unwrap_or_else(|| a.run_dir.join("report.html"));
+            cnas::report::html::write_report(&a.run_dir, &out, a.layout, device)?;
+            println!("{}", out.display());
         }
         Command::Export(args) => {
             println!("{}", cnas::export::export(&args.weights, &args.out, &args.options()?)?);

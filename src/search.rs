@@ -15,7 +15,8 @@
 //!   written atomically after every epoch, so a kill loses at most the epoch in progress;
 //! - `stage-K/`: `supernet.safetensors`, `controllers.safetensors`, `candidates.json` and the
 //!   stage's best `genotype.json`;
-//! - `genotype.json`: the best candidate of the last stage.
+//! - `genotype.json`: the best candidate of the last stage;
+//! - `tb/`: the numbers of metrics.jsonl as TensorBoard scalars, one event file per process.
 //!
 //! # Determinism
 //! Every random draw of a step comes from a stream keyed by (seed, stage, phase, epoch): the
@@ -294,6 +295,7 @@ const CONFIG: &str = "config.json";
 const METRICS: &str = "metrics.jsonl";
 const CHECKPOINT: &str = "checkpoint.safetensors";
 const GENOTYPE: &str = "genotype.json";
+const TENSORBOARD: &str = "tb";
 
 /// Versions recorded in config.json.
 fn versions() -> BTreeMap<String, String> {
@@ -355,6 +357,7 @@ fn prepare_run_dir(
                 for f in [CONFIG, METRICS, CHECKPOINT, GENOTYPE] {
                     let _ = std::fs::remove_file(run_dir.join(f));
                 }
+                let _ = std::fs::remove_dir_all(run_dir.join(TENSORBOARD));
                 if let Ok(entries) = std::fs::read_dir(run_dir) {
                     for e in entries.flatten() {
                         if e.file_name().to_string_lossy().starts_with("stage-") {
@@ -429,6 +432,8 @@ struct Search {
     baseline: Baseline,
     metrics_lines: usize,
     position: Position,
+    /// TensorBoard scalars of every metrics line, opened at the first line this process logs.
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 impl Search {
@@ -509,6 +514,7 @@ impl Search {
             param_use,
             metrics_lines: 0,
             position: Position { stage: 0, phase: Phase::Warmup, epoch: 0 },
+            tensorboard: None,
         };
         search.restore()?;
         Ok(search)
@@ -593,7 +599,34 @@ impl Search {
             OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
         self.metrics_lines += 1;
-        Ok(())
+        self.log_tensorboard(&line)
+    }
+
+    /// The numbers of a metrics line as TensorBoard scalars `search/<phase>/<key>`. The step
+    /// counts epochs and derives over all stages (a controller line shares the step of its
+    /// weights epoch), so it depends only on the position: a resumed run repeats it, and every
+    /// line it redoes has a step at or after the one where the process started.
+    fn log_tensorboard(&mut self, line: &serde_json::Value) -> Result<()> {
+        let p = self.position;
+        let (warmup, epochs) = (self.options.warmup_epochs, self.options.epochs);
+        let within = match p.phase {
+            Phase::Warmup => p.epoch + 1,
+            Phase::Search => warmup + p.epoch + 1,
+            Phase::Derive => warmup + epochs + 1,
+        };
+        let step = (p.stage * (warmup + epochs + 1) + within) as i64;
+        let writer = match &mut self.tensorboard {
+            Some(w) => w,
+            None => {
+                let mut w = crate::tensorboard::EventWriter::create(self.run_dir.join(TENSORBOARD))?;
+                // A resumed run redoes work an earlier process may have logged: readers drop that.
+                w.add_session_start(step)?;
+                self.tensorboard.insert(w)
+            }
+        };
+        let phase = line.get("phase").and_then(|v| v.as_str()).unwrap_or("other");
+        crate::tensorboard::add_json_scalars(writer, &format!("search/{phase}"), step, line, &["epoch"])?;
+        writer.flush()
     }
 
     fn save_checkpoint(&self) -> Result<()> {

@@ -64,3 +64,6 @@ impl std::fmt::Display for ArchInfo {
         )
     }
 }
+
+pub mod html;
+pub mod plot;
