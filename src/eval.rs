@@ -210,11 +210,17 @@ pub fn evaluate_weights(request: &EvalRequest<'_>, device: Device, quiet: bool) 
     result
 }
 
-/// Writes `eval.json` into `dir` (created if needed).
+/// The heat map [`write_result`] writes beside `eval.json`.
+pub const CONFUSION_SVG: &str = "confusion.svg";
+
+/// Writes `eval.json` and `confusion.svg` (the confusion matrix as a heat map) into `dir`,
+/// created if needed.
 pub fn write_result(result: &EvalResult, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let json = serde_json::to_string(result).map_err(|e| Error::BadOption(e.to_string()))?;
-    crate::util::write_atomic(&dir.join("eval.json"), json.as_bytes())
+    crate::util::write_atomic(&dir.join("eval.json"), json.as_bytes())?;
+    let svg = crate::report::plot::confusion_svg(&result.class_names, &result.confusion);
+    crate::util::write_atomic(&dir.join(CONFUSION_SVG), svg.as_bytes())
 }
 
 impl std::fmt::Display for EvalResult {

@@ -307,21 +307,6 @@ fn report_errors_are_one_line_and_exit_2() {
     user_error(&cnas(&["report", run.to_str().unwrap(), "-o", out_arg]), "neither a search nor a training");
 }
 
-/// The scalars in an event directory, read by TensorBoard's EventAccumulator:
-/// tag → [(step, value)].
-fn read_tensorboard(dir: &Path) -> serde_json::Value {
-    let script = r#"
-import json, sys
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
-acc.Reload()
-print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}))
-"#;
-    let out = Command::new(common::python()).arg("-c").arg(script).arg(dir).output().expect("run python");
-    assert!(out.status.success(), "EventAccumulator failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// What the event files should hold for metrics.jsonl: every number of every line, tagged
 /// search/<phase>/<key>, at a step that counts epochs and derives (a controller line shares
 /// its weights epoch's step).
@@ -376,7 +361,7 @@ fn search_scalars_read_back_by_tensorboard_and_its_report() {
     resume(&[]);
     assert_eq!(std::fs::read_dir(run.join("tb")).unwrap().count(), 3, "one event file per process");
 
-    let read = read_tensorboard(&run.join("tb"));
+    let read = common::read_tensorboard(&run.join("tb"));
     let expected = expected_scalars(&run);
     let tags: Vec<&String> = read.as_object().unwrap().keys().collect();
     assert_eq!(tags, expected.keys().collect::<Vec<_>>());

@@ -218,6 +218,19 @@ fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         v
     };
     assert_eq!(eval(&whole), eval(&parts));
+    // TensorBoard: every epoch once, despite two interruptions, with metrics.jsonl's numbers.
+    let scalars = common::read_tensorboard(&parts.join("tb"));
+    let lines = metrics(&whole);
+    let loss: Vec<(i64, f64)> = serde_json::from_value(scalars["train/train_loss"].clone()).unwrap();
+    assert_eq!(loss.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2, 3]);
+    for (i, (_, v)) in loss.iter().enumerate() {
+        let want = lines[i]["train_loss"].as_f64().unwrap();
+        assert!((v - want).abs() <= 1e-6 * want.abs(), "epoch {}: {v} vs {want}", i + 1);
+    }
+    let val: Vec<(i64, f64)> = serde_json::from_value(scalars["train/val_top1"].clone()).unwrap();
+    assert_eq!(val.iter().map(|p| p.0).collect::<Vec<_>>(), [2, 3]);
+    assert!(parts.join("confusion.svg").is_file());
+
     // Momentum buffers are part of the checkpoint; eval and predict read only the network.
     assert!(tensors(&whole.join("last.safetensors")).keys().any(|k| k.starts_with("optimizer.momentum.")));
     let weights = cnas::weights::read(&whole.join("last.safetensors")).unwrap();

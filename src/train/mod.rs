@@ -9,7 +9,9 @@
 //!   accuracy so far (in its metadata), written atomically after every epoch;
 //! - `best.safetensors`: the network at its best validation top-1 (cnas weights format, read
 //!   by `cnas predict`, `cnas eval` and `cnas export`);
-//! - `eval.json`: the final network's evaluation with per-class accuracy and confusion matrix.
+//! - `eval.json`: the final network's evaluation with per-class accuracy and confusion matrix,
+//!   and `confusion.svg`, the matrix as a heat map;
+//! - `tb/`: the metrics as TensorBoard scalars (`train/<key>`, step = epoch).
 //!
 //! # Determinism
 //! Everything random in epoch `e` is drawn from streams keyed by (seed, e): the loader's
@@ -278,6 +280,7 @@ const METRICS: &str = "metrics.jsonl";
 const LAST: &str = "last.safetensors";
 const BEST: &str = "best.safetensors";
 const EVAL: &str = "eval.json";
+const TENSORBOARD: &str = "tb";
 /// Files whose presence means a directory holds a run.
 const RUN_FILES: [&str; 5] = [CONFIG, METRICS, LAST, BEST, EVAL];
 
@@ -353,6 +356,8 @@ fn prepare_run_dir(
     for f in RUN_FILES {
         let _ = std::fs::remove_file(run_dir.join(f));
     }
+    let _ = std::fs::remove_file(run_dir.join(crate::eval::CONFUSION_SVG));
+    let _ = std::fs::remove_dir_all(run_dir.join(TENSORBOARD));
     let kind = match request.data.dataset {
         DatasetKind::Cifar10 => NetworkKind::Cifar,
         DatasetKind::ImageNet => NetworkKind::Imagenet,
@@ -406,6 +411,8 @@ struct Trainer {
     sgd: Sgd,
     state: TrainState,
     last_eval: Option<EvalResult>,
+    /// Opened at the first metrics line this process writes.
+    tensorboard: Option<crate::tensorboard::EventWriter>,
 }
 
 impl Trainer {
@@ -468,6 +475,7 @@ impl Trainer {
             sgd,
             state: TrainState::default(),
             last_eval: None,
+            tensorboard: None,
         };
         trainer.restore()?;
         Ok(trainer)
@@ -662,7 +670,25 @@ impl Trainer {
             OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
         self.state.metrics_lines += 1;
-        Ok(())
+        self.log_tensorboard(metrics)
+    }
+
+    /// The epoch's numbers as TensorBoard scalars `train/<key>`, step = epoch. A resumed
+    /// process starts its event file with a restart marker at its first epoch, so readers drop
+    /// what an interrupted process logged for the epochs that are redone.
+    fn log_tensorboard(&mut self, metrics: &EpochMetrics) -> Result<()> {
+        let step = metrics.epoch as i64;
+        let writer = match &mut self.tensorboard {
+            Some(w) => w,
+            None => {
+                let mut w = crate::tensorboard::EventWriter::create(self.run_dir.join(TENSORBOARD))?;
+                w.add_session_start(step)?;
+                self.tensorboard.insert(w)
+            }
+        };
+        let line = serde_json::to_value(metrics).map_err(json_error)?;
+        crate::tensorboard::add_json_scalars(writer, "train", step, &line, &["epoch"])?;
+        writer.flush()
     }
 
     /// After the last epoch: the final evaluation (eval.json) and the summary.
@@ -676,8 +702,7 @@ impl Trainer {
                 evaluate(&self.network, &self.eval_loader, &self.class_names, self.device, amp, &bar)?
             }
         };
-        let json = serde_json::to_string(&eval).map_err(json_error)?;
-        crate::util::write_atomic(&self.run_dir.join(EVAL), json.as_bytes())?;
+        crate::eval::write_result(&eval, &self.run_dir)?;
         let image_size = self.eval_loader.image_shape()[1] as i64;
         let profile = crate::profile::profile(&self.vs, &self.network, image_size);
         Ok(TrainSummary {

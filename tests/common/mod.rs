@@ -43,3 +43,18 @@ pub fn cnas() -> Command {
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write test file");
 }
+
+/// The scalars in an event directory, read by TensorBoard's EventAccumulator:
+/// tag → [(step, value)].
+pub fn read_tensorboard(dir: &Path) -> serde_json::Value {
+    let script = r#"
+import json, sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+acc = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+acc.Reload()
+print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}))
+"#;
+    let out = Command::new(python()).arg("-c").arg(script).arg(dir).output().expect("run python");
+    assert!(out.status.success(), "EventAccumulator failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
