@@ -104,7 +104,13 @@ pub fn line_chart(title: &str, x_desc: &str, series: &[Series], bands: &[Band]) 
             .y_label_area_size(64)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(plot_error)?;
-        let x_format = |v: &f64| if integer_x { format!("{v:.0}") } else { format!("{v}") };
+        // Whole-number axes (epochs, steps) label whole numbers only: no "1.5" rounded to "2".
+        let x_format = |v: &f64| match integer_x {
+            true if (v - v.round()).abs() < 1e-9 => format!("{v:.0}"),
+            true => String::new(),
+            false => format!("{v}"),
+        };
+        let x_labels = if integer_x { ((x1 - x0).round() as usize + 1).clamp(2, 8) } else { 8 };
         chart
             .configure_mesh()
             .x_desc(x_desc)
@@ -113,7 +119,7 @@ pub fn line_chart(title: &str, x_desc: &str, series: &[Series], bands: &[Band]) 
             .bold_line_style(RGBColor(215, 215, 215))
             .label_style(("sans-serif", 14))
             .axis_desc_style(("sans-serif", 15))
-            .x_labels(8)
+            .x_labels(x_labels)
             .y_labels(6)
             .draw()
             .map_err(plot_error)?;
