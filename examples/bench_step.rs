@@ -35,6 +35,9 @@ struct Args {
     /// bf16 autocast.
     #[arg(long)]
     amp: bool,
+    /// Run the network in the contiguous layout (default: the device's default layout).
+    #[arg(long)]
+    contiguous: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,8 @@ fn main() -> anyhow::Result<()> {
     let vs = nn::VarStore::new(device);
     let mut net = Network::new(&vs.root(), config)?;
     net.drop_path_prob = 0.2;
+    // The layout `cnas train` picks for this device and precision, unless told otherwise.
+    net.channels_last = cnas::ops::channels_last_for(device, args.amp) && !args.contiguous;
     let params: Vec<(String, Tensor)> =
         vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
     let mut sgd = Sgd::new(params, 0.025, 0.9, 3e-4, false);
@@ -86,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             "threads": tch::get_num_threads(),
             "device": format!("{device:?}"),
             "amp": args.amp,
+            "channels_last": net.channels_last,
             "final_loss": last_loss.double_value(&[]),
             "channels": args.channels, "layers": args.layers, "batch": args.batch,
         })

@@ -198,7 +198,8 @@ pub fn evaluate_weights(request: &EvalRequest<'_>, device: Device, quiet: bool) 
     config.auxiliary = crate::weights::has_auxiliary(&tensors);
     config.check_input_size(data.info().input_size as i64, false)?;
     let vs = tch::nn::VarStore::new(device);
-    let network = Network::new(&vs.root(), config)?;
+    let mut network = Network::new(&vs.root(), config)?;
+    network.channels_last = crate::ops::channels_last_for(device, request.amp);
     crate::weights::load_into(&vs, &tensors)?;
     let mut loader = data.loader(Part::Test, &LoaderOptions::eval(request.batch_size).device(device))?;
     if let Some(n) = request.max_images {

@@ -460,6 +460,13 @@ pub fn channels_last_default(device: tch::Device) -> bool {
     device == tch::Device::Cpu
 }
 
+/// The layout for a run with or without bf16 autocast: on the CPU, bf16 kernels measured about
+/// twice as fast contiguous as channels-last (BENCHMARKS.md), so autocast keeps the contiguous
+/// layout there.
+pub fn channels_last_for(device: tch::Device, amp: bool) -> bool {
+    channels_last_default(device) && !amp
+}
+
 /// Drop-path as in the reference code: zero whole samples with probability `prob`, scale the
 /// rest by 1/(1-prob). Draws its mask exactly as PyTorch's `empty(N,1,1,1).bernoulli_(keep)`,
 /// so the same seed drops the same samples.

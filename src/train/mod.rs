@@ -453,7 +453,8 @@ impl Trainer {
 
         tch::manual_seed(o.seed as i64);
         let vs = nn::VarStore::new(device);
-        let network = Network::new(&vs.root(), config.network.clone())?;
+        let mut network = Network::new(&vs.root(), config.network.clone())?;
+        network.channels_last = crate::ops::channels_last_for(device, o.amp);
         let mut params: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
