@@ -357,6 +357,13 @@ fn imagenet_style_folders_train_with_label_smoothing_and_a_linear_schedule() {
     assert_eq!(eval["class_names"], serde_json::json!(["ant", "bee"]));
     assert_eq!(eval["images"], 4);
 
+    // A real training run makes a report with its curves, its cells and its confusion matrix.
+    run_ok(&["--quiet", "report", o]);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Confusion matrix"), "no confusion matrix in the report");
+    assert!(html.matches("<svg").count() >= 8, "expected curves, two cells and a confusion matrix");
+    assert!(out.join("confusion.svg").is_file());
+
     // The auxiliary head cannot run on 64-pixel ImageNet inputs: said before training starts.
     let aux = dir.path().join("aux");
     run_user_error(
