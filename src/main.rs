@@ -453,15 +453,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let device = cli.device.resolve()?;
     match cli.command {
         Command::Search(args) => {
-            use cnas::search::StartMode;
-            let (run_dir, start) = match (&args.resume, &args.out) {
-                (Some(dir), _) => (dir.clone(), StartMode::Resume),
-                (None, Some(dir)) if args.force => (dir.clone(), StartMode::Force),
-                (None, Some(dir)) => (dir.clone(), StartMode::New),
-                (None, None) => {
-                    anyhow::bail!(cnas::Error::BadOption("give -o RUN_DIR or --resume RUN_DIR".into()))
-                }
-            };
+            let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "RUN_DIR")?;
             let outcome = cnas::search::search(
                 &args.options(),
                 &args.data,
@@ -483,12 +475,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => {
             use cnas::search::StartMode;
-            let (run_dir, start) = match (&args.resume, &args.out) {
-                (Some(dir), _) => (dir.clone(), StartMode::Resume),
-                (None, Some(dir)) if args.force => (dir.clone(), StartMode::Force),
-                (None, Some(dir)) => (dir.clone(), StartMode::New),
-                (None, None) => anyhow::bail!(cnas::Error::BadOption("give -o OUT or --resume OUT".into())),
-            };
+            let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "OUT")?;
             let request = match &args.arch {
                 Some(arch) if start != StartMode::Resume => {
                     let (name, genotype) = cnas::space::resolve_arch(arch)?;
@@ -607,4 +594,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The run directory and how to start in it, from `--resume DIR` / `-o DIR [--force]`.
+fn start_mode(
+    resume: &Option<PathBuf>,
+    out: &Option<PathBuf>,
+    force: bool,
+    placeholder: &str,
+) -> anyhow::Result<(PathBuf, cnas::search::StartMode)> {
+    use cnas::search::StartMode;
+    Ok(match (resume, out) {
+        (Some(dir), _) => (dir.clone(), StartMode::Resume),
+        (None, Some(dir)) if force => (dir.clone(), StartMode::Force),
+        (None, Some(dir)) => (dir.clone(), StartMode::New),
+        (None, None) => {
+            let message = format!("give -o {placeholder} or --resume {placeholder}");
+            anyhow::bail!(cnas::Error::BadOption(message))
+        }
+    })
 }

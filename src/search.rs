@@ -615,18 +615,16 @@ impl Search {
             Phase::Derive => warmup + epochs + 1,
         };
         let step = (p.stage * (warmup + epochs + 1) + within) as i64;
-        let writer = match &mut self.tensorboard {
-            Some(w) => w,
-            None => {
-                let mut w = crate::tensorboard::EventWriter::create(self.run_dir.join(TENSORBOARD))?;
-                // A resumed run redoes work an earlier process may have logged: readers drop that.
-                w.add_session_start(step)?;
-                self.tensorboard.insert(w)
-            }
-        };
         let phase = line.get("phase").and_then(|v| v.as_str()).unwrap_or("other");
-        crate::tensorboard::add_json_scalars(writer, &format!("search/{phase}"), step, line, &["epoch"])?;
-        writer.flush()
+        let dir = self.run_dir.join(TENSORBOARD);
+        crate::tensorboard::log_line(
+            &mut self.tensorboard,
+            &dir,
+            &format!("search/{phase}"),
+            step,
+            line,
+            &["epoch"],
+        )
     }
 
     fn save_checkpoint(&self) -> Result<()> {

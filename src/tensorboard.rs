@@ -153,6 +153,29 @@ fn wall_time() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
+/// Writes the numbers of a metrics line into the event file kept in `slot`, creating it in
+/// `dir` at the first line this process writes. A new file starts with a restart marker at
+/// that step, so readers drop what an interrupted process logged for work that is redone.
+pub fn log_line(
+    slot: &mut Option<EventWriter>,
+    dir: &Path,
+    prefix: &str,
+    step: i64,
+    line: &serde_json::Value,
+    skip: &[&str],
+) -> Result<()> {
+    let writer = match slot {
+        Some(w) => w,
+        None => {
+            let mut w = EventWriter::create(dir)?;
+            w.add_session_start(step)?;
+            slot.insert(w)
+        }
+    };
+    add_json_scalars(writer, prefix, step, line, skip)?;
+    writer.flush()
+}
+
 /// Every number of a metrics line as a scalar `prefix/key`; other fields (strings, lists,
 /// nulls) and the keys in `skip` are left out.
 pub fn add_json_scalars(

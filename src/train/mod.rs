@@ -678,18 +678,16 @@ impl Trainer {
     /// process starts its event file with a restart marker at its first epoch, so readers drop
     /// what an interrupted process logged for the epochs that are redone.
     fn log_tensorboard(&mut self, metrics: &EpochMetrics) -> Result<()> {
-        let step = metrics.epoch as i64;
-        let writer = match &mut self.tensorboard {
-            Some(w) => w,
-            None => {
-                let mut w = crate::tensorboard::EventWriter::create(self.run_dir.join(TENSORBOARD))?;
-                w.add_session_start(step)?;
-                self.tensorboard.insert(w)
-            }
-        };
         let line = serde_json::to_value(metrics).map_err(json_error)?;
-        crate::tensorboard::add_json_scalars(writer, "train", step, &line, &["epoch"])?;
-        writer.flush()
+        let dir = self.run_dir.join(TENSORBOARD);
+        crate::tensorboard::log_line(
+            &mut self.tensorboard,
+            &dir,
+            "train",
+            metrics.epoch as i64,
+            &line,
+            &["epoch"],
+        )
     }
 
     /// After the last epoch: the final evaluation (eval.json) and the summary.
