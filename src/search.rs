@@ -297,15 +297,6 @@ const CHECKPOINT: &str = "checkpoint.safetensors";
 const GENOTYPE: &str = "genotype.json";
 const TENSORBOARD: &str = "tb";
 
-/// Versions recorded in config.json.
-fn versions() -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("cnas".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("tch".to_string(), "0.24.0".to_string()),
-        ("libtorch".to_string(), "2.11.0".to_string()),
-    ])
-}
-
 /// Runs (or resumes) a search in `run_dir`. `stop_after` ends the process's work after that
 /// many epochs (counting every phase) as if it had been interrupted: for tests of resume.
 #[allow(clippy::too_many_arguments)]
@@ -372,7 +363,7 @@ fn prepare_run_dir(
                 search: options.clone(),
                 data: DataConfig::from_args(data_args),
                 op_order: order.iter().map(|p| p.name().to_string()).collect(),
-                versions: versions(),
+                versions: crate::util::versions(),
             };
             let json = serde_json::to_string_pretty(&config).map_err(|e| Error::BadOption(e.to_string()))?;
             crate::util::write_atomic(&config_path, json.as_bytes())?;

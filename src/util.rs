@@ -25,3 +25,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Versions a run records in its config.json.
+pub fn versions() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([
+        ("cnas".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("tch".to_string(), "0.24.0".to_string()),
+        ("libtorch".to_string(), "2.11.0".to_string()),
+    ])
+}

@@ -178,8 +178,13 @@ fn check_batches(dir: &Path) -> Result<()> {
 }
 
 fn md5_of(path: &Path) -> Result<String> {
+    hex_digest_of::<Md5>(path)
+}
+
+/// The hex digest of a file's bytes, read in 1 MiB pieces.
+fn hex_digest_of<D: Digest>(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Md5::new();
+    let mut hasher = D::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
@@ -316,18 +321,7 @@ pub fn hash_prefix(file_name: &str) -> Option<&str> {
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
-    use sha2::{Digest as _, Sha256};
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    hex_digest_of::<sha2::Sha256>(path)
 }
 
 /// Downloads a weights file from `url` into `data_dir` under the name the URL ends with,

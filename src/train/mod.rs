@@ -284,14 +284,6 @@ const TENSORBOARD: &str = "tb";
 /// Files whose presence means a directory holds a run.
 const RUN_FILES: [&str; 5] = [CONFIG, METRICS, LAST, BEST, EVAL];
 
-fn versions() -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("cnas".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("tch".to_string(), "0.24.0".to_string()),
-        ("libtorch".to_string(), "2.11.0".to_string()),
-    ])
-}
-
 fn json_error(e: serde_json::Error) -> Error {
     Error::BadOption(e.to_string())
 }
@@ -379,7 +371,7 @@ fn prepare_run_dir(
         network,
         options: request.options,
         data: DataConfig::from_args(request.data),
-        versions: versions(),
+        versions: crate::util::versions(),
     };
     write_config(run_dir, &config)?;
     Ok(config)
