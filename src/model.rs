@@ -1,11 +1,15 @@
 //! Fixed (evaluation) networks built from a genotype: the CIFAR network and the ImageNet
 //! network of the DARTS family, with PyTorch's parameter names so a `state_dict` written by
 //! the PyTorch definition of the same network loads directly.
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::error::{Error, Result};
-use crate::ops::{drop_path, BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn};
+use crate::ops::{
+    drop_path, Activation, BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn,
+};
 use crate::space::{Cell as CellSpec, Genotype};
 
 mod trace;
@@ -220,14 +224,15 @@ impl Cell {
         spec.concat.len() as i64
     }
 
-    pub fn forward_t(&self, s0: &Tensor, s1: &Tensor, drop_prob: f64, train: bool) -> Tensor {
+    /// The cell on its two inputs, whose ReLUs it shares with the other cell that reads them.
+    pub fn forward_t(&self, s0: &Activation, s1: &Activation, drop_prob: f64, train: bool) -> Tensor {
         let mut states = Vec::with_capacity(2 + self.ops.len() / 2);
-        states.push(self.preprocess0.forward_t(s0, train));
-        states.push(self.preprocess1.forward_t(s1, train));
+        states.push(Activation::new(self.preprocess0.forward_t(s0, train)));
+        states.push(Activation::new(self.preprocess1.forward_relu(s1.relu(), train)));
         for (ops, inputs) in self.ops.chunks(2).zip(self.inputs.chunks(2)) {
             let mut node: Option<Tensor> = None;
             for (op, &from) in ops.iter().zip(inputs) {
-                let mut h = op.forward_t(&states[from], train);
+                let mut h = op.forward_shared(&states[from], train);
                 if train && drop_prob > 0.0 && !op.is_identity() {
                     h = drop_path(&h, drop_prob);
                 }
@@ -237,10 +242,10 @@ impl Cell {
                 });
             }
             if let Some(node) = node {
-                states.push(node);
+                states.push(Activation::new(node));
             }
         }
-        let outputs: Vec<&Tensor> = self.concat.iter().map(|&i| &states[i]).collect();
+        let outputs: Vec<&Tensor> = self.concat.iter().map(|&i| states[i].tensor()).collect();
         Tensor::cat(&outputs, 1)
     }
 }
@@ -275,14 +280,16 @@ impl AuxiliaryHead {
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Reads the ReLU of its input that the next cells share.
+    fn forward_t(&self, x: &Activation, train: bool) -> Tensor {
         // CIFAR: 8×8 → 2×2 (stride 3); ImageNet: 7×7 → 2×2 (stride 2).
         let stride = match self.kind {
             NetworkKind::Cifar => 3,
             NetworkKind::Imagenet => 2,
         };
         let x = x.relu().avg_pool2d([5, 5], [stride, stride], [0, 0], false, false, None::<i64>);
-        let x = self.bn1.forward_t(&self.conv1.forward(&x), train).relu();
+        let mut x = self.bn1.forward_t(&self.conv1.forward(&x), train);
+        let _ = x.relu_(); // BatchNorm's backward does not keep its output
         let mut x = self.conv2.forward(&x);
         if let Some(bn) = &self.bn2 {
             x = bn.forward_t(&x, train);
@@ -308,18 +315,18 @@ enum Stem {
 }
 
 impl Stem {
-    /// Returns (s0, s1): the two states the first cell reads.
-    fn forward_t(&self, x: &Tensor, train: bool) -> (Tensor, Tensor) {
+    /// Returns (s0, s1): the two states the first cell reads (one shared state on CIFAR).
+    fn forward_t(&self, x: &Tensor, train: bool) -> (Rc<Activation>, Rc<Activation>) {
         match self {
             Stem::Cifar { conv, bn } => {
-                let s = bn.forward_t(&conv.forward(x), train);
-                (s.shallow_clone(), s)
+                let s = Rc::new(Activation::new(bn.forward_t(&conv.forward(x), train)));
+                (Rc::clone(&s), s)
             }
             Stem::Imagenet { conv0a, bn0a, conv0b, bn0b, conv1, bn1 } => {
                 let s0 = bn0a.forward_t(&conv0a.forward(x), train).relu();
-                let s0 = bn0b.forward_t(&conv0b.forward(&s0), train);
-                let s1 = bn1.forward_t(&conv1.forward(&s0.relu()), train);
-                (s0, s1)
+                let s0 = Activation::new(bn0b.forward_t(&conv0b.forward(&s0), train));
+                let s1 = bn1.forward_t(&conv1.forward(s0.relu()), train);
+                (Rc::new(s0), Rc::new(Activation::new(s1)))
             }
         }
     }
@@ -421,14 +428,14 @@ impl Network {
         let mut auxiliary = None;
         for (i, cell) in self.cells.iter().enumerate() {
             let next = cell.forward_t(&s0, &s1, self.drop_path_prob, train);
-            s0 = std::mem::replace(&mut s1, next);
+            s0 = std::mem::replace(&mut s1, Rc::new(Activation::new(next)));
             if train && i as i64 == self.config.auxiliary_cell() {
                 if let Some(head) = &self.auxiliary_head {
                     auxiliary = Some(head.forward_t(&s1, train));
                 }
             }
         }
-        let pooled = s1.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let pooled = s1.tensor().adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         Logits { logits: self.classifier.forward(&pooled), auxiliary }
     }
 }

@@ -4,7 +4,7 @@
 //! Layers are plain structs holding their tensors (registered in a `tch::nn::VarStore` under
 //! the path they are built at) with a `forward` method; nothing is allocated per call beyond
 //! the outputs libtorch produces.
-use std::cell::Cell as StdCell;
+use std::cell::{Cell as StdCell, OnceCell};
 
 use tch::{nn, Tensor};
 
@@ -49,6 +49,8 @@ pub struct Conv2d {
     padding: [i64; 2],
     dilation: [i64; 2],
     groups: i64,
+    /// A 1×1 kernel with stride above 1 and no padding (see [`Conv2d::forward`]).
+    strided_pointwise: bool,
 }
 
 /// Geometry of a convolution; `Conv2dSpec::new(k)` is a square kernel, stride 1, no padding.
@@ -94,12 +96,22 @@ impl Conv2d {
             padding: spec.padding,
             dilation: spec.dilation,
             groups: spec.groups,
+            strided_pointwise: spec.kernel == [1, 1] && spec.padding == [0, 0] && spec.stride != [1, 1],
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y =
-            x.conv2d(&self.weight, None::<&Tensor>, self.stride, self.padding, self.dilation, self.groups);
+        let y = if self.strided_pointwise && x.device() == tch::Device::Cpu {
+            // A 1×1 convolution with stride s reads every s-th pixel, so subsampling first gives
+            // the same output. On AVX-512 CPUs oneDNN's strided 1×1 backward corrupts the heap
+            // for small channel counts (PyTorch 2.11, e.g. 8 → 4 channels at 56×56; see
+            // tests/reference.rs), and the stride-1 kernel does not.
+            let [sh, sw] = self.stride;
+            let x = x.slice(2, 0, None, sh).slice(3, 0, None, sw);
+            x.conv2d(&self.weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], self.groups)
+        } else {
+            x.conv2d(&self.weight, None::<&Tensor>, self.stride, self.padding, self.dilation, self.groups)
+        };
         if MADDS.with(|c| c.get().is_some()) {
             let w = self.weight.size();
             let o = y.size();
@@ -179,6 +191,35 @@ impl BatchNorm2d {
     }
 }
 
+/// A state of a cell (or a cell's output) with its ReLU computed at most once. Several edges
+/// read the same state and a cell's output feeds the next two cells' preprocessing; most
+/// readers start with a ReLU, so sharing it saves one activation pass forward and one backward
+/// per extra reader (autograd sums the readers' gradients into the one ReLU).
+#[derive(Debug)]
+pub struct Activation {
+    x: Tensor,
+    relu: OnceCell<Tensor>,
+}
+
+impl Activation {
+    pub fn new(x: Tensor) -> Self {
+        Activation { x, relu: OnceCell::new() }
+    }
+
+    pub fn tensor(&self) -> &Tensor {
+        &self.x
+    }
+
+    /// `relu(x)`, computed on first use.
+    pub fn relu(&self) -> &Tensor {
+        self.relu.get_or_init(|| self.x.relu())
+    }
+
+    pub fn into_tensor(self) -> Tensor {
+        self.x
+    }
+}
+
 /// ReLU → Conv → BN (`op.0`, `op.1`, `op.2` in PyTorch's Sequential).
 #[derive(Debug)]
 pub struct ReluConvBn {
@@ -196,7 +237,12 @@ impl ReluConvBn {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.bn.forward_t(&self.conv.forward(&x.relu()), train)
+        self.forward_relu(&x.relu(), train)
+    }
+
+    /// The same on an input already passed through the ReLU.
+    pub fn forward_relu(&self, x_relu: &Tensor, train: bool) -> Tensor {
+        self.bn.forward_t(&self.conv.forward(x_relu), train)
     }
 }
 
@@ -229,8 +275,9 @@ impl DilConv {
         }
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.bn.forward_t(&self.pointwise.forward(&self.depthwise.forward(&x.relu())), train)
+    /// On an input already passed through the ReLU.
+    pub fn forward_relu(&self, x_relu: &Tensor, train: bool) -> Tensor {
+        self.bn.forward_t(&self.pointwise.forward(&self.depthwise.forward(x_relu)), train)
     }
 }
 
@@ -268,9 +315,13 @@ impl SepConv {
         }
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = self.bn1.forward_t(&self.pointwise1.forward(&self.depthwise1.forward(&x.relu())), train);
-        self.bn2.forward_t(&self.pointwise2.forward(&self.depthwise2.forward(&x.relu())), train)
+    /// On an input already passed through the ReLU.
+    pub fn forward_relu(&self, x_relu: &Tensor, train: bool) -> Tensor {
+        let mut x = self.bn1.forward_t(&self.pointwise1.forward(&self.depthwise1.forward(x_relu)), train);
+        // In place: BatchNorm's backward keeps its input and statistics, not its output, and
+        // this saves allocating and writing a fresh tensor.
+        let _ = x.relu_();
+        self.bn2.forward_t(&self.pointwise2.forward(&self.depthwise2.forward(&x)), train)
     }
 }
 
@@ -294,9 +345,13 @@ impl FactorizedReduce {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = x.relu();
+        self.forward_relu(&x.relu(), train)
+    }
+
+    /// On an input already passed through the ReLU.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Tensor {
         let shifted = x.narrow(2, 1, x.size()[2] - 1).narrow(3, 1, x.size()[3] - 1);
-        let out = Tensor::cat(&[self.conv_1.forward(&x), self.conv_2.forward(&shifted)], 1);
+        let out = Tensor::cat(&[self.conv_1.forward(x), self.conv_2.forward(&shifted)], 1);
         self.bn.forward_t(&out, train)
     }
 }
@@ -334,8 +389,9 @@ impl FactorizedConv {
         }
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.bn.forward_t(&self.conv_b.forward(&self.conv_a.forward(&x.relu())), train)
+    /// On an input already passed through the ReLU.
+    pub fn forward_relu(&self, x_relu: &Tensor, train: bool) -> Tensor {
+        self.bn.forward_t(&self.conv_b.forward(&self.conv_a.forward(x_relu)), train)
     }
 }
 
@@ -356,10 +412,11 @@ impl Preprocess {
         }
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    /// Both kinds start with a ReLU: they read `x`'s shared one.
+    pub fn forward_t(&self, x: &Activation, train: bool) -> Tensor {
         match self {
-            Preprocess::Conv(op) => op.forward_t(x, train),
-            Preprocess::Reduce(op) => op.forward_t(x, train),
+            Preprocess::Conv(op) => op.forward_relu(x.relu(), train),
+            Preprocess::Reduce(op) => op.forward_relu(x.relu(), train),
         }
     }
 }
@@ -422,6 +479,12 @@ impl Op {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_shared(&Activation::new(x.shallow_clone()), train)
+    }
+
+    /// The op on a state whose ReLU other readers may share (see [`Activation`]).
+    pub fn forward_shared(&self, input: &Activation, train: bool) -> Tensor {
+        let x = input.tensor();
         match self {
             Op::Zero { stride: 1 } => x.zeros_like(),
             Op::Zero { stride } => {
@@ -435,11 +498,11 @@ impl Op {
             Op::AvgPool { stride } => {
                 x.avg_pool2d([3, 3], [*stride, *stride], [1, 1], false, false, None::<i64>)
             }
-            Op::FactorizedReduce(op) => op.forward_t(x, train),
-            Op::SepConv(op) => op.forward_t(x, train),
-            Op::DilConv(op) => op.forward_t(x, train),
-            Op::ReluConvBn(op) => op.forward_t(x, train),
-            Op::FactorizedConv(op) => op.forward_t(x, train),
+            Op::FactorizedReduce(op) => op.forward_relu(input.relu(), train),
+            Op::SepConv(op) => op.forward_relu(input.relu(), train),
+            Op::DilConv(op) => op.forward_relu(input.relu(), train),
+            Op::ReluConvBn(op) => op.forward_relu(input.relu(), train),
+            Op::FactorizedConv(op) => op.forward_relu(input.relu(), train),
         }
     }
 }

@@ -29,11 +29,13 @@
 //! supernet always concatenates every node). Edges are checked once per call, in time linear
 //! in the edge count and without touching tensors: an op outside `primitives` or an edge
 //! outside the cell is a [`Error::BadOption`], never a panic.
+use std::rc::Rc;
+
 use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::error::{Error, Result};
-use crate::ops::{BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn};
+use crate::ops::{Activation, BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn};
 use crate::space::{self, Primitive};
 
 /// Everything that determines the supernet's shape.
@@ -188,8 +190,8 @@ impl CandidateOp {
         }
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = self.op.forward_t(x, train);
+    fn forward_t(&self, x: &Activation, train: bool) -> Tensor {
+        let y = self.op.forward_shared(x, train);
         match &self.bn {
             Some(bn) => bn.forward_t(&y, train),
             None => y,
@@ -245,16 +247,16 @@ impl SearchCell {
     /// edges were checked by [`Supernet::check_arch`].
     fn forward_t(
         &self,
-        s0: &Tensor,
-        s1: &Tensor,
+        s0: &Activation,
+        s1: &Activation,
         arch: &space::Cell,
         slots: &[Option<usize>],
         nodes: usize,
         train: bool,
     ) -> Tensor {
-        let mut states: Vec<Tensor> = Vec::with_capacity(nodes + 2);
-        states.push(self.preprocess0.forward_t(s0, train));
-        states.push(self.preprocess1.forward_t(s1, train));
+        let mut states: Vec<Activation> = Vec::with_capacity(nodes + 2);
+        states.push(Activation::new(self.preprocess0.forward_t(s0, train)));
+        states.push(Activation::new(self.preprocess1.forward_relu(s1.relu(), train)));
         for to in 2..nodes + 2 {
             let mut node: Option<Tensor> = None;
             for e in arch.edges.iter().filter(|e| e.to == to) {
@@ -266,10 +268,11 @@ impl SearchCell {
                     Some(acc) => acc + h,
                 });
             }
-            let node = node.unwrap_or_else(|| self.empty_node(&states[1]));
-            states.push(node);
+            let node = node.unwrap_or_else(|| self.empty_node(states[1].tensor()));
+            states.push(Activation::new(node));
         }
-        Tensor::cat(&states[2..], 1)
+        let nodes: Vec<&Tensor> = states[2..].iter().map(Activation::tensor).collect();
+        Tensor::cat(&nodes, 1)
     }
 
     /// Zeros shaped like an intermediate node, for a node the sampled cell gives no edge.
@@ -389,13 +392,15 @@ impl Supernet {
         self.check_arch(reduce)?;
         let x = if self.channels_last { crate::ops::to_channels_last(x) } else { x.shallow_clone() };
         let s = self.stem_bn.forward_t(&self.stem_conv.forward(&x), train);
-        let (mut s0, mut s1) = (s.shallow_clone(), s);
+        // The stem output is both inputs of the first cell: one shared ReLU.
+        let mut s1 = Rc::new(Activation::new(s));
+        let mut s0 = Rc::clone(&s1);
         for cell in &self.cells {
             let arch = if cell.reduction { reduce } else { normal };
             let next = cell.forward_t(&s0, &s1, arch, &self.slots, self.config.nodes, train);
-            s0 = std::mem::replace(&mut s1, next);
+            s0 = std::mem::replace(&mut s1, Rc::new(Activation::new(next)));
         }
-        let pooled = s1.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let pooled = s1.tensor().adaptive_avg_pool2d([1, 1]).flatten(1, -1);
         Ok(self.classifier.forward(&pooled))
     }
 
@@ -414,6 +419,7 @@ impl Supernet {
             Error::BadOption(format!("cell {index} does not exist (the supernet has {})", self.cells.len()))
         })?;
         self.check_arch(arch)?;
-        Ok(cell.forward_t(s0, s1, arch, &self.slots, self.config.nodes, train))
+        let (s0, s1) = (Activation::new(s0.shallow_clone()), Activation::new(s1.shallow_clone()));
+        Ok(cell.forward_t(&s0, &s1, arch, &self.slots, self.config.nodes, train))
     }
 }

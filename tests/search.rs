@@ -149,6 +149,10 @@ fn after_a_short_search_the_controller_beats_uniform_sampling() {
     // A small space (2 nodes, all 8 ops) and enough weight training for architectures to
     // differ: controller samples must then score higher than uniform ones on held-out images,
     // and the controllers must have become more certain than uniform choice.
+    // Margins matter: CPUs with other SIMD units sum in other orders. At controller lr 0.006
+    // the entropy ended at the limit on an AVX-512 machine (10.78 against 10.71); at 0.01 it
+    // ends at 4.2 there, controller samples at 24.6% against uniform's 14.3%. Seed 1 at 0.01
+    // fails the accuracy assertion (17.5% against 18.7%): the test can fail.
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let args = [
@@ -171,7 +175,7 @@ fn after_a_short_search_the_controller_beats_uniform_sampling() {
         "--controller-steps",
         "40",
         "--controller-lr",
-        "0.006",
+        "0.01",
         "--derive-rounds",
         "2",
         "--derive-samples",
