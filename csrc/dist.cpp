@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -155,6 +156,157 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   }
 };
 
+// Gradient averaging overlapped with the backward pass (what DDP's reducer does): a hook on
+// every parameter copies its gradient into its bucket's flat buffer as soon as autograd has it,
+// and a bucket whose gradients are all in is all-reduced at once, asynchronously, while the
+// backward pass goes on. Buckets are launched strictly in bucket order, the same on every rank.
+// The first step buckets the parameters in reverse order (roughly the order the backward pass
+// produces their gradients); afterwards the buckets follow the order the gradients really
+// arrived in during the first step, as rank 0 saw it, so every rank buckets alike.
+struct GradSync {
+  Group* group;
+  std::vector<at::Tensor> params;
+  std::vector<unsigned> hooks;
+  int64_t cap_bytes;
+  std::mutex mu;
+  bool active = false;
+  bool rebuilt = false;                       // buckets follow the arrival order
+  std::vector<int64_t> order;                 // first step: the order gradients arrived in
+  std::vector<char> seen;                     // this step: which gradients arrived
+  std::vector<std::vector<size_t>> buckets;   // parameter indices, in launch order
+  std::vector<size_t> bucket_of, offset_of;
+  std::vector<at::Tensor> flats;
+  std::vector<size_t> pending;                // per bucket: gradients still to come
+  size_t next = 0;                            // next bucket to launch
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+  std::string error;
+
+  // Buckets of at most cap_bytes (at least one tensor, one dtype each), in `ids` order.
+  void layout(const std::vector<int64_t>& ids) {
+    buckets.clear();
+    flats.clear();
+    bucket_of.assign(params.size(), 0);
+    offset_of.assign(params.size(), 0);
+    int64_t bytes = 0;
+    for (int64_t id : ids) {
+      const size_t i = static_cast<size_t>(id);
+      const auto& p = params[i];
+      const bool new_bucket = buckets.empty() || bytes >= cap_bytes ||
+                              p.scalar_type() != params[buckets.back().front()].scalar_type();
+      if (new_bucket) {
+        buckets.emplace_back();
+        bytes = 0;
+      }
+      bucket_of[i] = buckets.size() - 1;
+      offset_of[i] = static_cast<size_t>(bytes / p.element_size());
+      buckets.back().push_back(i);
+      bytes += p.numel() * p.element_size();
+    }
+    for (const auto& b : buckets) {
+      int64_t n = 0;
+      for (size_t i : b) {
+        n += params[i].numel();
+      }
+      flats.push_back(at::empty({n}, params[b.front()].options().requires_grad(false)));
+    }
+    pending.assign(buckets.size(), 0);
+  }
+
+  void launch_ready() {
+    while (next < buckets.size() && pending[next] == 0) {
+      std::vector<at::Tensor> one = {flats[next]};
+      works.push_back(group->backend->allreduce(one));
+      ++next;
+    }
+  }
+
+  void on_grad(size_t i, const at::Tensor& grad) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!active || seen[i] || !error.empty()) {
+      return;
+    }
+    seen[i] = 1;
+    if (!rebuilt) {
+      order.push_back(static_cast<int64_t>(i));
+    }
+    try {
+      at::NoGradGuard no_grad;
+      const size_t b = bucket_of[i];
+      flats[b].narrow(0, offset_of[i], params[i].numel()).copy_(grad.reshape({-1}));
+      --pending[b];
+      launch_ready();
+    } catch (const std::exception& e) {
+      error = e.what();  // surfaces in finish(): throwing here would abort inside autograd
+    }
+  }
+
+  void prepare() {
+    std::lock_guard<std::mutex> lock(mu);
+    active = true;
+    error.clear();
+    seen.assign(params.size(), 0);
+    works.clear();
+    next = 0;
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      pending[b] = buckets[b].size();
+    }
+  }
+
+  void finish() {
+    std::lock_guard<std::mutex> lock(mu);
+    active = false;
+    if (!error.empty()) {
+      throw std::runtime_error(error);
+    }
+    at::NoGradGuard no_grad;
+    // Parameters the graph did not reach this step contribute zeros.
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!seen[i]) {
+        flats[bucket_of[i]].narrow(0, offset_of[i], params[i].numel()).zero_();
+      }
+    }
+    for (auto& p : pending) {
+      p = 0;
+    }
+    launch_ready();
+    for (auto& w : works) {
+      w->wait(group->timeout);
+    }
+    const double scale = 1.0 / group->size;
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      flats[b].mul_(scale);
+      for (size_t i : buckets[b]) {
+        auto g = params[i].grad();
+        if (g.defined()) {
+          g.copy_(flats[b].narrow(0, offset_of[i], params[i].numel()).view_as(g));
+        }
+      }
+    }
+    if (!rebuilt) {
+      rebuild();
+    }
+  }
+
+  // After the first step: buckets in the order its gradients arrived (those that never did
+  // last), rank 0's order on every rank.
+  void rebuild() {
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!seen[i]) {
+        order.push_back(static_cast<int64_t>(i));
+      }
+    }
+    auto shared = at::tensor(order, at::TensorOptions().dtype(at::kLong)).to(params[0].device());
+    std::vector<at::Tensor> one = {shared};
+    c10d::BroadcastOptions opts;
+    opts.rootRank = 0;
+    group->backend->broadcast(one, opts)->wait(group->timeout);
+    auto host = shared.cpu().contiguous();
+    const int64_t* ids = host.data_ptr<int64_t>();
+    layout(std::vector<int64_t>(ids, ids + host.numel()));
+    rebuilt = true;
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -249,6 +401,55 @@ void* cnas_dist_sync_batch_norm(void* group, void* x, void* weight, void* bias, 
     out = new at::Tensor(y);
   });
   return out;
+}
+
+// Overlapped gradient averaging for `params` (see GradSync); null on failure.
+void* cnas_dist_grad_sync_new(void* group, void** params, int n, int64_t bucket_bytes) {
+  GradSync* out = nullptr;
+  guarded([&] {
+    auto sync = std::make_unique<GradSync>();
+    sync->group = static_cast<Group*>(group);
+    sync->params = borrow(params, n);
+    sync->cap_bytes = bucket_bytes;
+    std::vector<int64_t> reverse;
+    for (int i = n - 1; i >= 0; --i) {
+      reverse.push_back(i);
+    }
+    sync->layout(reverse);
+    GradSync* raw = sync.get();
+    for (size_t i = 0; i < sync->params.size(); ++i) {
+      sync->hooks.push_back(sync->params[i].register_hook([raw, i](const at::Tensor& grad) { raw->on_grad(i, grad); }));
+    }
+    out = sync.release();
+  });
+  return out;
+}
+
+// Before the backward pass.
+int cnas_dist_grad_sync_prepare(void* sync) {
+  return guarded([&] { static_cast<GradSync*>(sync)->prepare(); });
+}
+
+// After the backward pass: the averaged gradients are in the parameters' .grad.
+int cnas_dist_grad_sync_finish(void* sync) {
+  return guarded([&] { static_cast<GradSync*>(sync)->finish(); });
+}
+
+// Buckets of the current layout.
+int cnas_dist_grad_sync_buckets(void* sync) {
+  auto* s = static_cast<GradSync*>(sync);
+  std::lock_guard<std::mutex> lock(s->mu);
+  return static_cast<int>(s->buckets.size());
+}
+
+void cnas_dist_grad_sync_free(void* sync) {
+  guarded([&] {
+    auto* s = static_cast<GradSync*>(sync);
+    for (size_t i = 0; i < s->hooks.size(); ++i) {
+      s->params[i].remove_hook(s->hooks[i]);
+    }
+    delete s;
+  });
 }
 
 // Whether this build can use NCCL.

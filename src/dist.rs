@@ -38,6 +38,16 @@ extern "C" {
         eps: f64,
     ) -> *mut c_void;
     fn cnas_dist_has_nccl() -> c_int;
+    fn cnas_dist_grad_sync_new(
+        group: *mut c_void,
+        params: *mut *mut c_void,
+        n: c_int,
+        bucket_bytes: i64,
+    ) -> *mut c_void;
+    fn cnas_dist_grad_sync_prepare(sync: *mut c_void) -> c_int;
+    fn cnas_dist_grad_sync_finish(sync: *mut c_void) -> c_int;
+    fn cnas_dist_grad_sync_free(sync: *mut c_void);
+    fn cnas_dist_grad_sync_buckets(sync: *mut c_void) -> c_int;
 }
 
 /// Failures of a distributed run.
@@ -92,7 +102,8 @@ impl DistEnv {
             return Ok(None);
         }
         let need = |name: &str| {
-            get(name).ok_or_else(|| DistError::BadEnv(format!("WORLD_SIZE={world_size} is set but {name} is not")))
+            get(name)
+                .ok_or_else(|| DistError::BadEnv(format!("WORLD_SIZE={world_size} is set but {name} is not")))
         };
         let rank: usize = parse("RANK", &need("RANK")?)?;
         if rank >= world_size {
@@ -209,7 +220,12 @@ impl ProcessGroup {
         if rc == 0 {
             Ok(())
         } else {
-            Err(DistError::Collective { rank: self.rank, op, timeout_s: self.timeout.as_secs(), message: last_error() })
+            Err(DistError::Collective {
+                rank: self.rank,
+                op,
+                timeout_s: self.timeout.as_secs(),
+                message: last_error(),
+            })
         }
     }
 
@@ -222,7 +238,9 @@ impl ProcessGroup {
     pub fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), DistError> {
         let mut ptrs = Self::pointers(tensors);
         // SAFETY: the pointers are live tch tensors for the duration of the call.
-        let rc = unsafe { cnas_dist_broadcast(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, root as c_int) };
+        let rc = unsafe {
+            cnas_dist_broadcast(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, root as c_int)
+        };
         self.check(rc, "broadcast")
     }
 
@@ -230,7 +248,8 @@ impl ProcessGroup {
     pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<(), DistError> {
         let mut ptrs = Self::pointers(tensors);
         // SAFETY: as in `broadcast`.
-        let rc = unsafe { cnas_dist_allreduce_sum(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int) };
+        let rc =
+            unsafe { cnas_dist_allreduce_sum(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int) };
         self.check(rc, "all-reduce")
     }
 
@@ -289,7 +308,8 @@ impl ProcessGroup {
 
     /// Copies rank 0's values of `tensors` (weights, buffers) to every rank, bucketed.
     pub fn broadcast_from_main(&self, tensors: &[Tensor], bucket_bytes: usize) -> Result<(), DistError> {
-        Buckets::new(tensors, bucket_bytes).run(tensors, self.device, |flat| self.broadcast(std::slice::from_ref(flat), 0))
+        Buckets::new(tensors, bucket_bytes)
+            .run(tensors, self.device, |flat| self.broadcast(std::slice::from_ref(flat), 0))
     }
 }
 
@@ -297,6 +317,75 @@ impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: created by cnas_dist_init, destroyed once.
         unsafe { cnas_dist_destroy(self.ptr.as_ptr()) }
+    }
+}
+
+/// Gradient averaging overlapped with the backward pass: hooks on the parameters copy each
+/// gradient into a flat bucket as autograd produces it and start a bucket's all-reduce as soon
+/// as it is complete, while the backward pass goes on (PyTorch DDP's reducer, in
+/// `csrc/dist.cpp`). The first step buckets the parameters in reverse order and records the
+/// order their gradients arrive in; from the second on, every rank buckets in the order rank 0
+/// recorded. For a fixed set of parameters that all
+/// get gradients every step (a training network); the supernet uses
+/// [`ProcessGroup::average_gradients`].
+pub struct GradSync {
+    ptr: NonNull<c_void>,
+    group: Arc<ProcessGroup>,
+    /// Keeps the parameters the hooks sit on alive as long as the hooks.
+    _params: Vec<Tensor>,
+    /// Whether the bucket layout has been reported (after the first step).
+    reported: std::cell::Cell<bool>,
+}
+
+impl GradSync {
+    pub fn new(group: Arc<ProcessGroup>, params: &[Tensor], bucket_bytes: usize) -> Result<Self, DistError> {
+        let params: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
+        let mut ptrs = ProcessGroup::pointers(&params);
+        let cap = i64::try_from(bucket_bytes).unwrap_or(i64::MAX);
+        // SAFETY: live tensors; the shim keeps its own references to them.
+        let ptr = unsafe {
+            cnas_dist_grad_sync_new(group.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, cap)
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| DistError::Collective {
+            rank: group.rank,
+            op: "gradient hooks",
+            timeout_s: group.timeout.as_secs(),
+            message: last_error(),
+        })?;
+        Ok(GradSync { ptr, group, _params: params, reported: std::cell::Cell::new(false) })
+    }
+
+    /// Runs `backward` (the backward pass) with the gradients averaged over the ranks as they
+    /// come; on return every parameter's `.grad` holds the mean over the ranks.
+    pub fn backward(&self, backward: impl FnOnce() -> Result<(), tch::TchError>) -> Result<(), crate::Error> {
+        // SAFETY: a live GradSync.
+        self.group.check(unsafe { cnas_dist_grad_sync_prepare(self.ptr.as_ptr()) }, "gradient all-reduce")?;
+        let result = backward();
+        // Always finish: the other ranks wait for this rank's buckets.
+        // SAFETY: as above.
+        let finished =
+            self.group.check(unsafe { cnas_dist_grad_sync_finish(self.ptr.as_ptr()) }, "gradient all-reduce");
+        result?;
+        finished?;
+        if !self.reported.replace(true) {
+            // SAFETY: as above.
+            let buckets = unsafe { cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) };
+            tracing::info!("gradients in {buckets} bucket(s), each all-reduced as soon as the backward pass has filled it");
+        }
+        Ok(())
+    }
+
+    /// Buckets of the current layout.
+    pub fn buckets(&self) -> usize {
+        // SAFETY: a live GradSync.
+        unsafe { cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) as usize }
+    }
+}
+
+impl Drop for GradSync {
+    fn drop(&mut self) {
+        // SAFETY: created by cnas_dist_grad_sync_new, freed once (it removes its hooks).
+        unsafe { cnas_dist_grad_sync_free(self.ptr.as_ptr()) }
     }
 }
 
@@ -473,13 +562,22 @@ mod tests {
     fn reads_torchrun_variables_and_refuses_bad_ones() {
         assert_eq!(env(&[]).unwrap(), None);
         assert_eq!(env(&[("WORLD_SIZE", "1")]).unwrap(), None);
-        let full = [("WORLD_SIZE", "4"), ("RANK", "2"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "29500")];
+        let full = [
+            ("WORLD_SIZE", "4"),
+            ("RANK", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "29500"),
+        ];
         let e = env(&full).unwrap().unwrap();
         assert_eq!((e.rank, e.world_size, e.local_rank, e.master_port), (2, 4, 0, 29500));
-        assert!(env(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")]).is_err());
+        assert!(
+            env(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")]).is_err()
+        );
         assert!(env(&[("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "1")]).is_err());
         assert!(env(&[("WORLD_SIZE", "x")]).is_err());
-        assert!(env(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")]).is_err());
+        assert!(env(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")])
+            .is_err());
     }
 
     #[test]
@@ -492,7 +590,8 @@ mod tests {
 
     #[test]
     fn buckets_split_by_size_and_round_trip() {
-        let ts: Vec<Tensor> = (0..5).map(|i| Tensor::full([10], i as f64, (Kind::Float, Device::Cpu))).collect();
+        let ts: Vec<Tensor> =
+            (0..5).map(|i| Tensor::full([10], i as f64, (Kind::Float, Device::Cpu))).collect();
         let b = Buckets::new(&ts, 80); // two tensors (80 bytes) per bucket
         assert_eq!(b.groups, vec![vec![0, 1], vec![2, 3], vec![4]]);
         b.run(&ts, Device::Cpu, |flat| {

@@ -23,6 +23,9 @@ struct Cli {
     /// or in any collective) before failing: seconds, or with a unit (90s, 10m, 1h).
     #[arg(long, global = true, default_value = "10m", value_parser = cnas::dist::parse_timeout)]
     dist_timeout: Duration,
+    /// Data-parallel runs: size of the gradient buckets all-reduced together, in MiB.
+    #[arg(long, global = true, default_value_t = 25.0, value_parser = parse_bucket_mb)]
+    bucket_mb: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -496,9 +499,17 @@ fn main() -> ExitCode {
 
 /// For `search` and `train`: this process's part in a data-parallel run when WORLD_SIZE > 1
 /// (one GPU per process, `cuda:LOCAL_RANK`, when the device is CUDA), and the device to use.
+fn parse_bucket_mb(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of MiB")),
+    }
+}
+
 fn join_run(
     device: tch::Device,
     timeout: Duration,
+    bucket_mb: f64,
 ) -> anyhow::Result<(Option<cnas::train::DataParallel>, tch::Device)> {
     let Some(env) = cnas::dist::DistEnv::from_env().map_err(cnas::Error::from)? else {
         return Ok((None, device));
@@ -522,7 +533,9 @@ fn join_run(
         if device.is_cuda() { "NCCL" } else { "Gloo" }
     );
     let group = cnas::dist::ProcessGroup::init(&env, device, timeout).map_err(cnas::Error::from)?;
-    Ok((Some(cnas::train::DataParallel::new(std::sync::Arc::new(group))), device))
+    let bucket_bytes = (bucket_mb * (1u64 << 20) as f64) as usize;
+    let parallel = cnas::train::DataParallel::new(std::sync::Arc::new(group)).with_bucket_bytes(bucket_bytes);
+    Ok((Some(parallel), device))
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -530,7 +543,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Search(args) => {
             let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "RUN_DIR")?;
-            let (parallel, device) = join_run(device, cli.dist_timeout)?;
+            let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
             let main = parallel.as_ref().is_none_or(cnas::train::DataParallel::is_main);
             let outcome = cnas::search::search_parallel(
                 &args.options(),
@@ -567,7 +580,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 _ => None,
             };
-            let (parallel, device) = join_run(device, cli.dist_timeout)?;
+            let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
             let main = parallel.as_ref().is_none_or(cnas::train::DataParallel::is_main);
             let summary = cnas::train::train_parallel(
                 request,

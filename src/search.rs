@@ -1006,7 +1006,11 @@ impl Search {
         if main {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
             let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
-            crate::weights::save(&self.supernet_vs, &dir.join("supernet.safetensors"), meta("cnas-supernet"))?;
+            crate::weights::save(
+                &self.supernet_vs,
+                &dir.join("supernet.safetensors"),
+                meta("cnas-supernet"),
+            )?;
             crate::weights::save(
                 &self.controller_vs,
                 &dir.join("controllers.safetensors"),

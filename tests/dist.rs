@@ -104,6 +104,11 @@ fn f32_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
         .collect()
 }
 
+/// The gradient bucket counts the ranks logged ("gradients in N bucket(s), …").
+fn bucket_counts(stderr: &str) -> Vec<usize> {
+    stderr.lines().filter_map(|l| l.split("gradients in ").nth(1)?.split(' ').next()?.parse().ok()).collect()
+}
+
 /// `what` checksums a rank logged, in order ("rank R …: weights checksum X").
 fn checksums(stderr: &str, what: &str) -> Vec<String> {
     stderr
@@ -128,7 +133,10 @@ const SHALLOW_CELL: &str = r#"{"edges": [["skip_connect", 0, 2], ["avg_pool_3x3"
     ["avg_pool_3x3", 1, 5]], "concat": [2, 3, 4, 5]}"#;
 
 /// Per tensor: (largest absolute difference, L2 norm of the difference / L2 norm of `a`).
-fn differences(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> BTreeMap<String, (f64, f64)> {
+fn differences(
+    a: &BTreeMap<String, Vec<f32>>,
+    b: &BTreeMap<String, Vec<f32>>,
+) -> BTreeMap<String, (f64, f64)> {
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     a.iter()
         .map(|(name, x)| {
@@ -150,19 +158,31 @@ fn one_step_on_two_ranks_equals_one_step_on_the_concatenated_batch() {
         let out = dir.path().join(name);
         // One epoch of one step on 16 images: at world size 1 one batch of 16, at world size 2
         // two of 8 (rank r takes positions r, r+2, … of the same shuffled order). Drop-path is
-        // 0 in the first epoch.
-        let mut args = train_args(&out, &["--epochs", "1", "--max-images", "16", "--auxiliary-weight", "0"]);
+        // 0 in the first epoch. Small buckets (1 KiB): their all-reduces overlap the backward
+        // pass one by one. (A second step is already ~1e-4 apart in the weights between 1 and
+        // 2 threads of a single process: float32 rounding, amplified.)
+        let mut args = train_args(
+            &out,
+            &["--epochs", "1", "--max-images", "16", "--auxiliary-weight", "0", "--bucket-mb", "0.001"],
+        );
         let at = args.iter().position(|a| a == "CNAS").unwrap();
         args[at] = genotype.to_string_lossy().into_owned();
         args.extend(strings(extra));
-        run_ranks(world, &args);
+        let outputs = run_ranks(world, &args);
+        if world > 1 {
+            let stderr = String::from_utf8_lossy(&outputs[0].stderr).into_owned();
+            assert!(bucket_counts(&stderr).iter().all(|&b| b > 3), "not bucketed: {stderr}");
+        }
         f32_tensors(&out.join("last.safetensors"))
     };
     let single = run("ws1", 1, &["--batch-size", "16"]);
     // BatchNorm synchronised: its statistics are the global batch's, as at world size 1.
     let synced = run("ws2", 2, &["--batch-size", "8", "--sync-bn"]);
     let is_optimizer = |name: &str| name.starts_with("optimizer.");
-    assert!(single.keys().any(|k| is_optimizer(k)), "the momentum buffers (first gradients) are compared too");
+    assert!(
+        single.keys().any(|k| is_optimizer(k)),
+        "the momentum buffers (first gradients) are compared too"
+    );
     for (name, (max, rel)) in differences(&single, &synced) {
         if is_optimizer(&name) {
             assert!(rel < 1e-2, "{name}: gradients {rel:e} apart (relative L2)");
@@ -174,7 +194,8 @@ fn one_step_on_two_ranks_equals_one_step_on_the_concatenated_batch() {
     let per_rank = run("ws2-local-bn", 2, &["--batch-size", "8"]);
     let worst = differences(&single, &per_rank).values().map(|d| d.1).fold(0.0, f64::max);
     assert!(worst > 0.1, "per-rank BatchNorm gave the global batch's step ({worst:e})");
-    let moved: f64 = single.iter().filter(|(k, _)| is_optimizer(k)).flat_map(|(_, v)| v).map(|v| f64::from(v.abs())).sum();
+    let moved: f64 =
+        single.iter().filter(|(k, _)| is_optimizer(k)).flat_map(|(_, v)| v).map(|v| f64::from(v.abs())).sum();
     assert!(moved > 1e-3, "no gradient reached the momentum buffers");
 }
 
@@ -183,7 +204,21 @@ fn ranks_stay_identical_and_a_two_rank_run_resumes_on_one() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     // Two epochs of a three-epoch run through `cnas launch`, stopped as if interrupted.
-    let args = train_args(&out, &["--epochs", "3", "--batch-size", "8", "--max-images", "64", "--stop-after-epochs", "2"]);
+    let args = train_args(
+        &out,
+        &[
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--max-images",
+            "64",
+            "--stop-after-epochs",
+            "2",
+            "--bucket-mb",
+            "0.02",
+        ],
+    );
     let port = free_port().to_string();
     let mut launch = strings(&["launch", "--nproc-per-node", "2", "--master-port", &port, "--"]);
     launch.extend(args);
@@ -194,6 +229,9 @@ fn ranks_stay_identical_and_a_two_rank_run_resumes_on_one() {
     assert_eq!(r0.len(), 2, "{stderr}");
     assert_eq!(r0, r1, "the ranks' weights differ after an epoch");
     assert_ne!(r0[0], r0[1], "the weights did not change between epochs");
+    // Several buckets, so the overlapped all-reduce ran bucket by bucket.
+    let buckets = bucket_counts(&stderr);
+    assert!(buckets.len() == 2 && buckets.iter().all(|&b| b > 3), "{buckets:?}");
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2, "only rank 0 writes metrics");
 
@@ -303,9 +341,14 @@ fn a_dead_or_missing_rank_stops_the_others_with_an_error() {
     let dir = tempfile::tempdir().unwrap();
     // Killed mid-run: rank 1 dies after its first epoch; rank 0 must fail soon with the error
     // (well before --dist-timeout 60s, as the dead peer's connection closes).
-    let args = train_args(&dir.path().join("killed"), &["--epochs", "50", "--batch-size", "8", "--max-images", "64"]);
+    let args = train_args(
+        &dir.path().join("killed"),
+        &["--epochs", "50", "--batch-size", "8", "--max-images", "64"],
+    );
     let port = free_port();
-    let spawn = |rank| rank_command(rank, 2, port, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn = |rank| {
+        rank_command(rank, 2, port, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    };
     let (mut rank0, mut rank1) = (spawn(0), spawn(1));
     let (lines0, lines1) = (stderr_lines(&mut rank0), stderr_lines(&mut rank1));
     let started = Instant::now();
@@ -327,7 +370,8 @@ fn a_dead_or_missing_rank_stops_the_others_with_an_error() {
     let took = killed_at.elapsed();
     let text: Vec<String> = lines0.try_iter().collect();
     assert!(!status.success(), "rank 0 succeeded without its peer");
-    let error = text.iter().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("no error line: {text:?}"));
+    let error =
+        text.iter().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("no error line: {text:?}"));
     assert!(error.contains("rank 0") && error.contains("failed"), "{error}");
     assert!(took < Duration::from_secs(75), "took {took:?}");
 
@@ -335,11 +379,8 @@ fn a_dead_or_missing_rank_stops_the_others_with_an_error() {
     let mut args = train_args(&dir.path().join("alone"), &["--epochs", "1"]);
     let at = args.iter().position(|a| a == "60s").unwrap();
     args[at] = "3s".into();
-    let mut alone = rank_command(0, 2, free_port(), &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut alone =
+        rank_command(0, 2, free_port(), &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let lines = stderr_lines(&mut alone);
     let status = wait_within(&mut alone, Duration::from_secs(60), "a rank whose peer never came");
     assert!(!status.success());
@@ -353,11 +394,14 @@ fn launch_and_environment_mistakes_are_user_errors() {
     let out = rank_command(5, 2, free_port(), &strings(&["info", "--arch", "CNAS"])).output().unwrap();
     assert!(out.status.success(), "commands other than train/search ignore the variables");
     let dir = tempfile::tempdir().unwrap();
-    let out = rank_command(5, 2, free_port(), &train_args(&dir.path().join("r"), &["--epochs", "1"])).output().unwrap();
+    let out = rank_command(5, 2, free_port(), &train_args(&dir.path().join("r"), &["--epochs", "1"]))
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.lines().filter(|l| l.starts_with("error")).all(|l| l.contains("RANK=5")), "{stderr}");
-    let out = cnas().args(["launch", "--nproc-per-node", "2", "--node-rank", "3", "--", "info"]).output().unwrap();
+    let out =
+        cnas().args(["launch", "--nproc-per-node", "2", "--node-rank", "3", "--", "info"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let out = cnas().args(["--dist-timeout", "soon", "info"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));

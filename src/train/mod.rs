@@ -442,6 +442,8 @@ struct Trainer {
     tensorboard: Option<crate::tensorboard::EventWriter>,
     /// This process's part in a data-parallel run (None: a single process).
     parallel: Option<DataParallel>,
+    /// Data-parallel runs: the gradient all-reduce hooked into the backward pass.
+    grad_sync: Option<crate::dist::GradSync>,
 }
 
 impl Trainer {
@@ -519,6 +521,7 @@ impl Trainer {
             last_eval: None,
             tensorboard: None,
             parallel,
+            grad_sync: None,
         };
         // Other ranks of a new run start from scratch (rank 0 may be clearing an old run in
         // the same directory meanwhile); start() checks they all agree on where they are.
@@ -531,6 +534,9 @@ impl Trainer {
             if o.sync_bn {
                 crate::dist::set_sync_batch_norm(Some(Arc::clone(p.group())));
             }
+            let sync =
+                crate::dist::GradSync::new(Arc::clone(p.group()), trainer.sgd.params(), p.bucket_bytes())?;
+            trainer.grad_sync = Some(sync);
         }
         Ok(trainer)
     }
@@ -659,7 +665,7 @@ impl Trainer {
                 &labels,
                 &o,
                 self.device,
-                self.parallel.as_ref(),
+                self.grad_sync.as_ref(),
             )?;
             totals.add(&loss, &logits, &labels);
             bar.inc(1);
@@ -687,11 +693,8 @@ impl Trainer {
         }
 
         let last = e + 1 == o.epochs;
-        let eval = if last || (e + 1) % o.eval_every == 0 {
-            Some(self.validate("validation")?)
-        } else {
-            None
-        };
+        let eval =
+            if last || (e + 1) % o.eval_every == 0 { Some(self.validate("validation")?) } else { None };
         let epoch_seconds = start.elapsed().as_secs_f64();
         self.state.epoch = e + 1;
         self.state.train_time_s += epoch_seconds;
@@ -826,7 +829,7 @@ pub fn train_step(
 }
 
 /// [`train_step`] as one rank of a data-parallel run: the gradients are averaged over the
-/// ranks between the backward pass and clipping (`parallel`; `None`: a single process).
+/// ranks during the backward pass, before clipping (`sync`; `None`: a single process).
 pub fn train_step_parallel(
     network: &Network,
     sgd: &mut Sgd,
@@ -834,7 +837,7 @@ pub fn train_step_parallel(
     labels: &Tensor,
     options: &TrainOptions,
     device: Device,
-    parallel: Option<&DataParallel>,
+    sync: Option<&crate::dist::GradSync>,
 ) -> Result<(Tensor, Tensor)> {
     sgd.zero_grad();
     let out = amp::autocast(device, options.amp, || network.forward_t(images, true))?;
@@ -842,14 +845,13 @@ pub fn train_step_parallel(
     if let Some(aux) = &out.auxiliary {
         loss += classification_loss(aux, labels, options.label_smooth) * options.auxiliary_weight;
     }
-    if let Some(p) = parallel {
+    if let Some(sync) = sync {
+        let backward = sync.backward(|| loss.f_backward());
         // A synchronised BatchNorm's failed collective surfaces here (a layer returns none).
-        let backward = loss.f_backward();
         if let Some(e) = crate::dist::take_sync_batch_norm_error() {
             return Err(e.into());
         }
         backward?;
-        p.average_gradients(sgd.params())?;
     } else {
         loss.backward();
     }

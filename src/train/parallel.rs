@@ -4,18 +4,16 @@
 //!   ([`DataParallel::start`]), so they start identical even if their initialisations differ;
 //! - every rank takes its shard of each epoch (the loader's `rank`/`world_size`: rank `r` gets
 //!   positions `r, r + k, …` of the epoch's shuffled order), `--batch-size` images per step;
-//! - after the backward pass the gradients are averaged over the ranks in a few flat buckets
-//!   ([`DataParallel::average_gradients`]) before clipping and the optimizer step, which then
-//!   do the same thing on every rank;
+//! - the gradients are averaged over the ranks in flat buckets (25 MiB, `--bucket-mb`), each
+//!   all-reduced as soon as autograd has produced all of its gradients, while the backward pass
+//!   goes on ([`crate::dist::GradSync`]); clipping and the optimizer step then do the same
+//!   thing on every rank;
 //! - BatchNorm statistics stay per rank unless `--sync-bn` ([`crate::dist::sync_batch_norm`]);
 //!   at the end of every epoch rank 0's running statistics are copied to all ranks, so the
 //!   network every rank validates and rank 0 saves is the same;
 //! - epoch totals and validation are summed over the ranks, so logs and metrics describe the
 //!   whole global batch and the whole validation set;
 //! - every epoch a checksum of the weights must agree on every rank (an error otherwise).
-//!
-//! The gradient all-reduce runs after the backward pass, not overlapped with it: overlapping
-//! needs per-parameter autograd hooks, which tch does not expose.
 use std::sync::Arc;
 
 use tch::{nn, Tensor};
@@ -24,18 +22,29 @@ use crate::dist::ProcessGroup;
 use crate::error::Result;
 use crate::eval::{per_class_accuracy, EvalResult};
 
-/// Bytes per gradient bucket (PyTorch DDP's default is 25 MiB).
+/// Bytes per gradient bucket by default (PyTorch DDP's 25 MiB).
 pub const BUCKET_BYTES: usize = 25 << 20;
 
 /// This process's part in a data-parallel run.
 #[derive(Debug, Clone)]
 pub struct DataParallel {
     group: Arc<ProcessGroup>,
+    bucket_bytes: usize,
 }
 
 impl DataParallel {
     pub fn new(group: Arc<ProcessGroup>) -> Self {
-        DataParallel { group }
+        DataParallel { group, bucket_bytes: BUCKET_BYTES }
+    }
+
+    /// Gradient buckets of at most about `bytes` (at least one tensor each).
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Self {
+        self.bucket_bytes = bytes.max(1);
+        self
+    }
+
+    pub fn bucket_bytes(&self) -> usize {
+        self.bucket_bytes
     }
 
     pub fn group(&self) -> &Arc<ProcessGroup> {
@@ -65,13 +74,13 @@ impl DataParallel {
         )?;
         let mut tensors = sorted_variables(vs);
         tensors.extend(optimizer_state.iter().map(Tensor::shallow_clone));
-        self.group.broadcast_from_main(&tensors, BUCKET_BYTES)?;
+        self.group.broadcast_from_main(&tensors, self.bucket_bytes)?;
         Ok(())
     }
 
     /// Averages the gradients of `params` over the ranks, in place.
     pub fn average_gradients(&self, params: &[Tensor]) -> Result<()> {
-        self.group.average_gradients(params, BUCKET_BYTES)?;
+        self.group.average_gradients(params, self.bucket_bytes)?;
         Ok(())
     }
 
@@ -80,7 +89,7 @@ impl DataParallel {
     pub fn end_epoch(&self, vs: &nn::VarStore, epoch: usize) -> Result<u32> {
         let all = sorted_variables(vs);
         let (params, buffers): (Vec<Tensor>, Vec<Tensor>) = all.into_iter().partition(Tensor::requires_grad);
-        self.group.broadcast_from_main(&buffers, BUCKET_BYTES)?;
+        self.group.broadcast_from_main(&buffers, self.bucket_bytes)?;
         let crc = crate::dist::checksum(&params);
         tracing::info!("rank {} epoch {epoch}: weights checksum {crc:08x}", self.rank());
         self.group.check_same(&format!("the weights after epoch {epoch}"), &[i64::from(crc)])?;
@@ -89,7 +98,11 @@ impl DataParallel {
 
     /// Sums of per-rank (mean loss, top-1, top-5) over `images` each into global means and the
     /// global image count.
-    pub fn reduce_means(&self, (loss, top1, top5): (f64, f64, f64), images: usize) -> Result<((f64, f64, f64), usize)> {
+    pub fn reduce_means(
+        &self,
+        (loss, top1, top5): (f64, f64, f64),
+        images: usize,
+    ) -> Result<((f64, f64, f64), usize)> {
         let n = images as f64;
         let s = self.group.sum_f64(&[loss * n, top1 * n, top5 * n, n])?;
         let total = s[3].max(1.0);
@@ -104,8 +117,11 @@ impl DataParallel {
         values.extend(r.confusion.iter().flatten().map(|&v| v as f64));
         let s = self.group.sum_f64(&values)?;
         let total = s[3].max(1.0);
-        let confusion: Vec<Vec<u64>> =
-            if k == 0 { Vec::new() } else { s[5..].chunks(k).map(|row| row.iter().map(|&v| v as u64).collect()).collect() };
+        let confusion: Vec<Vec<u64>> = if k == 0 {
+            Vec::new()
+        } else {
+            s[5..].chunks(k).map(|row| row.iter().map(|&v| v as u64).collect()).collect()
+        };
         Ok(EvalResult {
             loss: s[0] / total,
             top1: s[1] / total,
