@@ -18,6 +18,9 @@ if [ "$have" != "$TORCH_VERSION" ]; then
   echo "setup: installing torch==$TORCH_VERSION into .venv (about 3 GB)"
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
+# The CUDA compiler and CCCL headers that torch's NCCL headers include (about 20 MB): with them
+# build.rs compiles cnas's NCCL backend (csrc/dist_nccl.cpp), also on machines without a GPU.
+.venv/bin/pip install --quiet --disable-pip-version-check "nvidia-cuda-crt==13.0.*" "nvidia-cuda-cccl==13.0.*"
 # Reference and format-check packages used by the tests.
 # tensorboard: its own reader checks the event files cnas writes; onnx, onnxruntime: export checks.
 .venv/bin/pip install --quiet --disable-pip-version-check numpy safetensors tensorboard onnx onnxruntime

@@ -23,6 +23,10 @@ pub enum Error {
     Io { path: PathBuf, error: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A data-parallel run failed: bad launch variables (the user's), or a peer that died,
+    /// never connected or diverged.
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
 }
 
 impl Error {
@@ -42,6 +46,7 @@ impl Error {
                     | std::io::ErrorKind::AlreadyExists
             ),
             Error::Torch(_) => false,
+            Error::Dist(e) => matches!(e, crate::dist::DistError::BadEnv(_)),
         }
     }
 

@@ -6,10 +6,11 @@
 //! [`train`] (retraining a genotype from scratch) and [`eval`] (scoring it), [`optim`],
 //! [`data`] (data sets and the loader), [`weights`] (state_dict I/O), [`profile`] and
 //! [`report`] (parameter and multiply-add counts), [`predict`], [`device`] (`--device`),
-//! [`export`] (`.pth`, safetensors and ONNX out).
+//! [`export`] (`.pth`, safetensors and ONNX out), [`dist`] (collectives of data-parallel runs).
 pub mod controller;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod draw;
 pub mod error;
 pub mod eval;

@@ -1,6 +1,7 @@
 //! The `cnas` command line: a thin layer over the library.
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -18,6 +19,13 @@ struct Cli {
     /// Logs only: no progress bars.
     #[arg(long, global = true)]
     quiet: bool,
+    /// Data-parallel runs (WORLD_SIZE > 1): how long to wait for the other ranks (to connect,
+    /// or in any collective) before failing: seconds, or with a unit (90s, 10m, 1h).
+    #[arg(long, global = true, default_value = "10m", value_parser = cnas::dist::parse_timeout)]
+    dist_timeout: Duration,
+    /// Data-parallel runs: size of the gradient buckets all-reduced together, in MiB.
+    #[arg(long, global = true, default_value_t = 25.0, value_parser = parse_bucket_mb)]
+    bucket_mb: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +74,10 @@ enum Command {
     Report(ReportArgs),
     /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
     Export(Box<ExportArgs>),
+    /// Start N processes of a cnas command on this node as one data-parallel run, like
+    /// `torchrun --nproc-per-node N --no-python cnas ...`: `cnas launch --nproc-per-node 2 --
+    /// train --arch CNAS ...`.
+    Launch(LaunchArgs),
     /// Fetch a data set or pretrained weights: CIFAR-10's official archive (MD5-checked,
     /// unpacked in one step) or the published CNAS ImageNet weights (SHA-256-checked); resumable.
     Download {
@@ -79,6 +91,28 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// `cnas launch`: the environment torchrun would set, for each local process.
+#[derive(Args, Debug)]
+struct LaunchArgs {
+    /// Processes on this node (one per GPU on a GPU node).
+    #[arg(long, alias = "nproc_per_node", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    nproc_per_node: u32,
+    /// Nodes in the run.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    nnodes: u32,
+    /// This node's index, 0..nnodes.
+    #[arg(long, alias = "node_rank", default_value_t = 0)]
+    node_rank: u32,
+    /// Address of node 0, where rank 0 hosts the rendezvous.
+    #[arg(long, alias = "master_addr", default_value = "127.0.0.1")]
+    master_addr: String,
+    #[arg(long, alias = "master_port", default_value_t = 29500, value_parser = clap::value_parser!(u16).range(1..))]
+    master_port: u16,
+    /// The cnas command each process runs (after `--`), e.g. `train --arch CNAS -o OUT`.
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
 }
 
 /// `cnas draw`.
@@ -294,6 +328,10 @@ struct TrainArgs {
     /// Validate every N epochs (and after the last) [1].
     #[arg(long)]
     eval_every: Option<usize>,
+    /// Data-parallel runs: BatchNorm statistics over the global batch (every rank's images)
+    /// instead of each rank's own; costs three small all-reduces per BatchNorm layer and step.
+    #[arg(long)]
+    sync_bn: bool,
     /// Stop (as if interrupted) after this many epochs; for testing resume.
     #[arg(long, hide = true)]
     stop_after_epochs: Option<usize>,
@@ -312,6 +350,7 @@ impl TrainArgs {
         o.max_eval_images = self.max_eval_images;
         o.no_bias_decay = self.no_bias_decay;
         o.amp = self.amp;
+        o.sync_bn = self.sync_bn;
         o.seed = self.data.seed;
         o
     }
@@ -430,17 +469,26 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // Ranks other than 0 of a data-parallel run only warn, unless RUST_LOG says otherwise.
+    let quiet_rank = std::env::var("RANK").is_ok_and(|r| r.trim() != "0")
+        && std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() != "1");
+    let default_level = if quiet_rank { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            match std::env::var("RANK") {
+                Ok(rank) if std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() != "1") => {
+                    eprintln!("error (rank {rank}): {err:#}")
+                }
+                _ => eprintln!("error: {err:#}"),
+            }
             let user = err
                 .chain()
                 .any(|cause| cause.downcast_ref::<cnas::Error>().is_some_and(cnas::Error::is_user_error));
@@ -449,12 +497,55 @@ fn main() -> ExitCode {
     }
 }
 
+/// For `search` and `train`: this process's part in a data-parallel run when WORLD_SIZE > 1
+/// (one GPU per process, `cuda:LOCAL_RANK`, when the device is CUDA), and the device to use.
+fn parse_bucket_mb(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of MiB")),
+    }
+}
+
+fn join_run(
+    device: tch::Device,
+    timeout: Duration,
+    bucket_mb: f64,
+) -> anyhow::Result<(Option<cnas::train::DataParallel>, tch::Device)> {
+    let Some(env) = cnas::dist::DistEnv::from_env().map_err(cnas::Error::from)? else {
+        return Ok((None, device));
+    };
+    let device = if device.is_cuda() { tch::Device::Cuda(env.local_rank) } else { device };
+    if let tch::Device::Cuda(n) = device {
+        let count = tch::Cuda::device_count() as usize;
+        if n >= count {
+            anyhow::bail!(cnas::Error::BadOption(format!(
+                "LOCAL_RANK {n} needs cuda:{n} but libtorch sees {count} GPU(s); start at most {count} processes per node"
+            )));
+        }
+    }
+    tracing::info!(
+        "rank {} of {} (local rank {}) on {device:?}: joining {}:{} ({} backend)",
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        env.master_addr,
+        env.master_port,
+        if device.is_cuda() { "NCCL" } else { "Gloo" }
+    );
+    let group = cnas::dist::ProcessGroup::init(&env, device, timeout).map_err(cnas::Error::from)?;
+    let bucket_bytes = (bucket_mb * (1u64 << 20) as f64) as usize;
+    let parallel = cnas::train::DataParallel::new(std::sync::Arc::new(group)).with_bucket_bytes(bucket_bytes);
+    Ok((Some(parallel), device))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     let device = cli.device.resolve()?;
     match cli.command {
         Command::Search(args) => {
             let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "RUN_DIR")?;
-            let outcome = cnas::search::search(
+            let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
+            let main = parallel.as_ref().is_none_or(cnas::train::DataParallel::is_main);
+            let outcome = cnas::search::search_parallel(
                 &args.options(),
                 &args.data,
                 &run_dir,
@@ -462,8 +553,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 device,
                 cli.quiet,
                 args.stop_after_epochs,
+                parallel,
             )?;
-            if let Some(outcome) = outcome {
+            if let Some(outcome) = outcome.filter(|_| main) {
                 println!("{}", outcome.best.genotype);
                 println!(
                     "held-out score {:.2}% (stage {}); genotype written to {}",
@@ -488,7 +580,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 _ => None,
             };
-            let summary = cnas::train::train(
+            let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
+            let main = parallel.as_ref().is_none_or(cnas::train::DataParallel::is_main);
+            let summary = cnas::train::train_parallel(
                 request,
                 args.data.workers,
                 &run_dir,
@@ -496,8 +590,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 device,
                 cli.quiet,
                 args.stop_after_epochs,
+                parallel,
             )?;
-            if let Some(summary) = summary {
+            if let Some(summary) = summary.filter(|_| main) {
                 println!("{summary}");
             }
         }
@@ -592,8 +687,81 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let placed = cnas::data::download::download_from(what, &dir, url.as_deref(), !cli.quiet)?;
             println!("{}", placed.display());
         }
+        Command::Launch(args) => launch(&args)?,
     }
     Ok(())
+}
+
+/// `cnas launch`: starts the local ranks with torchrun's variables, waits for them, and stops
+/// the others as soon as one fails (then fails with its exit code).
+fn launch(args: &LaunchArgs) -> anyhow::Result<()> {
+    use std::process::{Command as Process, Stdio};
+    if args.node_rank >= args.nnodes {
+        anyhow::bail!(cnas::Error::BadOption(format!(
+            "--node-rank {} does not exist among --nnodes {}",
+            args.node_rank, args.nnodes
+        )));
+    }
+    if args.command.first().is_some_and(|c| c == "launch") {
+        anyhow::bail!(cnas::Error::BadOption("cnas launch cannot launch itself".into()));
+    }
+    let exe = std::env::current_exe().context("locating the cnas binary")?;
+    let per_node = args.nproc_per_node as usize;
+    let world = per_node * args.nnodes as usize;
+    // As torchrun: one libtorch thread per process unless said otherwise, so N processes do
+    // not fight over the cores with N thread pools each as wide as the machine.
+    let one_thread = per_node > 1 && std::env::var_os("OMP_NUM_THREADS").is_none();
+    let mut children = Vec::with_capacity(per_node);
+    for local in 0..per_node {
+        let rank = args.node_rank as usize * per_node + local;
+        let mut process = Process::new(&exe);
+        if one_thread {
+            process.env("OMP_NUM_THREADS", "1");
+        }
+        let child = process
+            .args(&args.command)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", local.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_WORLD_SIZE", per_node.to_string())
+            .env("GROUP_RANK", args.node_rank.to_string())
+            .env("MASTER_ADDR", &args.master_addr)
+            .env("MASTER_PORT", args.master_port.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;
+        children.push((rank, child));
+    }
+    let mut failure: Option<(usize, i32)> = None;
+    let mut running = children.len();
+    while running > 0 {
+        running = 0;
+        for (rank, child) in &mut children {
+            match child.try_wait().context("waiting for a rank")? {
+                Some(status) if !status.success() && failure.is_none() => {
+                    failure = Some((*rank, status.code().unwrap_or(1)));
+                }
+                Some(_) => {}
+                None => running += 1,
+            }
+        }
+        if failure.is_some() && running > 0 {
+            // One rank failed: the others would only wait for it until --dist-timeout.
+            for (_, child) in &mut children {
+                if child.try_wait().ok().flatten().is_none() {
+                    let _ = child.kill();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match failure {
+        Some((rank, code)) => {
+            eprintln!("error: rank {rank} exited with code {code}; stopped the other local ranks");
+            std::process::exit(code.clamp(1, 255));
+        }
+        None => Ok(()),
+    }
 }
 
 /// The run directory and how to start in it, from `--resume DIR` / `-o DIR [--force]`.

@@ -177,6 +177,14 @@ impl BatchNorm2d {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        // Synchronised over the ranks of a data-parallel run when it asked for it (`--sync-bn`).
+        if train {
+            let (w, b, m, v) =
+                (self.weight.as_ref(), self.bias.as_ref(), &self.running_mean, &self.running_var);
+            if let Some(y) = crate::dist::sync_batch_norm(x, w, b, m, v, Self::MOMENTUM, Self::EPS) {
+                return y;
+            }
+        }
         Tensor::batch_norm(
             x,
             self.weight.as_ref(),

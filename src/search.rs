@@ -42,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::optim::{Adam, Sgd};
 use crate::space::{Cell, Genotype, Primitive};
 use crate::supernet::{ParamUse, Supernet, SupernetConfig};
-use crate::train::clip_grad_norm;
+use crate::train::{clip_grad_norm, DataParallel};
 
 /// How the search space grows from stage to stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -309,9 +309,29 @@ pub fn search(
     quiet: bool,
     stop_after: Option<usize>,
 ) -> Result<Option<SearchOutcome>> {
-    let (options, data_args) = prepare_run_dir(options, data_args, run_dir, start)?;
+    search_parallel(options, data_args, run_dir, start, device, quiet, stop_after, None)
+}
+
+/// [`search`] as one rank of a data-parallel run (`parallel`; `None`: a single process). The
+/// supernet's gradients are averaged over the ranks, every rank samples the same architectures
+/// (the same seeded streams and identical controllers), rewards and candidate scores are
+/// averaged over the ranks' held-out batches before they are used, and checksums of supernet
+/// and controllers must agree after every epoch. Only rank 0 writes into `run_dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn search_parallel(
+    options: &SearchOptions,
+    data_args: &DataArgs,
+    run_dir: &Path,
+    start: StartMode,
+    device: Device,
+    quiet: bool,
+    stop_after: Option<usize>,
+    parallel: Option<DataParallel>,
+) -> Result<Option<SearchOutcome>> {
+    let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+    let (options, data_args) = prepare_run_dir(options, data_args, run_dir, start, main)?;
     options.validate()?;
-    let mut search = Search::new(options, &data_args, run_dir, device, quiet)?;
+    let mut search = Search::new(options, &data_args, run_dir, device, quiet || !main, start, parallel)?;
     search.run(stop_after)
 }
 
@@ -321,6 +341,7 @@ fn prepare_run_dir(
     data_args: &DataArgs,
     run_dir: &Path,
     start: StartMode,
+    writer: bool,
 ) -> Result<(SearchOptions, DataArgs)> {
     let config_path = run_dir.join(CONFIG);
     match start {
@@ -334,6 +355,11 @@ fn prepare_run_dir(
             let mut args = data_args.clone();
             config.data.apply(&mut args)?;
             Ok((config.search, args))
+        }
+        // Other ranks of a new run leave the directory to rank 0.
+        StartMode::New | StartMode::Force if !writer => {
+            options.validate()?;
+            Ok((options.clone(), data_args.clone()))
         }
         StartMode::New | StartMode::Force => {
             let occupied = [CONFIG, METRICS, CHECKPOINT, GENOTYPE].iter().any(|f| run_dir.join(f).exists());
@@ -425,6 +451,8 @@ struct Search {
     position: Position,
     /// TensorBoard scalars of every metrics line, opened at the first line this process logs.
     tensorboard: Option<crate::tensorboard::EventWriter>,
+    /// This process's part in a data-parallel run (None: a single process).
+    parallel: Option<DataParallel>,
 }
 
 impl Search {
@@ -434,9 +462,13 @@ impl Search {
         run_dir: &Path,
         device: Device,
         quiet: bool,
+        start: StartMode,
+        parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let data = Data::open(data_args, !quiet)?;
-        let loader_opts = LoaderOptions::train(options.batch_size).device(device).drop_last(true);
+        let (rank, world_size) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
+        let loader_opts =
+            LoaderOptions::train(options.batch_size).device(device).drop_last(true).shard(rank, world_size);
         let weights_loader = limit(data.loader(Part::SearchWeights, &loader_opts)?, options.max_images)?;
         let heldout_loader = limit(data.loader(Part::SearchHeldOut, &loader_opts)?, options.max_images)?;
         for (loader, what) in [(&weights_loader, "weight-training"), (&heldout_loader, "held-out")] {
@@ -506,9 +538,50 @@ impl Search {
             metrics_lines: 0,
             position: Position { stage: 0, phase: Phase::Warmup, epoch: 0 },
             tensorboard: None,
+            parallel,
         };
-        search.restore()?;
+        // Other ranks of a new run start from scratch (rank 0 may be clearing an old run).
+        if search.is_main() || start == StartMode::Resume {
+            search.restore()?;
+        }
+        if let Some(p) = &search.parallel {
+            let p = p.clone();
+            let mut optimizers: Vec<Tensor> = search.sgd.state().into_iter().map(|(_, t)| t).collect();
+            optimizers.extend(search.adam.state().into_iter().map(|(_, t)| t));
+            let position = search.loader_epoch(search.position.phase) as i64;
+            p.group().check_same(
+                "the search position (every rank must see the same run directory and checkpoint)",
+                &[position, search.position.stage as i64, search.metrics_lines as i64],
+            )?;
+            p.start(&search.supernet_vs, &optimizers, 0)?;
+            p.start(&search.controller_vs, &[], 0)?;
+        }
         Ok(search)
+    }
+
+    /// Only rank 0 (or a single process) writes files.
+    fn is_main(&self) -> bool {
+        self.parallel.as_ref().is_none_or(DataParallel::is_main)
+    }
+
+    /// Data-parallel runs: the mean of `value` over the ranks (a reward, a score).
+    fn mean_over_ranks(&self, value: f64) -> Result<f64> {
+        match &self.parallel {
+            Some(p) => Ok(p.group().mean_f64(&[value])?[0]),
+            None => Ok(value),
+        }
+    }
+
+    /// Data-parallel runs, after an epoch: rank 0's supernet buffers everywhere, and the
+    /// supernet's weights and the controllers must be bit-identical on every rank.
+    fn check_replicas(&self, what: &str) -> Result<()> {
+        let Some(p) = &self.parallel else { return Ok(()) };
+        p.end_epoch(&self.supernet_vs, self.position.epoch + 1)?;
+        let controllers = crate::train::parallel::sorted_variables(&self.controller_vs);
+        let crc = crate::dist::checksum(&controllers);
+        tracing::info!("rank {} {what}: controllers checksum {crc:08x}", p.rank());
+        p.group().check_same(&format!("the controllers after {what}"), &[i64::from(crc)])?;
+        Ok(())
     }
 
     /// Loads the checkpoint if there is one and trims metrics.jsonl to the work it covers.
@@ -559,6 +632,10 @@ impl Search {
     /// Keeps the first `lines` lines of metrics.jsonl (an interrupted epoch may have written
     /// its line before its checkpoint; it will be written again).
     fn truncate_metrics(&mut self, lines: usize) -> Result<()> {
+        if !self.is_main() {
+            self.metrics_lines = lines;
+            return Ok(());
+        }
         let path = self.run_dir.join(METRICS);
         let kept: Vec<String> = match std::fs::File::open(&path) {
             Ok(f) => BufReader::new(f)
@@ -578,6 +655,11 @@ impl Search {
     }
 
     fn log_metrics(&mut self, mut line: serde_json::Value) -> Result<()> {
+        if !self.is_main() {
+            // Counted all the same: every rank's checkpoint position agrees.
+            self.metrics_lines += 1;
+            return Ok(());
+        }
         let p = self.position;
         let stage = &self.stages[p.stage];
         if let Some(obj) = line.as_object_mut() {
@@ -619,6 +701,9 @@ impl Search {
     }
 
     fn save_checkpoint(&self) -> Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (group, vs) in [("supernet", &self.supernet_vs), ("controller", &self.controller_vs)] {
             tensors.extend(vs.variables().into_iter().map(|(n, t)| (format!("{group}/{n}"), t)));
@@ -715,7 +800,9 @@ impl Search {
             );
         }
         let text = serde_json::to_string_pretty(&json).map_err(|e| Error::BadOption(e.to_string()))?;
-        crate::util::write_atomic(&self.run_dir.join(GENOTYPE), text.as_bytes())?;
+        if self.is_main() {
+            crate::util::write_atomic(&self.run_dir.join(GENOTYPE), text.as_bytes())?;
+        }
         Ok(Some(SearchOutcome { best, run_dir: self.run_dir.clone() }))
     }
 
@@ -781,18 +868,25 @@ impl Search {
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
             let (normal, reduce) = self.sample_pair(&mut rng, uniform);
-            let (loss, logits) = weight_step(
+            let (loss, logits) = weight_step_parallel(
                 &self.supernet,
                 &mut self.sgd,
                 &self.param_use,
                 (&images, &labels),
                 (&normal, &reduce),
                 self.options.grad_clip,
+                self.parallel.as_ref(),
             )?;
             totals.add(&loss, &logits, &labels);
             bar.inc(1);
         }
-        let (loss, acc) = totals.read();
+        let (mut loss, mut acc) = totals.read();
+        let mut images = totals.images;
+        if let Some(p) = &self.parallel {
+            let ((l, a, _), n) = p.reduce_means((loss, acc, 0.0), totals.images)?;
+            (loss, acc, images) = (l, a, n);
+        }
+        self.check_replicas(if uniform { "a warm-up epoch" } else { "a weights epoch" })?;
         bar.finish_and_clear();
         let secs = start.elapsed().as_secs_f64();
         tracing::info!(
@@ -808,8 +902,8 @@ impl Search {
             "loss": loss,
             "acc": acc,
             "lr": self.sgd.lr,
-            "images": totals.images,
-            "images_per_s": totals.images as f64 / secs,
+            "images": images,
+            "images_per_s": images as f64 / secs,
             "time_s": secs,
         }))
     }
@@ -853,7 +947,7 @@ impl Search {
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
             images_seen += labels.size()[0] as usize;
-            let step = controller_step(
+            let step = controller_step_parallel(
                 &self.supernet,
                 [&self.normal_controller, &self.reduce_controller],
                 &mut self.adam,
@@ -864,6 +958,7 @@ impl Search {
                 (&images, &labels),
                 self.options.entropy_weight,
                 self.options.grad_clip,
+                self.parallel.as_ref(),
             )?;
             reward_sum += step.reward;
             loss_sum += step.loss;
@@ -873,6 +968,11 @@ impl Search {
             bar.set_message(format!("reward {:.3}", reward_sum / bar.position() as f64));
         }
         bar.finish_and_clear();
+        self.check_replicas("a controller epoch")?;
+        let images_seen = match &self.parallel {
+            Some(p) => p.group().sum_f64(&[images_seen as f64])?[0] as usize,
+            None => images_seen,
+        };
         let steps = self.options.controller_steps.max(1) as f64;
         let secs = start.elapsed().as_secs_f64();
         tracing::info!(
@@ -902,14 +1002,21 @@ impl Search {
     fn finish_stage(&mut self) -> Result<Candidate> {
         let stage_index = self.position.stage;
         let dir = self.stage_dir(stage_index);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
-        crate::weights::save(&self.supernet_vs, &dir.join("supernet.safetensors"), meta("cnas-supernet"))?;
-        crate::weights::save(
-            &self.controller_vs,
-            &dir.join("controllers.safetensors"),
-            meta("cnas-controllers"),
-        )?;
+        let main = self.is_main();
+        if main {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
+            crate::weights::save(
+                &self.supernet_vs,
+                &dir.join("supernet.safetensors"),
+                meta("cnas-supernet"),
+            )?;
+            crate::weights::save(
+                &self.controller_vs,
+                &dir.join("controllers.safetensors"),
+                meta("cnas-controllers"),
+            )?;
+        }
 
         let stage = self.stages[stage_index].clone();
         let mut rng = stream(self.options.seed, stage_index as u64, Phase::Derive.id(), 0);
@@ -947,6 +1054,8 @@ impl Search {
                     score += self.accuracy(images, labels, &n.cell, &r.cell)?;
                 }
                 score /= batches.len().max(1) as f64;
+                // Each rank scored its own held-out batches: all must pick the same best.
+                let score = self.mean_over_ranks(score)?;
                 controller_scores.push(score);
                 let candidate = Candidate {
                     stage: stage_index + 1,
@@ -973,14 +1082,16 @@ impl Search {
             for (images, labels) in &batches {
                 score += self.accuracy(images, labels, &n, &r)?;
             }
-            uniform_scores.push(score / batches.len().max(1) as f64);
+            uniform_scores.push(self.mean_over_ranks(score / batches.len().max(1) as f64)?);
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let text = serde_json::to_string_pretty(&candidates).map_err(|e| Error::BadOption(e.to_string()))?;
-        crate::util::write_atomic(&dir.join("candidates.json"), text.as_bytes())?;
         let best =
             best_of(candidates.clone()).ok_or_else(|| Error::BadOption("no candidate derived".into()))?;
-        crate::util::write_atomic(&dir.join(GENOTYPE), best.genotype.to_json_pretty().as_bytes())?;
+        if main {
+            crate::util::write_atomic(&dir.join("candidates.json"), text.as_bytes())?;
+            crate::util::write_atomic(&dir.join(GENOTYPE), best.genotype.to_json_pretty().as_bytes())?;
+        }
         tracing::info!(
             "stage {} done: best candidate {:.2}% on held-out batches (controller samples {:.2}% on average, uniform samples {:.2}%)\n{}",
             stage_index + 1,
@@ -1014,12 +1125,29 @@ pub fn weight_step(
     (normal, reduce): (&Cell, &Cell),
     grad_clip: f64,
 ) -> Result<(Tensor, Tensor)> {
+    weight_step_parallel(supernet, sgd, param_use, (images, labels), (normal, reduce), grad_clip, None)
+}
+
+/// [`weight_step`] as one rank of a data-parallel run: the gradients of the parameters the
+/// pair uses (the same on every rank) are averaged over the ranks before clipping.
+pub fn weight_step_parallel(
+    supernet: &Supernet,
+    sgd: &mut Sgd,
+    param_use: &ParamUse,
+    (images, labels): (&Tensor, &Tensor),
+    (normal, reduce): (&Cell, &Cell),
+    grad_clip: f64,
+    parallel: Option<&DataParallel>,
+) -> Result<(Tensor, Tensor)> {
     let logits = supernet.forward_t(images, normal, reduce, true)?;
     let loss = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
     sgd.zero_grad();
     loss.backward();
     let active = param_use.active(normal, reduce);
     let params: Vec<Tensor> = active.iter().map(|&i| sgd.params()[i].shallow_clone()).collect();
+    if let Some(p) = parallel {
+        p.average_gradients(&params)?;
+    }
     let _grad_norm = clip_grad_norm(&params, grad_clip);
     sgd.step_subset(&active);
     Ok((loss.detach(), logits.detach()))
@@ -1063,9 +1191,44 @@ pub fn controller_step(
     entropy_weight: f64,
     grad_clip: f64,
 ) -> Result<ControllerStep> {
+    controller_step_parallel(
+        supernet,
+        [normal_controller, reduce_controller],
+        adam,
+        baseline,
+        rng,
+        stage,
+        primitives,
+        batch,
+        entropy_weight,
+        grad_clip,
+        None,
+    )
+}
+
+/// [`controller_step`] as one rank of a data-parallel run: the reward is the mean of the
+/// ranks' accuracies on their own held-out batches, so every rank makes the same update and
+/// the controllers stay identical.
+#[allow(clippy::too_many_arguments)]
+pub fn controller_step_parallel(
+    supernet: &Supernet,
+    [normal_controller, reduce_controller]: [&Controller; 2],
+    adam: &mut Adam,
+    baseline: &mut Baseline,
+    rng: &mut ChaCha8Rng,
+    stage: &Stage,
+    primitives: &[Primitive],
+    batch: (&Tensor, &Tensor),
+    entropy_weight: f64,
+    grad_clip: f64,
+    parallel: Option<&DataParallel>,
+) -> Result<ControllerStep> {
     let n = normal_controller.sample(rng, &stage.allowed, stage.searched_nodes, primitives);
     let r = reduce_controller.sample(rng, &stage.allowed, stage.searched_nodes, primitives);
-    let reward = supernet_accuracy(supernet, batch, (&n.cell, &r.cell))?;
+    let mut reward = supernet_accuracy(supernet, batch, (&n.cell, &r.cell))?;
+    if let Some(p) = parallel {
+        reward = p.group().mean_f64(&[reward])?[0];
+    }
     let advantage = baseline.update(reward);
     let loss = reinforce_loss(
         &[&n.log_prob, &r.log_prob],

@@ -20,12 +20,14 @@
 //! therefore replays exactly what the uninterrupted run did; on the CPU the two end
 //! bit-identical.
 pub mod amp;
+pub mod parallel;
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -38,6 +40,7 @@ use crate::eval::{evaluate, EvalResult, Totals};
 use crate::model::{Network, NetworkConfig, NetworkKind};
 use crate::optim::Sgd;
 use crate::space::Genotype;
+pub use parallel::DataParallel;
 pub use schedule::{Schedule, SchedulerKind};
 
 /// Rescales the gradients of `params` so their global L2 norm is at most `max_norm`, like
@@ -105,6 +108,10 @@ pub struct TrainOptions {
     /// Validate every this many epochs (and always after the last).
     pub eval_every: usize,
     pub seed: u64,
+    /// Data-parallel runs: BatchNorm statistics over the global batch instead of per rank
+    /// (no effect in a single process).
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 impl TrainOptions {
@@ -134,6 +141,7 @@ impl TrainOptions {
             max_eval_images: None,
             eval_every: 1,
             seed: 0,
+            sync_bn: false,
         };
         match dataset {
             DatasetKind::Cifar10 => cifar,
@@ -308,17 +316,40 @@ pub fn train(
     quiet: bool,
     stop_after: Option<usize>,
 ) -> Result<Option<TrainSummary>> {
-    let config = prepare_run_dir(request, run_dir, start)?;
-    let mut data_args = DataArgs { workers, ..DataArgs::default() };
-    config.data.apply(&mut data_args)?;
-    let mut run = Trainer::new(config, &data_args, run_dir, device, quiet)?;
-    run.run(stop_after)
+    train_parallel(request, workers, run_dir, start, device, quiet, stop_after, None)
 }
 
+/// [`train`] as one rank of a data-parallel run (`parallel`; `None`: a single process). Every
+/// rank must call it with the same arguments; only rank 0 writes into `run_dir` (the others
+/// read it on `--resume`, so it must be on a file system they all see).
+#[allow(clippy::too_many_arguments)]
+pub fn train_parallel(
+    request: Option<TrainRequest<'_>>,
+    workers: Option<usize>,
+    run_dir: &Path,
+    start: StartMode,
+    device: Device,
+    quiet: bool,
+    stop_after: Option<usize>,
+    parallel: Option<DataParallel>,
+) -> Result<Option<TrainSummary>> {
+    let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+    let config = prepare_run_dir(request, run_dir, start, main)?;
+    let mut data_args = DataArgs { workers, ..DataArgs::default() };
+    config.data.apply(&mut data_args)?;
+    let mut run = Trainer::new(config, &data_args, run_dir, device, quiet || !main, start, parallel)?;
+    let result = run.run(stop_after);
+    crate::dist::set_sync_batch_norm(None);
+    result
+}
+
+/// The run's configuration; `writer` (rank 0 or a single process) also checks and prepares
+/// the directory and writes config.json.
 fn prepare_run_dir(
     request: Option<TrainRequest<'_>>,
     run_dir: &Path,
     start: StartMode,
+    writer: bool,
 ) -> Result<TrainConfig> {
     let config_path = run_dir.join(CONFIG);
     if start == StartMode::Resume {
@@ -337,19 +368,21 @@ fn prepare_run_dir(
         request.ok_or_else(|| Error::BadOption("a new training run needs an architecture".into()))?;
     request.options.validate()?;
     request.data.validate()?;
-    let occupied = RUN_FILES.iter().any(|f| run_dir.join(f).exists());
+    let occupied = writer && RUN_FILES.iter().any(|f| run_dir.join(f).exists());
     if occupied && start == StartMode::New {
         return Err(Error::BadOption(format!(
             "{} holds another run: use --resume to continue it or --force to start over",
             run_dir.display()
         )));
     }
-    std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-    for f in RUN_FILES {
-        let _ = std::fs::remove_file(run_dir.join(f));
+    if writer {
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        for f in RUN_FILES {
+            let _ = std::fs::remove_file(run_dir.join(f));
+        }
+        let _ = std::fs::remove_file(run_dir.join(crate::eval::CONFUSION_SVG));
+        let _ = std::fs::remove_dir_all(run_dir.join(TENSORBOARD));
     }
-    let _ = std::fs::remove_file(run_dir.join(crate::eval::CONFUSION_SVG));
-    let _ = std::fs::remove_dir_all(run_dir.join(TENSORBOARD));
     let kind = match request.data.dataset {
         DatasetKind::Cifar10 => NetworkKind::Cifar,
         DatasetKind::ImageNet => NetworkKind::Imagenet,
@@ -373,7 +406,9 @@ fn prepare_run_dir(
         data: DataConfig::from_args(request.data),
         versions: crate::util::versions(),
     };
-    write_config(run_dir, &config)?;
+    if writer {
+        write_config(run_dir, &config)?;
+    }
     Ok(config)
 }
 
@@ -405,6 +440,10 @@ struct Trainer {
     last_eval: Option<EvalResult>,
     /// Opened at the first metrics line this process writes.
     tensorboard: Option<crate::tensorboard::EventWriter>,
+    /// This process's part in a data-parallel run (None: a single process).
+    parallel: Option<DataParallel>,
+    /// Data-parallel runs: the gradient all-reduce hooked into the backward pass.
+    grad_sync: Option<crate::dist::GradSync>,
 }
 
 impl Trainer {
@@ -414,16 +453,27 @@ impl Trainer {
         run_dir: &Path,
         device: Device,
         quiet: bool,
+        start: StartMode,
+        parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let o = config.options.clone();
+        let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+        let (rank, world_size) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
         let data = Data::open(data_args, !quiet)?;
         let num_classes = data.info().num_classes as i64;
         config.network.check_input_size(data.info().input_size as i64, true)?;
         if config.network.num_classes != num_classes {
             config.network.num_classes = num_classes;
-            write_config(run_dir, &config)?;
+            if main {
+                write_config(run_dir, &config)?;
+            }
         }
-        let train_opts = LoaderOptions::train(o.batch_size).device(device).drop_last(true).default_cutout(16);
+        // Each rank takes its shard of every epoch (and of the validation set).
+        let train_opts = LoaderOptions::train(o.batch_size)
+            .device(device)
+            .drop_last(true)
+            .default_cutout(16)
+            .shard(rank, world_size);
         let mut train_loader = data.loader(Part::Train, &train_opts)?;
         if let Some(n) = o.max_images {
             train_loader = train_loader.limited(n)?;
@@ -435,7 +485,8 @@ impl Trainer {
             )));
         }
         let eval_batch = (o.batch_size * 2).max(64);
-        let mut eval_loader = data.loader(Part::Test, &LoaderOptions::eval(eval_batch).device(device))?;
+        let eval_opts = LoaderOptions::eval(eval_batch).device(device).shard(rank, world_size);
+        let mut eval_loader = data.loader(Part::Test, &eval_opts)?;
         if let Some(n) = o.max_eval_images {
             eval_loader = eval_loader.limited(n)?;
         }
@@ -469,16 +520,35 @@ impl Trainer {
             state: TrainState::default(),
             last_eval: None,
             tensorboard: None,
+            parallel,
+            grad_sync: None,
         };
-        trainer.restore()?;
+        // Other ranks of a new run start from scratch (rank 0 may be clearing an old run in
+        // the same directory meanwhile); start() checks they all agree on where they are.
+        if main || start == StartMode::Resume {
+            trainer.restore(main)?;
+        }
+        if let Some(p) = &trainer.parallel {
+            let optimizer: Vec<Tensor> = trainer.sgd.state().into_iter().map(|(_, t)| t).collect();
+            p.start(&trainer.vs, &optimizer, trainer.state.epoch)?;
+            if o.sync_bn {
+                crate::dist::set_sync_batch_norm(Some(Arc::clone(p.group())));
+            }
+            let sync =
+                crate::dist::GradSync::new(Arc::clone(p.group()), trainer.sgd.params(), p.bucket_bytes())?;
+            trainer.grad_sync = Some(sync);
+        }
         Ok(trainer)
     }
 
-    /// Loads last.safetensors if there is one, and trims metrics.jsonl to the epochs it covers.
-    fn restore(&mut self) -> Result<()> {
+    /// Loads last.safetensors if there is one, and (`writer`) trims metrics.jsonl to the
+    /// epochs it covers.
+    fn restore(&mut self, writer: bool) -> Result<()> {
         let path = self.run_dir.join(LAST);
         if !path.is_file() {
-            truncate_lines(&self.run_dir.join(METRICS), 0)?;
+            if writer {
+                truncate_lines(&self.run_dir.join(METRICS), 0)?;
+            }
             return Ok(());
         }
         let metadata = crate::weights::read_metadata(&path)?.unwrap_or_default();
@@ -499,7 +569,9 @@ impl Trainer {
         crate::weights::load_into(&self.vs, &network)?;
         self.sgd.load_state(&optimizer)?;
         self.state = state;
-        truncate_lines(&self.run_dir.join(METRICS), state.metrics_lines)?;
+        if writer {
+            truncate_lines(&self.run_dir.join(METRICS), state.metrics_lines)?;
+        }
         tracing::info!("resuming after epoch {} of {}", state.epoch, self.config.options.epochs);
         Ok(())
     }
@@ -586,7 +658,15 @@ impl Trainer {
         for (i, batch) in batches.enumerate() {
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
-            let (loss, logits) = train_step(&self.network, &mut self.sgd, &images, &labels, &o, self.device)?;
+            let (loss, logits) = train_step_parallel(
+                &self.network,
+                &mut self.sgd,
+                &images,
+                &labels,
+                &o,
+                self.device,
+                self.grad_sync.as_ref(),
+            )?;
             totals.add(&loss, &logits, &labels);
             bar.inc(1);
             // A host sync for the bar only now and then, never per step.
@@ -595,7 +675,14 @@ impl Trainer {
                 bar.set_message(format!("loss {l:.3} top-1 {:.1}%", top1 * 100.0));
             }
         }
-        let (train_loss, train_top1, train_top5) = totals.read();
+        let (mut train_loss, mut train_top1, mut train_top5) = totals.read();
+        let mut train_images = totals.images;
+        if let Some(p) = &self.parallel {
+            ((train_loss, train_top1, train_top5), train_images) =
+                p.reduce_means((train_loss, train_top1, train_top5), totals.images)?;
+            // Rank 0's BatchNorm statistics everywhere, then the weights must agree.
+            p.end_epoch(&self.vs, e + 1)?;
+        }
         let train_seconds = start.elapsed().as_secs_f64();
         bar.finish_and_clear();
         if !train_loss.is_finite() {
@@ -606,14 +693,8 @@ impl Trainer {
         }
 
         let last = e + 1 == o.epochs;
-        let eval = if last || (e + 1) % o.eval_every == 0 {
-            let bar = self.progress(self.eval_loader.samples_per_epoch() as u64, "validation".into());
-            let r = evaluate(&self.network, &self.eval_loader, &self.class_names, self.device, o.amp, &bar)?;
-            bar.finish_and_clear();
-            Some(r)
-        } else {
-            None
-        };
+        let eval =
+            if last || (e + 1) % o.eval_every == 0 { Some(self.validate("validation")?) } else { None };
         let epoch_seconds = start.elapsed().as_secs_f64();
         self.state.epoch = e + 1;
         self.state.train_time_s += epoch_seconds;
@@ -627,7 +708,7 @@ impl Trainer {
             val_loss: eval.as_ref().map(|r| r.loss),
             val_top1: eval.as_ref().map(|r| r.top1),
             val_top5: eval.as_ref().map(|r| r.top5),
-            images_per_sec: totals.images as f64 / train_seconds.max(1e-9),
+            images_per_sec: train_images as f64 / train_seconds.max(1e-9),
             epoch_time_s: epoch_seconds,
         };
         let val = match &eval {
@@ -649,14 +730,39 @@ impl Trainer {
                 self.state.best_top1 = r.top1;
                 self.state.best_top5 = r.top5;
                 self.state.best_epoch = e + 1;
-                self.save_best(r.top1, r.top5)?;
+                if self.is_main() {
+                    self.save_best(r.top1, r.top5)?;
+                }
             }
         }
         self.last_eval = eval;
-        self.save_last()
+        if self.is_main() {
+            self.save_last()?;
+        }
+        Ok(())
+    }
+
+    /// Only rank 0 (or a single process) writes files.
+    fn is_main(&self) -> bool {
+        self.parallel.as_ref().is_none_or(DataParallel::is_main)
+    }
+
+    /// Evaluates on the validation set (this rank's shard, summed over the ranks).
+    fn validate(&self, what: &str) -> Result<EvalResult> {
+        let bar = self.progress(self.eval_loader.samples_per_epoch() as u64, what.into());
+        let amp = self.config.options.amp;
+        let r = evaluate(&self.network, &self.eval_loader, &self.class_names, self.device, amp, &bar)?;
+        bar.finish_and_clear();
+        match &self.parallel {
+            Some(p) => p.reduce_eval(r),
+            None => Ok(r),
+        }
     }
 
     fn log_metrics(&mut self, metrics: &EpochMetrics) -> Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
         let path = self.run_dir.join(METRICS);
         let line = serde_json::to_string(metrics).map_err(json_error)?;
         let mut f =
@@ -687,13 +793,11 @@ impl Trainer {
         let eval = match self.last_eval.take() {
             Some(r) => r,
             // Resumed after the last epoch: evaluate the final network again.
-            None => {
-                let bar = self.progress(self.eval_loader.samples_per_epoch() as u64, "evaluation".into());
-                let amp = self.config.options.amp;
-                evaluate(&self.network, &self.eval_loader, &self.class_names, self.device, amp, &bar)?
-            }
+            None => self.validate("evaluation")?,
         };
-        crate::eval::write_result(&eval, &self.run_dir)?;
+        if self.is_main() {
+            crate::eval::write_result(&eval, &self.run_dir)?;
+        }
         let image_size = self.eval_loader.image_shape()[1] as i64;
         let profile = crate::profile::profile(&self.vs, &self.network, image_size);
         Ok(TrainSummary {
@@ -721,13 +825,36 @@ pub fn train_step(
     options: &TrainOptions,
     device: Device,
 ) -> Result<(Tensor, Tensor)> {
+    train_step_parallel(network, sgd, images, labels, options, device, None)
+}
+
+/// [`train_step`] as one rank of a data-parallel run: the gradients are averaged over the
+/// ranks during the backward pass, before clipping (`sync`; `None`: a single process).
+pub fn train_step_parallel(
+    network: &Network,
+    sgd: &mut Sgd,
+    images: &Tensor,
+    labels: &Tensor,
+    options: &TrainOptions,
+    device: Device,
+    sync: Option<&crate::dist::GradSync>,
+) -> Result<(Tensor, Tensor)> {
     sgd.zero_grad();
     let out = amp::autocast(device, options.amp, || network.forward_t(images, true))?;
     let mut loss = classification_loss(&out.logits, labels, options.label_smooth);
     if let Some(aux) = &out.auxiliary {
         loss += classification_loss(aux, labels, options.label_smooth) * options.auxiliary_weight;
     }
-    loss.backward();
+    if let Some(sync) = sync {
+        let backward = sync.backward(|| loss.f_backward());
+        // A synchronised BatchNorm's failed collective surfaces here (a layer returns none).
+        if let Some(e) = crate::dist::take_sync_batch_norm_error() {
+            return Err(e.into());
+        }
+        backward?;
+    } else {
+        loss.backward();
+    }
     let _ = clip_grad_norm(sgd.params(), options.grad_clip);
     sgd.step();
     Ok((loss.detach(), out.logits.detach().to_kind(Kind::Float)))

@@ -1,0 +1,2 @@
+#pragma once
+// See ../README.md: ProcessGroupGloo.hpp includes this header but uses none of its names.

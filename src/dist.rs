@@ -1,0 +1,609 @@
+//! Collectives between the processes of a data-parallel run, through libtorch's own c10d
+//! (`csrc/dist.cpp`): a TCPStore rendezvous at `MASTER_ADDR:MASTER_PORT` hosted by rank 0,
+//! then Gloo for CPU tensors or NCCL for CUDA tensors.
+//!
+//! A process takes part when `WORLD_SIZE` > 1 is set (by `torchrun`, `cnas launch` or by hand,
+//! with `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); otherwise nothing here runs.
+//! Every collective waits at most the group's timeout (`--dist-timeout`): a rank that dies or
+//! never connects makes the others fail with an error naming the operation, never hang.
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tch::{Device, Kind, Tensor};
+
+extern "C" {
+    fn cnas_dist_last_error() -> *const c_char;
+    fn cnas_dist_init(
+        master_addr: *const c_char,
+        port: c_int,
+        rank: c_int,
+        size: c_int,
+        nccl: c_int,
+        timeout_ms: i64,
+    ) -> *mut c_void;
+    fn cnas_dist_destroy(group: *mut c_void);
+    fn cnas_dist_broadcast(group: *mut c_void, tensors: *mut *mut c_void, n: c_int, root: c_int) -> c_int;
+    fn cnas_dist_allreduce_sum(group: *mut c_void, tensors: *mut *mut c_void, n: c_int) -> c_int;
+    fn cnas_dist_barrier(group: *mut c_void) -> c_int;
+    fn cnas_dist_sync_batch_norm(
+        group: *mut c_void,
+        x: *mut c_void,
+        weight: *mut c_void,
+        bias: *mut c_void,
+        running_mean: *mut c_void,
+        running_var: *mut c_void,
+        momentum: f64,
+        eps: f64,
+    ) -> *mut c_void;
+    fn cnas_dist_has_nccl() -> c_int;
+    fn cnas_dist_grad_sync_new(
+        group: *mut c_void,
+        params: *mut *mut c_void,
+        n: c_int,
+        bucket_bytes: i64,
+    ) -> *mut c_void;
+    fn cnas_dist_grad_sync_prepare(sync: *mut c_void) -> c_int;
+    fn cnas_dist_grad_sync_finish(sync: *mut c_void) -> c_int;
+    fn cnas_dist_grad_sync_free(sync: *mut c_void);
+    fn cnas_dist_grad_sync_buckets(sync: *mut c_void) -> c_int;
+}
+
+/// Failures of a distributed run.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// The launch variables are missing or contradictory (the user's mistake).
+    #[error("distributed launch: {0}")]
+    BadEnv(String),
+    /// Joining the group failed: the rendezvous or a peer did not answer in time.
+    #[error(
+        "rank {rank} of {world_size} could not join the group at {addr}:{port} within {timeout_s} s: {message}"
+    )]
+    Connect { rank: usize, world_size: usize, addr: String, port: u16, timeout_s: u64, message: String },
+    /// A collective failed: usually another rank died or stopped answering.
+    #[error("rank {rank}: {op} failed (another rank died, stopped answering for {timeout_s} s, or diverged): {message}")]
+    Collective { rank: usize, op: &'static str, timeout_s: u64, message: String },
+    /// The ranks hold different states where they must hold the same.
+    #[error("ranks diverged: {0}")]
+    Diverged(String),
+}
+
+/// Where this process sits in a distributed run, from torchrun's environment variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistEnv {
+    pub rank: usize,
+    pub world_size: usize,
+    pub local_rank: usize,
+    pub master_addr: String,
+    pub master_port: u16,
+}
+
+impl DistEnv {
+    /// `None` when `WORLD_SIZE` is unset or 1 (a single process: nothing distributed happens).
+    pub fn from_env() -> Result<Option<DistEnv>, DistError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// As [`DistEnv::from_env`], reading variables through `get` (for tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<DistEnv>, DistError> {
+        fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, DistError> {
+            value
+                .trim()
+                .parse()
+                .map_err(|_| DistError::BadEnv(format!("{name}={value:?} is not a non-negative integer")))
+        }
+        let Some(ws) = get("WORLD_SIZE") else { return Ok(None) };
+        let world_size: usize = parse("WORLD_SIZE", &ws)?;
+        if world_size == 0 {
+            return Err(DistError::BadEnv("WORLD_SIZE must be at least 1".into()));
+        }
+        if world_size == 1 {
+            return Ok(None);
+        }
+        let need = |name: &str| {
+            get(name)
+                .ok_or_else(|| DistError::BadEnv(format!("WORLD_SIZE={world_size} is set but {name} is not")))
+        };
+        let rank: usize = parse("RANK", &need("RANK")?)?;
+        if rank >= world_size {
+            return Err(DistError::BadEnv(format!("RANK={rank} does not exist in WORLD_SIZE={world_size}")));
+        }
+        let local_rank = match get("LOCAL_RANK") {
+            Some(v) => parse("LOCAL_RANK", &v)?,
+            None => rank,
+        };
+        let master_addr = need("MASTER_ADDR")?;
+        let master_port: u16 = parse("MASTER_PORT", &need("MASTER_PORT")?)?;
+        if master_port == 0 {
+            return Err(DistError::BadEnv("MASTER_PORT must not be 0".into()));
+        }
+        Ok(Some(DistEnv { rank, world_size, local_rank, master_addr, master_port }))
+    }
+}
+
+/// Whether this build of cnas carries the NCCL backend (it needs CUDA and NCCL headers at
+/// build time).
+pub fn has_nccl() -> bool {
+    // SAFETY: a plain C call without arguments.
+    unsafe { cnas_dist_has_nccl() == 1 }
+}
+
+/// One process group: this process's handle on the collectives of the run.
+pub struct ProcessGroup {
+    ptr: NonNull<c_void>,
+    rank: usize,
+    world_size: usize,
+    /// Where collectives run: NCCL needs CUDA tensors, Gloo CPU tensors.
+    device: Device,
+    timeout: Duration,
+}
+
+// SAFETY: the c10d objects behind `ptr` are thread-safe for calls issued in the same order on
+// every rank; cnas issues them from one thread at a time (the training loop).
+unsafe impl Send for ProcessGroup {}
+unsafe impl Sync for ProcessGroup {}
+
+impl std::fmt::Debug for ProcessGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessGroup")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+fn last_error() -> String {
+    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
+    let msg = unsafe { CStr::from_ptr(cnas_dist_last_error()) };
+    let text = msg.to_string_lossy().trim().to_string();
+    // c10d messages carry a C++ backtrace after the first lines; the first line says it.
+    text.lines().take(2).collect::<Vec<_>>().join(" ")
+}
+
+impl ProcessGroup {
+    /// Joins the run described by `env`: NCCL when `device` is CUDA, Gloo otherwise. Waits at
+    /// most `timeout` for the other ranks.
+    pub fn init(env: &DistEnv, device: Device, timeout: Duration) -> Result<Self, DistError> {
+        let connect_error = |message: String| DistError::Connect {
+            rank: env.rank,
+            world_size: env.world_size,
+            addr: env.master_addr.clone(),
+            port: env.master_port,
+            timeout_s: timeout.as_secs(),
+            message,
+        };
+        let nccl = device.is_cuda();
+        if nccl && !has_nccl() {
+            return Err(DistError::BadEnv(
+                "this cnas was built without NCCL; run on the CPU (--device cpu) or rebuild where the CUDA and NCCL headers are"
+                    .into(),
+            ));
+        }
+        let addr = CString::new(env.master_addr.as_str())
+            .map_err(|_| DistError::BadEnv("MASTER_ADDR contains a NUL byte".into()))?;
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
+        // SAFETY: `addr` outlives the call; the shim copies it.
+        let ptr = unsafe {
+            cnas_dist_init(
+                addr.as_ptr(),
+                c_int::from(env.master_port),
+                env.rank as c_int,
+                env.world_size as c_int,
+                c_int::from(nccl),
+                timeout_ms,
+            )
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| connect_error(last_error()))?;
+        Ok(ProcessGroup { ptr, rank: env.rank, world_size: env.world_size, device, timeout })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// The device collectives run on (small host values travel through tensors there).
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.rank == 0
+    }
+
+    fn check(&self, rc: c_int, op: &'static str) -> Result<(), DistError> {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(DistError::Collective {
+                rank: self.rank,
+                op,
+                timeout_s: self.timeout.as_secs(),
+                message: last_error(),
+            })
+        }
+    }
+
+    /// Every tensor must be contiguous and on [`ProcessGroup::device`].
+    fn pointers(tensors: &[Tensor]) -> Vec<*mut c_void> {
+        tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+    }
+
+    /// Replaces `tensors` (contiguous, on the group's device) with rank `root`'s, in place.
+    pub fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), DistError> {
+        let mut ptrs = Self::pointers(tensors);
+        // SAFETY: the pointers are live tch tensors for the duration of the call.
+        let rc = unsafe {
+            cnas_dist_broadcast(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, root as c_int)
+        };
+        self.check(rc, "broadcast")
+    }
+
+    /// Sums `tensors` (contiguous, on the group's device) over the ranks, in place.
+    pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<(), DistError> {
+        let mut ptrs = Self::pointers(tensors);
+        // SAFETY: as in `broadcast`.
+        let rc =
+            unsafe { cnas_dist_allreduce_sum(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int) };
+        self.check(rc, "all-reduce")
+    }
+
+    pub fn barrier(&self) -> Result<(), DistError> {
+        // SAFETY: a live group.
+        let rc = unsafe { cnas_dist_barrier(self.ptr.as_ptr()) };
+        self.check(rc, "barrier")
+    }
+
+    /// Sums of `values` over the ranks (a host round trip: for per-epoch numbers and rewards).
+    pub fn sum_f64(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        let t = Tensor::from_slice(values).to_device(self.device);
+        self.all_reduce_sum(std::slice::from_ref(&t))?;
+        Ok(Vec::<f64>::try_from(&t.to_device(Device::Cpu)).unwrap_or_default())
+    }
+
+    /// Means of `values` over the ranks.
+    pub fn mean_f64(&self, values: &[f64]) -> Result<Vec<f64>, DistError> {
+        let n = self.world_size as f64;
+        Ok(self.sum_f64(values)?.into_iter().map(|v| v / n).collect())
+    }
+
+    /// Rank 0's `values` on every rank.
+    pub fn broadcast_i64(&self, values: &[i64]) -> Result<Vec<i64>, DistError> {
+        let t = Tensor::from_slice(values).to_device(self.device);
+        self.broadcast(std::slice::from_ref(&t), 0)?;
+        Ok(Vec::<i64>::try_from(&t.to_device(Device::Cpu)).unwrap_or_default())
+    }
+
+    /// Checks that every rank holds the same `values` (e.g. a weights checksum, an epoch
+    /// number); on every rank an error naming `what` if any rank differs from rank 0.
+    pub fn check_same(&self, what: &str, values: &[i64]) -> Result<(), DistError> {
+        let root = self.broadcast_i64(values)?;
+        let differs = f64::from(u8::from(root != values));
+        let ranks_differing = self.sum_f64(&[differs])?[0];
+        if ranks_differing > 0.0 {
+            return Err(DistError::Diverged(format!(
+                "{what}: {ranks_differing} rank(s) differ from rank 0 (rank {} holds {values:?}, rank 0 {root:?})",
+                self.rank
+            )));
+        }
+        Ok(())
+    }
+
+    /// Averages the gradients of `params` over the ranks (bucketed; see [`Buckets`]).
+    /// Parameters without a gradient are left out; every rank must have the same ones.
+    pub fn average_gradients(&self, params: &[Tensor], bucket_bytes: usize) -> Result<(), DistError> {
+        let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
+        let scale = 1.0 / self.world_size as f64;
+        Buckets::new(&grads, bucket_bytes).run(&grads, self.device, |flat| {
+            self.all_reduce_sum(std::slice::from_ref(flat))?;
+            let _ = flat.g_mul_scalar_(scale);
+            Ok(())
+        })
+    }
+
+    /// Copies rank 0's values of `tensors` (weights, buffers) to every rank, bucketed.
+    pub fn broadcast_from_main(&self, tensors: &[Tensor], bucket_bytes: usize) -> Result<(), DistError> {
+        Buckets::new(tensors, bucket_bytes)
+            .run(tensors, self.device, |flat| self.broadcast(std::slice::from_ref(flat), 0))
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: created by cnas_dist_init, destroyed once.
+        unsafe { cnas_dist_destroy(self.ptr.as_ptr()) }
+    }
+}
+
+/// Gradient averaging overlapped with the backward pass: hooks on the parameters copy each
+/// gradient into a flat bucket as autograd produces it and start a bucket's all-reduce as soon
+/// as it is complete, while the backward pass goes on (PyTorch DDP's reducer, in
+/// `csrc/dist.cpp`). The first step buckets the parameters in reverse order and records the
+/// order their gradients arrive in; from the second on, every rank buckets in the order rank 0
+/// recorded. For a fixed set of parameters that all
+/// get gradients every step (a training network); the supernet uses
+/// [`ProcessGroup::average_gradients`].
+pub struct GradSync {
+    ptr: NonNull<c_void>,
+    group: Arc<ProcessGroup>,
+    /// Keeps the parameters the hooks sit on alive as long as the hooks.
+    _params: Vec<Tensor>,
+    /// Whether the bucket layout has been reported (after the first step).
+    reported: std::cell::Cell<bool>,
+}
+
+impl GradSync {
+    pub fn new(group: Arc<ProcessGroup>, params: &[Tensor], bucket_bytes: usize) -> Result<Self, DistError> {
+        let params: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
+        let mut ptrs = ProcessGroup::pointers(&params);
+        let cap = i64::try_from(bucket_bytes).unwrap_or(i64::MAX);
+        // SAFETY: live tensors; the shim keeps its own references to them.
+        let ptr = unsafe {
+            cnas_dist_grad_sync_new(group.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, cap)
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| DistError::Collective {
+            rank: group.rank,
+            op: "gradient hooks",
+            timeout_s: group.timeout.as_secs(),
+            message: last_error(),
+        })?;
+        Ok(GradSync { ptr, group, _params: params, reported: std::cell::Cell::new(false) })
+    }
+
+    /// Runs `backward` (the backward pass) with the gradients averaged over the ranks as they
+    /// come; on return every parameter's `.grad` holds the mean over the ranks.
+    pub fn backward(&self, backward: impl FnOnce() -> Result<(), tch::TchError>) -> Result<(), crate::Error> {
+        // SAFETY: a live GradSync.
+        self.group.check(unsafe { cnas_dist_grad_sync_prepare(self.ptr.as_ptr()) }, "gradient all-reduce")?;
+        let result = backward();
+        // Always finish: the other ranks wait for this rank's buckets.
+        // SAFETY: as above.
+        let finished =
+            self.group.check(unsafe { cnas_dist_grad_sync_finish(self.ptr.as_ptr()) }, "gradient all-reduce");
+        result?;
+        finished?;
+        if !self.reported.replace(true) {
+            // SAFETY: as above.
+            let buckets = unsafe { cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) };
+            tracing::info!("gradients in {buckets} bucket(s), each all-reduced as soon as the backward pass has filled it");
+        }
+        Ok(())
+    }
+
+    /// Buckets of the current layout.
+    pub fn buckets(&self) -> usize {
+        // SAFETY: a live GradSync.
+        unsafe { cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) as usize }
+    }
+}
+
+impl Drop for GradSync {
+    fn drop(&mut self) {
+        // SAFETY: created by cnas_dist_grad_sync_new, freed once (it removes its hooks).
+        unsafe { cnas_dist_grad_sync_free(self.ptr.as_ptr()) }
+    }
+}
+
+/// Tensors cut into few flat buffers, so a collective moves megabytes at a time instead of
+/// one small tensor each (DDP's gradient buckets): tensors are taken in order and a bucket
+/// closes when it reaches `bucket_bytes` or the dtype changes.
+pub struct Buckets {
+    /// Per bucket, indices into the tensor list.
+    groups: Vec<Vec<usize>>,
+}
+
+impl Buckets {
+    pub fn new(tensors: &[Tensor], bucket_bytes: usize) -> Self {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut bytes = 0usize;
+        let mut kind: Option<Kind> = None;
+        for (i, t) in tensors.iter().enumerate() {
+            let size = t.numel() * t.kind().elt_size_in_bytes();
+            let k = t.kind();
+            let full = bytes >= bucket_bytes || kind != Some(k);
+            match groups.last_mut() {
+                Some(g) if !full => g.push(i),
+                _ => {
+                    groups.push(vec![i]);
+                    bytes = 0;
+                }
+            }
+            bytes += size;
+            kind = Some(k);
+        }
+        Buckets { groups }
+    }
+
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// For each bucket: flattens its tensors into one buffer on `device` (where the collective
+    /// runs; the CPU controllers of a GPU run travel through it), runs `op` on it, copies the
+    /// result back into the tensors.
+    pub fn run(
+        &self,
+        tensors: &[Tensor],
+        device: Device,
+        mut op: impl FnMut(&mut Tensor) -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
+        tch::no_grad(|| {
+            for group in &self.groups {
+                let parts: Vec<Tensor> = group.iter().map(|&i| tensors[i].reshape([-1])).collect();
+                let mut flat = Tensor::cat(&parts, 0).to_device(device);
+                op(&mut flat)?;
+                let mut offset = 0i64;
+                for &i in group {
+                    let t = &tensors[i];
+                    let n = t.numel() as i64;
+                    let piece = flat.narrow(0, offset, n).view_as(t).to_device(t.device());
+                    let mut dst = t.shallow_clone();
+                    dst.copy_(&piece);
+                    offset += n;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A CRC-32C of the bytes of `tensors` (copied to the host): equal on two ranks exactly when
+/// their values are bit-identical (up to the odd collision).
+pub fn checksum(tensors: &[Tensor]) -> u32 {
+    let mut crc = 0u32;
+    for t in tensors {
+        let host = t.detach().to_device(Device::Cpu).contiguous();
+        let mut bytes = vec![0u8; host.numel() * host.kind().elt_size_in_bytes()];
+        host.copy_data_u8(&mut bytes, host.numel());
+        crc = crc32c::crc32c_append(crc, &bytes);
+    }
+    crc
+}
+
+/// The group BatchNorm layers synchronise over in training mode (see [`sync_batch_norm`]),
+/// when a run asked for synchronised BatchNorm.
+static SYNC_BN: RwLock<Option<Arc<ProcessGroup>>> = RwLock::new(None);
+/// The first error of a synchronised BatchNorm (layers cannot return one), taken by the
+/// training loop after the step.
+static SYNC_BN_ERROR: Mutex<Option<DistError>> = Mutex::new(None);
+
+/// Makes training-mode BatchNorm compute its statistics over every rank's batch (`Some`), or
+/// per rank again (`None`).
+pub fn set_sync_batch_norm(group: Option<Arc<ProcessGroup>>) {
+    if let Ok(mut slot) = SYNC_BN.write() {
+        *slot = group;
+    }
+}
+
+/// The error a synchronised BatchNorm met since the last call, if any.
+pub fn take_sync_batch_norm_error() -> Option<DistError> {
+    SYNC_BN_ERROR.lock().ok().and_then(|mut e| e.take())
+}
+
+/// Training-mode BatchNorm over every rank's batch, when [`set_sync_batch_norm`] installed a
+/// group; `None` otherwise (the caller runs the ordinary per-process BatchNorm). On a failed
+/// collective the error is kept for [`take_sync_batch_norm_error`] and `None` is returned.
+pub fn sync_batch_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    momentum: f64,
+    eps: f64,
+) -> Option<Tensor> {
+    let guard = SYNC_BN.read().ok()?;
+    let group = guard.as_ref()?;
+    let opt = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
+    // SAFETY: live tensors for the duration of the call; the result is a new tensor we own.
+    let out = unsafe {
+        cnas_dist_sync_batch_norm(
+            group.ptr.as_ptr(),
+            x.as_ptr() as *mut c_void,
+            opt(weight),
+            opt(bias),
+            running_mean.as_ptr() as *mut c_void,
+            running_var.as_ptr() as *mut c_void,
+            momentum,
+            eps,
+        )
+    };
+    if out.is_null() {
+        let err = DistError::Collective {
+            rank: group.rank,
+            op: "synchronised BatchNorm",
+            timeout_s: group.timeout.as_secs(),
+            message: last_error(),
+        };
+        if let Ok(mut slot) = SYNC_BN_ERROR.lock() {
+            slot.get_or_insert(err);
+        }
+        return None;
+    }
+    // SAFETY: `out` is a heap-allocated at::Tensor the shim handed over.
+    Some(unsafe { Tensor::from_ptr(out.cast()) })
+}
+
+/// `--dist-timeout`: a number of seconds, or with a unit `s`, `m` or `h` (`90s`, `10m`).
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1.0),
+        Some((i, 'm')) => (&s[..i], 60.0),
+        Some((i, 'h')) => (&s[..i], 3600.0),
+        _ => (s, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!("'{s}' is not a duration (e.g. 600, 90s, 10m, 1h)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> Result<Option<DistEnv>, DistError> {
+        let map: std::collections::HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        DistEnv::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn reads_torchrun_variables_and_refuses_bad_ones() {
+        assert_eq!(env(&[]).unwrap(), None);
+        assert_eq!(env(&[("WORLD_SIZE", "1")]).unwrap(), None);
+        let full = [
+            ("WORLD_SIZE", "4"),
+            ("RANK", "2"),
+            ("LOCAL_RANK", "0"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "29500"),
+        ];
+        let e = env(&full).unwrap().unwrap();
+        assert_eq!((e.rank, e.world_size, e.local_rank, e.master_port), (2, 4, 0, 29500));
+        assert!(
+            env(&[("WORLD_SIZE", "2"), ("RANK", "2"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")]).is_err()
+        );
+        assert!(env(&[("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "1")]).is_err());
+        assert!(env(&[("WORLD_SIZE", "x")]).is_err());
+        assert!(env(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")])
+            .is_err());
+    }
+
+    #[test]
+    fn timeouts_take_units() {
+        assert_eq!(parse_timeout("600").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_timeout("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_timeout("10m").unwrap(), Duration::from_secs(600));
+        assert!(parse_timeout("0").is_err() && parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn buckets_split_by_size_and_round_trip() {
+        let ts: Vec<Tensor> =
+            (0..5).map(|i| Tensor::full([10], i as f64, (Kind::Float, Device::Cpu))).collect();
+        let b = Buckets::new(&ts, 80); // two tensors (80 bytes) per bucket
+        assert_eq!(b.groups, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        b.run(&ts, Device::Cpu, |flat| {
+            let _ = flat.g_add_scalar_(1.0);
+            Ok(())
+        })
+        .unwrap();
+        for (i, t) in ts.iter().enumerate() {
+            assert_eq!(t.double_value(&[3]), i as f64 + 1.0);
+        }
+        let a = checksum(&ts);
+        let _ = ts[4].shallow_clone().g_add_scalar_(1e-6);
+        assert_ne!(a, checksum(&ts));
+    }
+}

@@ -1,0 +1,408 @@
+//! Data-parallel `cnas train` and `cnas search`: 2 processes on 127.0.0.1 (Gloo, CPU), on the
+//! real CIFAR-10 copy with tiny networks. Each test takes its own free port and temp dirs, so
+//! they run beside other test binaries.
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{cifar10_dir, cnas};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn data_arg() -> String {
+    cifar10_dir().to_string_lossy().into_owned()
+}
+
+/// One rank of a run: torchrun's variables, one libtorch thread (two processes share the
+/// machine), logs at info on every rank so the tests can read each rank's checksums.
+fn rank_command(rank: usize, world: usize, port: u16, args: &[String]) -> Command {
+    let mut c = cnas();
+    c.args(args)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("OMP_NUM_THREADS", "1")
+        .env("RUST_LOG", "info");
+    c
+}
+
+/// Runs `world` ranks of `args` to the end; panics with their output if any fails.
+fn run_ranks(world: usize, args: &[String]) -> Vec<Output> {
+    let port = free_port();
+    let children: Vec<Child> = (0..world)
+        .map(|r| {
+            rank_command(r, world, port, args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start cnas")
+        })
+        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for (r, out) in outputs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "rank {r} of {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    outputs
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// A tiny CNAS network on a few images: `extra` adds or overrides options.
+fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = strings(&[
+        "--quiet",
+        "--device",
+        "cpu",
+        "--dist-timeout",
+        "60s",
+        "train",
+        "--arch",
+        "CNAS",
+        "--data",
+        &data_arg(),
+        "-o",
+        out.to_str().unwrap(),
+        "--init-channels",
+        "4",
+        "--layers",
+        "3",
+        "--max-eval-images",
+        "32",
+        "--workers",
+        "1",
+        "--seed",
+        "3",
+    ]);
+    a.extend(strings(extra));
+    a
+}
+
+/// The f32 tensors of a safetensors file.
+fn f32_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .filter(|(_, v)| v.dtype() == safetensors::Dtype::F32)
+        .map(|(n, v)| (n, v.data().chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
+        .collect()
+}
+
+/// The gradient bucket counts the ranks logged ("gradients in N bucket(s), …").
+fn bucket_counts(stderr: &str) -> Vec<usize> {
+    stderr.lines().filter_map(|l| l.split("gradients in ").nth(1)?.split(' ').next()?.parse().ok()).collect()
+}
+
+/// `what` checksums a rank logged, in order ("rank R …: weights checksum X").
+fn checksums(stderr: &str, what: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.contains(&format!("{what} checksum")))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect()
+}
+
+fn checksums_of(stderr: &str, rank: usize, what: &str) -> Vec<String> {
+    let mine: String =
+        stderr.lines().filter(|l| l.contains(&format!("rank {rank} "))).collect::<Vec<_>>().join("\n");
+    checksums(&mine, what)
+}
+
+/// A shallow cell (skips and average pools): a randomly initialised network of deep
+/// BatchNorm chains amplifies float32 rounding so much that one process already gets gradients
+/// ~2% apart with 1 or 2 threads (the CNAS cell with its auxiliary head); in this one that
+/// floor is ~1e-3 relative in the gradients and ~1e-6 in the weights after a step.
+const SHALLOW_CELL: &str = r#"{"edges": [["skip_connect", 0, 2], ["avg_pool_3x3", 1, 2], ["skip_connect", 0, 3],
+    ["skip_connect", 1, 3], ["avg_pool_3x3", 0, 4], ["skip_connect", 1, 4], ["skip_connect", 0, 5],
+    ["avg_pool_3x3", 1, 5]], "concat": [2, 3, 4, 5]}"#;
+
+/// Per tensor: (largest absolute difference, L2 norm of the difference / L2 norm of `a`).
+fn differences(
+    a: &BTreeMap<String, Vec<f32>>,
+    b: &BTreeMap<String, Vec<f32>>,
+) -> BTreeMap<String, (f64, f64)> {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    a.iter()
+        .map(|(name, x)| {
+            let y = &b[name];
+            let max = x.iter().zip(y).map(|(u, v)| f64::from((u - v).abs())).fold(0.0, f64::max);
+            let diff: f64 = x.iter().zip(y).map(|(u, v)| f64::from(u - v).powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = x.iter().map(|u| f64::from(*u).powi(2)).sum::<f64>().sqrt();
+            (name.clone(), (max, diff / norm.max(1e-12)))
+        })
+        .collect()
+}
+
+#[test]
+fn one_step_on_two_ranks_equals_one_step_on_the_concatenated_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let genotype = dir.path().join("shallow.json");
+    std::fs::write(&genotype, format!(r#"{{"normal": {SHALLOW_CELL}, "reduce": {SHALLOW_CELL}}}"#)).unwrap();
+    let run = |name: &str, world: usize, extra: &[&str]| {
+        let out = dir.path().join(name);
+        // One epoch of one step on 16 images: at world size 1 one batch of 16, at world size 2
+        // two of 8 (rank r takes positions r, r+2, … of the same shuffled order). Drop-path is
+        // 0 in the first epoch. Small buckets (1 KiB): their all-reduces overlap the backward
+        // pass one by one. (A second step is already ~1e-4 apart in the weights between 1 and
+        // 2 threads of a single process: float32 rounding, amplified.)
+        let mut args = train_args(
+            &out,
+            &["--epochs", "1", "--max-images", "16", "--auxiliary-weight", "0", "--bucket-mb", "0.001"],
+        );
+        let at = args.iter().position(|a| a == "CNAS").unwrap();
+        args[at] = genotype.to_string_lossy().into_owned();
+        args.extend(strings(extra));
+        let outputs = run_ranks(world, &args);
+        if world > 1 {
+            let stderr = String::from_utf8_lossy(&outputs[0].stderr).into_owned();
+            assert!(bucket_counts(&stderr).iter().all(|&b| b > 3), "not bucketed: {stderr}");
+        }
+        f32_tensors(&out.join("last.safetensors"))
+    };
+    let single = run("ws1", 1, &["--batch-size", "16"]);
+    // BatchNorm synchronised: its statistics are the global batch's, as at world size 1.
+    let synced = run("ws2", 2, &["--batch-size", "8", "--sync-bn"]);
+    let is_optimizer = |name: &str| name.starts_with("optimizer.");
+    assert!(
+        single.keys().any(|k| is_optimizer(k)),
+        "the momentum buffers (first gradients) are compared too"
+    );
+    for (name, (max, rel)) in differences(&single, &synced) {
+        if is_optimizer(&name) {
+            assert!(rel < 1e-2, "{name}: gradients {rel:e} apart (relative L2)");
+        } else {
+            assert!(max < 1e-5, "{name}: {max:e} apart");
+        }
+    }
+    // With BatchNorm per rank the step is another one: the comparison can tell.
+    let per_rank = run("ws2-local-bn", 2, &["--batch-size", "8"]);
+    let worst = differences(&single, &per_rank).values().map(|d| d.1).fold(0.0, f64::max);
+    assert!(worst > 0.1, "per-rank BatchNorm gave the global batch's step ({worst:e})");
+    let moved: f64 =
+        single.iter().filter(|(k, _)| is_optimizer(k)).flat_map(|(_, v)| v).map(|v| f64::from(v.abs())).sum();
+    assert!(moved > 1e-3, "no gradient reached the momentum buffers");
+}
+
+#[test]
+fn ranks_stay_identical_and_a_two_rank_run_resumes_on_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // Two epochs of a three-epoch run through `cnas launch`, stopped as if interrupted.
+    let args = train_args(
+        &out,
+        &[
+            "--epochs",
+            "3",
+            "--batch-size",
+            "8",
+            "--max-images",
+            "64",
+            "--stop-after-epochs",
+            "2",
+            "--bucket-mb",
+            "0.02",
+        ],
+    );
+    let port = free_port().to_string();
+    let mut launch = strings(&["launch", "--nproc-per-node", "2", "--master-port", &port, "--"]);
+    launch.extend(args);
+    let run = cnas().args(&launch).env("RUST_LOG", "info").output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "cnas launch failed:\n{stderr}");
+    let (r0, r1) = (checksums_of(&stderr, 0, "weights"), checksums_of(&stderr, 1, "weights"));
+    assert_eq!(r0.len(), 2, "{stderr}");
+    assert_eq!(r0, r1, "the ranks' weights differ after an epoch");
+    assert_ne!(r0[0], r0[1], "the weights did not change between epochs");
+    // Several buckets, so the overlapped all-reduce ran bucket by bucket.
+    let buckets = bucket_counts(&stderr);
+    assert!(buckets.len() == 2 && buckets.iter().all(|&b| b > 3), "{buckets:?}");
+    let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2, "only rank 0 writes metrics");
+
+    // Resume the two-rank checkpoint in one process: it finishes the third epoch.
+    let resumed = cnas()
+        .args(["--quiet", "--device", "cpu", "train", "--resume", out.to_str().unwrap(), "--workers", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "resume failed:\n{stderr}");
+    assert!(stderr.contains("resuming after epoch 2"), "{stderr}");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().map(|l| l["epoch"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(out.join("eval.json").is_file());
+}
+
+#[test]
+fn search_ranks_keep_identical_controllers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("search");
+    let args = strings(&[
+        "--quiet",
+        "--device",
+        "cpu",
+        "--dist-timeout",
+        "60s",
+        "search",
+        "--data",
+        &data_arg(),
+        "-o",
+        out.to_str().unwrap(),
+        "--preset",
+        "quick",
+        "--mode",
+        "fixed",
+        "--init-channels",
+        "4",
+        "--layers",
+        "3",
+        "--batch-size",
+        "8",
+        "--max-images",
+        "64",
+        "--warmup-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--controller-steps",
+        "3",
+        "--derive-rounds",
+        "1",
+        "--derive-samples",
+        "3",
+        "--workers",
+        "1",
+    ]);
+    let outputs = run_ranks(2, &args);
+    let err: Vec<String> = outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+    let (c0, c1) = (checksums(&err[0], "controllers"), checksums(&err[1], "controllers"));
+    // A warm-up epoch, then two (weights, controller) epochs: 5 checks, the controllers
+    // changing in the controller epochs.
+    assert_eq!(c0.len(), 5, "{}", err[0]);
+    assert_eq!(c0, c1, "controllers differ between ranks");
+    assert_ne!(c0[0], c0[4], "the controllers never changed");
+    assert_eq!(checksums(&err[0], "weights"), checksums(&err[1], "weights"));
+    // Both print nothing but rank 0 the result, and only rank 0 wrote the genotype.
+    assert!(String::from_utf8_lossy(&outputs[0].stdout).contains("genotype written"));
+    assert!(String::from_utf8_lossy(&outputs[1].stdout).trim().is_empty());
+    assert!(out.join("genotype.json").is_file());
+}
+
+/// Reads a child's stderr lines on a thread (so the pipe never fills).
+fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for `child` to exit, at most `limit`; kills it and fails the test otherwise.
+fn wait_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{what} still running after {limit:?}: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_dead_or_missing_rank_stops_the_others_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // Killed mid-run: rank 1 dies after its first epoch; rank 0 must fail soon with the error
+    // (well before --dist-timeout 60s, as the dead peer's connection closes).
+    let args = train_args(
+        &dir.path().join("killed"),
+        &["--epochs", "50", "--batch-size", "8", "--max-images", "64"],
+    );
+    let port = free_port();
+    let spawn = |rank| {
+        rank_command(rank, 2, port, &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (mut rank0, mut rank1) = (spawn(0), spawn(1));
+    let (lines0, lines1) = (stderr_lines(&mut rank0), stderr_lines(&mut rank1));
+    let started = Instant::now();
+    loop {
+        match lines1.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) if line.contains("epoch 1: weights checksum") => break,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = (rank0.kill(), rank1.kill());
+                panic!("rank 1 never finished an epoch");
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(180), "rank 1 too slow to start");
+    }
+    rank1.kill().unwrap();
+    let _ = rank1.wait();
+    let killed_at = Instant::now();
+    let status = wait_within(&mut rank0, Duration::from_secs(90), "rank 0 after rank 1 died");
+    let took = killed_at.elapsed();
+    let text: Vec<String> = lines0.try_iter().collect();
+    assert!(!status.success(), "rank 0 succeeded without its peer");
+    let error =
+        text.iter().find(|l| l.starts_with("error")).unwrap_or_else(|| panic!("no error line: {text:?}"));
+    assert!(error.contains("rank 0") && error.contains("failed"), "{error}");
+    assert!(took < Duration::from_secs(75), "took {took:?}");
+
+    // Never connects: rank 0 of 2 alone waits --dist-timeout 3s for its peer, then fails.
+    let mut args = train_args(&dir.path().join("alone"), &["--epochs", "1"]);
+    let at = args.iter().position(|a| a == "60s").unwrap();
+    args[at] = "3s".into();
+    let mut alone =
+        rank_command(0, 2, free_port(), &args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let lines = stderr_lines(&mut alone);
+    let status = wait_within(&mut alone, Duration::from_secs(60), "a rank whose peer never came");
+    assert!(!status.success());
+    let text: Vec<String> = lines.try_iter().collect();
+    assert!(text.iter().any(|l| l.starts_with("error") && l.contains("could not join")), "{text:?}");
+}
+
+#[test]
+fn launch_and_environment_mistakes_are_user_errors() {
+    // RANK out of range: exit code 2 and one line, before any connection is tried.
+    let out = rank_command(5, 2, free_port(), &strings(&["info", "--arch", "CNAS"])).output().unwrap();
+    assert!(out.status.success(), "commands other than train/search ignore the variables");
+    let dir = tempfile::tempdir().unwrap();
+    let out = rank_command(5, 2, free_port(), &train_args(&dir.path().join("r"), &["--epochs", "1"]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.lines().filter(|l| l.starts_with("error")).all(|l| l.contains("RANK=5")), "{stderr}");
+    let out =
+        cnas().args(["launch", "--nproc-per-node", "2", "--node-rank", "3", "--", "info"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cnas().args(["--dist-timeout", "soon", "info"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
