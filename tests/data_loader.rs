@@ -265,6 +265,29 @@ fn shards_cover_every_index_once_with_equal_counts() {
 }
 
 #[test]
+fn evaluation_shards_together_hold_every_index_exactly_once() {
+    for (n, ws) in [(103, 4), (7, 3), (2, 3), (12, 4)] {
+        let source: Arc<dyn Source> = Arc::new(Counting { n, bad: vec![] });
+        let mut all = Vec::new();
+        for rank in 0..ws {
+            let c = LoaderConfig { rank, world_size: ws, every_sample: true, ..cfg(3, 2) };
+            let loader = Loader::new(Arc::clone(&source), None, c).unwrap();
+            let mine = loader.epoch_indices(0);
+            // The first n % ws ranks take one sample more.
+            let expected = n / ws + usize::from(rank < n % ws);
+            assert_eq!(mine.len(), expected, "n {n} world {ws} rank {rank}");
+            assert_eq!(loader.samples_per_epoch(), expected);
+            assert_eq!(loader.batches_per_epoch(), expected.div_ceil(3));
+            let got: Vec<usize> = labels_of(&loader, 0).concat().into_iter().map(|l| l as usize).collect();
+            assert_eq!(got, mine);
+            all.extend(mine);
+        }
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>(), "n {n} world {ws}");
+    }
+}
+
+#[test]
 fn last_partial_batch_is_kept_or_dropped() {
     let source: Arc<dyn Source> = Arc::new(Counting { n: 10, bad: vec![] });
     let keep = Loader::new(Arc::clone(&source), None, LoaderConfig::new(4)).unwrap();

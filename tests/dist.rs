@@ -83,7 +83,7 @@ fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
         "--layers",
         "3",
         "--max-eval-images",
-        "32",
+        "33",
         "--workers",
         "1",
         "--seed",
@@ -234,6 +234,11 @@ fn ranks_stay_identical_and_a_two_rank_run_resumes_on_one() {
     assert!(buckets.len() == 2 && buckets.iter().all(|&b| b > 3), "{buckets:?}");
     let lines = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2, "only rank 0 writes metrics");
+    // Validation shards of 17 and 16 images: the two ranks together score all 33.
+    for line in lines.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(m["val_images"], 33, "{line}");
+    }
 
     // Resume the two-rank checkpoint in one process: it finishes the third epoch.
     let resumed = cnas()

@@ -94,6 +94,8 @@ pub struct LoaderOptions {
     pub drop_last: bool,
     pub rank: usize,
     pub world_size: usize,
+    /// See [`LoaderConfig::every_sample`]; on for [`LoaderOptions::eval`].
+    pub every_sample: bool,
     /// Where batches will be used; pinned memory when it is a CUDA device.
     pub device: Device,
     /// Cutout length for CIFAR training when `--cutout` is not given (0: none).
@@ -110,14 +112,15 @@ impl LoaderOptions {
             drop_last: false,
             rank: 0,
             world_size: 1,
+            every_sample: false,
             device: Device::Cpu,
             default_cutout: 0,
         }
     }
 
-    /// In order, no augmentation.
+    /// In order, no augmentation; sharded, the ranks together see every sample once.
     pub fn eval(batch_size: usize) -> Self {
-        LoaderOptions { shuffle: false, augment: false, ..Self::train(batch_size) }
+        LoaderOptions { shuffle: false, augment: false, every_sample: true, ..Self::train(batch_size) }
     }
 
     pub fn device(mut self, device: Device) -> Self {
@@ -315,6 +318,7 @@ impl Data {
             prefetch: 2,
             rank: opts.rank,
             world_size: opts.world_size,
+            every_sample: opts.every_sample,
             device: opts.device,
             skip_bad_images: self.skip_bad_images,
         };

@@ -6,7 +6,9 @@
 //!    by (seed, epoch) when shuffling; every rank computes the same permutation;
 //! 2. the permutation is cut to a multiple of `world_size` (the last `n % world_size` entries of
 //!    this epoch's order sit the epoch out) and rank `r` takes positions `r, r + world_size, …`,
-//!    so every rank gets the same count and no index is seen twice in an epoch;
+//!    so every rank gets the same count and no index is seen twice in an epoch; with
+//!    `every_sample` (evaluation) nothing is cut and the first `n % world_size` ranks get one
+//!    sample more, so the ranks together see every sample exactly once;
 //! 3. the rank's list is cut into batches of `batch_size` (the last, partial one kept or dropped
 //!    as asked);
 //! 4. batch `b` is built by worker `b % workers` and handed over through that worker's bounded
@@ -58,6 +60,10 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     pub rank: usize,
     pub world_size: usize,
+    /// Shard without leaving out the last `n % world_size` samples: ranks may then get one
+    /// sample (and one batch) more than others, which suits evaluation (totals are summed once
+    /// at the end) but not training (every step's collectives need every rank).
+    pub every_sample: bool,
     /// Pin batches in page-locked memory for fast copies to this CUDA device. Ignored when the
     /// device is not CUDA or libtorch sees no GPU.
     pub device: Device,
@@ -79,6 +85,7 @@ impl LoaderConfig {
             prefetch: 2,
             rank: 0,
             world_size: 1,
+            every_sample: false,
             device: Device::Cpu,
             skip_bad_images: false,
         }
@@ -186,10 +193,15 @@ impl Loader {
 
     /// Samples this rank sees in one epoch.
     pub fn samples_per_epoch(&self) -> usize {
-        self.indices.len() / self.cfg.world_size
+        let (n, ws) = (self.indices.len(), self.cfg.world_size);
+        if self.cfg.every_sample {
+            n.saturating_sub(self.cfg.rank).div_ceil(ws)
+        } else {
+            n / ws
+        }
     }
 
-    /// Batches this rank gets in one epoch (the same on every rank).
+    /// Batches this rank gets in one epoch (the same on every rank unless `every_sample`).
     pub fn batches_per_epoch(&self) -> usize {
         let n = self.samples_per_epoch();
         if self.cfg.drop_last {
@@ -212,7 +224,9 @@ impl Loader {
             rng::shuffle(&mut order, &mut r);
         }
         let ws = self.cfg.world_size;
-        order.truncate(order.len() - order.len() % ws);
+        if !self.cfg.every_sample {
+            order.truncate(order.len() - order.len() % ws);
+        }
         order.into_iter().skip(self.cfg.rank).step_by(ws).collect()
     }
 

@@ -32,8 +32,9 @@
 //!   keyed by (seed, epoch), each sample's augmentation by (seed, epoch, index).
 //! - With `rank`/`world_size`, every rank gets the same number of samples and batches, and no
 //!   index is seen twice in an epoch; when the set size is not a multiple of `world_size`, the
-//!   last `n % world_size` samples of that epoch's order are left out (evaluate on one rank for
-//!   exact test numbers).
+//!   last `n % world_size` samples of that epoch's order are left out. Evaluation loaders
+//!   ([`LoaderOptions::eval`]) leave nothing out: the first `n % world_size` ranks get one
+//!   sample more, and the ranks together see every sample once.
 //! - Batches are prepared by `workers` threads, at most `workers × 2` ahead of the consumer;
 //!   pinned memory when the loader's device is CUDA and libtorch sees a GPU, so the copy can be
 //!   asynchronous: `images.to_device_(device, tch::Kind::Float, true, false)`.

@@ -249,6 +249,9 @@ pub struct EpochMetrics {
     pub val_loss: Option<f64>,
     pub val_top1: Option<f64>,
     pub val_top5: Option<f64>,
+    /// Images the validation scored (over all ranks in a distributed run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_images: Option<usize>,
     pub images_per_sec: f64,
     pub epoch_time_s: f64,
 }
@@ -708,6 +711,7 @@ impl Trainer {
             val_loss: eval.as_ref().map(|r| r.loss),
             val_top1: eval.as_ref().map(|r| r.top1),
             val_top5: eval.as_ref().map(|r| r.top5),
+            val_images: eval.as_ref().map(|r| r.images),
             images_per_sec: train_images as f64 / train_seconds.max(1e-9),
             epoch_time_s: epoch_seconds,
         };
