@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
             sync(device);
             weight_secs = -elapsed();
         }
-        last_loss = weight_step(&supernet, &mut sgd, &param_use, (&x, &y), (n, r), 5.0)?.0;
+        last_loss = weight_step(&supernet, &mut sgd, &param_use, (&x, &y), (n, r), 5.0, None)?.0;
     }
     sync(device);
     weight_secs += elapsed();
@@ -130,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             (&x_held, &y_held),
             0.005,
             5.0,
+            None,
         )?;
         reward += step.reward;
     }

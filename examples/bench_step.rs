@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
     let y = Tensor::randint(10, [args.batch], (Kind::Int64, device));
     let mut last_loss = Tensor::from(0f32);
     let mut step = |net: &Network| -> anyhow::Result<()> {
-        let (loss, _logits) = train_step(net, &mut sgd, &x, &y, &options, device)?;
+        let (loss, _logits) = train_step(net, &mut sgd, &x, &y, &options, device, None)?;
         last_loss = loss;
         Ok(())
     };

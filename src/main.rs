@@ -545,7 +545,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "RUN_DIR")?;
             let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
             let main = parallel.as_ref().is_none_or(cnas::train::DataParallel::is_main);
-            let outcome = cnas::search::search_parallel(
+            let outcome = cnas::search::search(
                 &args.options(),
                 &args.data,
                 &run_dir,
@@ -582,7 +582,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
             let main = parallel.as_ref().is_none_or(cnas::train::DataParallel::is_main);
-            let summary = cnas::train::train_parallel(
+            let summary = cnas::train::train(
                 request,
                 args.data.workers,
                 &run_dir,

@@ -244,11 +244,7 @@ impl ReluConvBn {
         }
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.forward_relu(&x.relu(), train)
-    }
-
-    /// The same on an input already passed through the ReLU.
+    /// On an input already passed through the ReLU (callers share it, see [`Activation`]).
     pub fn forward_relu(&self, x_relu: &Tensor, train: bool) -> Tensor {
         self.bn.forward_t(&self.conv.forward(x_relu), train)
     }
@@ -350,10 +346,6 @@ impl FactorizedReduce {
             conv_2: Conv2d::new(&p / "conv_2", c_in, c_out / 2, spec),
             bn: BatchNorm2d::new(&p / "bn", c_out, affine),
         }
-    }
-
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.forward_relu(&x.relu(), train)
     }
 
     /// On an input already passed through the ReLU.
@@ -484,10 +476,6 @@ impl Op {
     /// True for the parameter-free identity; drop-path skips it (as the reference does).
     pub fn is_identity(&self) -> bool {
         matches!(self, Op::Identity)
-    }
-
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        self.forward_shared(&Activation::new(x.shallow_clone()), train)
     }
 
     /// The op on a state whose ReLU other readers may share (see [`Activation`]).

@@ -299,26 +299,13 @@ const TENSORBOARD: &str = "tb";
 
 /// Runs (or resumes) a search in `run_dir`. `stop_after` ends the process's work after that
 /// many epochs (counting every phase) as if it had been interrupted: for tests of resume.
-#[allow(clippy::too_many_arguments)]
-pub fn search(
-    options: &SearchOptions,
-    data_args: &DataArgs,
-    run_dir: &Path,
-    start: StartMode,
-    device: Device,
-    quiet: bool,
-    stop_after: Option<usize>,
-) -> Result<Option<SearchOutcome>> {
-    search_parallel(options, data_args, run_dir, start, device, quiet, stop_after, None)
-}
-
-/// [`search`] as one rank of a data-parallel run (`parallel`; `None`: a single process). The
+/// `parallel`: this process's part in a data-parallel run (`None`: a single process). The
 /// supernet's gradients are averaged over the ranks, every rank samples the same architectures
 /// (the same seeded streams and identical controllers), rewards and candidate scores are
 /// averaged over the ranks' held-out batches before they are used, and checksums of supernet
 /// and controllers must agree after every epoch. Only rank 0 writes into `run_dir`.
 #[allow(clippy::too_many_arguments)]
-pub fn search_parallel(
+pub fn search(
     options: &SearchOptions,
     data_args: &DataArgs,
     run_dir: &Path,
@@ -868,7 +855,7 @@ impl Search {
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
             let (normal, reduce) = self.sample_pair(&mut rng, uniform);
-            let (loss, logits) = weight_step_parallel(
+            let (loss, logits) = weight_step(
                 &self.supernet,
                 &mut self.sgd,
                 &self.param_use,
@@ -947,7 +934,7 @@ impl Search {
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
             images_seen += labels.size()[0] as usize;
-            let step = controller_step_parallel(
+            let step = controller_step(
                 &self.supernet,
                 [&self.normal_controller, &self.reduce_controller],
                 &mut self.adam,
@@ -1116,21 +1103,10 @@ impl Search {
 
 /// One weight update of the supernet on a batch with one architecture pair: forward,
 /// cross-entropy, backward, gradient clipping and an SGD step over the parameters the pair
-/// uses. Returns the loss and logits (on the device; nothing is read back).
-pub fn weight_step(
-    supernet: &Supernet,
-    sgd: &mut Sgd,
-    param_use: &ParamUse,
-    (images, labels): (&Tensor, &Tensor),
-    (normal, reduce): (&Cell, &Cell),
-    grad_clip: f64,
-) -> Result<(Tensor, Tensor)> {
-    weight_step_parallel(supernet, sgd, param_use, (images, labels), (normal, reduce), grad_clip, None)
-}
-
-/// [`weight_step`] as one rank of a data-parallel run: the gradients of the parameters the
+/// uses. Returns the loss and logits (on the device; nothing is read back). With `parallel`
+/// (one rank of a data-parallel run) the gradients of the parameters the
 /// pair uses (the same on every rank) are averaged over the ranks before clipping.
-pub fn weight_step_parallel(
+pub fn weight_step(
     supernet: &Supernet,
     sgd: &mut Sgd,
     param_use: &ParamUse,
@@ -1177,40 +1153,12 @@ pub struct ControllerStep {
 }
 
 /// One REINFORCE update of both controllers: sample a pair, score it on a held-out batch,
-/// reward minus the moving-average baseline, entropy bonus, clipping, Adam.
-#[allow(clippy::too_many_arguments)]
-pub fn controller_step(
-    supernet: &Supernet,
-    [normal_controller, reduce_controller]: [&Controller; 2],
-    adam: &mut Adam,
-    baseline: &mut Baseline,
-    rng: &mut ChaCha8Rng,
-    stage: &Stage,
-    primitives: &[Primitive],
-    batch: (&Tensor, &Tensor),
-    entropy_weight: f64,
-    grad_clip: f64,
-) -> Result<ControllerStep> {
-    controller_step_parallel(
-        supernet,
-        [normal_controller, reduce_controller],
-        adam,
-        baseline,
-        rng,
-        stage,
-        primitives,
-        batch,
-        entropy_weight,
-        grad_clip,
-        None,
-    )
-}
-
-/// [`controller_step`] as one rank of a data-parallel run: the reward is the mean of the
+/// reward minus the moving-average baseline, entropy bonus, clipping, Adam. With `parallel`
+/// (one rank of a data-parallel run) the reward is the mean of the
 /// ranks' accuracies on their own held-out batches, so every rank makes the same update and
 /// the controllers stay identical.
 #[allow(clippy::too_many_arguments)]
-pub fn controller_step_parallel(
+pub fn controller_step(
     supernet: &Supernet,
     [normal_controller, reduce_controller]: [&Controller; 2],
     adam: &mut Adam,

@@ -309,24 +309,12 @@ pub struct TrainRequest<'a> {
 
 /// Trains (or resumes) in `run_dir`. `request` is needed for a new run and ignored on resume
 /// (the run's own config.json is used). `stop_after` ends the process's work after that many
-/// epochs as if it had been interrupted (for tests of resume).
-pub fn train(
-    request: Option<TrainRequest<'_>>,
-    workers: Option<usize>,
-    run_dir: &Path,
-    start: StartMode,
-    device: Device,
-    quiet: bool,
-    stop_after: Option<usize>,
-) -> Result<Option<TrainSummary>> {
-    train_parallel(request, workers, run_dir, start, device, quiet, stop_after, None)
-}
-
-/// [`train`] as one rank of a data-parallel run (`parallel`; `None`: a single process). Every
+/// epochs as if it had been interrupted (for tests of resume). `parallel`: this process's part
+/// in a data-parallel run (`None`: a single process). Every
 /// rank must call it with the same arguments; only rank 0 writes into `run_dir` (the others
 /// read it on `--resume`, so it must be on a file system they all see).
 #[allow(clippy::too_many_arguments)]
-pub fn train_parallel(
+pub fn train(
     request: Option<TrainRequest<'_>>,
     workers: Option<usize>,
     run_dir: &Path,
@@ -661,7 +649,7 @@ impl Trainer {
         for (i, batch) in batches.enumerate() {
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
-            let (loss, logits) = train_step_parallel(
+            let (loss, logits) = train_step(
                 &self.network,
                 &mut self.sgd,
                 &images,
@@ -821,20 +809,9 @@ impl Trainer {
 /// One optimisation step of a fixed network on a batch: forward (bf16 autocast when
 /// `options.amp`), cross-entropy with label smoothing plus the weighted auxiliary loss,
 /// backward, gradient clipping, SGD. Returns (loss, logits) without reading them (no host sync).
+/// With `sync` (one rank of a data-parallel run) the gradients are averaged over the ranks
+/// during the backward pass, before clipping.
 pub fn train_step(
-    network: &Network,
-    sgd: &mut Sgd,
-    images: &Tensor,
-    labels: &Tensor,
-    options: &TrainOptions,
-    device: Device,
-) -> Result<(Tensor, Tensor)> {
-    train_step_parallel(network, sgd, images, labels, options, device, None)
-}
-
-/// [`train_step`] as one rank of a data-parallel run: the gradients are averaged over the
-/// ranks during the backward pass, before clipping (`sync`; `None`: a single process).
-pub fn train_step_parallel(
     network: &Network,
     sgd: &mut Sgd,
     images: &Tensor,
@@ -1025,7 +1002,7 @@ mod tests {
             vs.copy(&reference).unwrap();
             let mut sgd = Sgd::new(params, 0.05, 0.9, 3e-4, false);
             let o = TrainOptions { amp, drop_path_prob: 0.0, ..TrainOptions::paper(DatasetKind::Cifar10) };
-            let (loss, logits) = train_step(&net, &mut sgd, &images, &labels, &o, Device::Cpu).unwrap();
+            let (loss, logits) = train_step(&net, &mut sgd, &images, &labels, &o, Device::Cpu, None).unwrap();
             assert_eq!(logits.kind(), Kind::Float);
             losses.push(loss.double_value(&[]));
             let inside = amp::autocast(Device::Cpu, amp, || net.forward_t(&images, false).logits).unwrap();
