@@ -2,9 +2,10 @@
 //! 1. keep `libtorch_cuda` linked even though no symbol of it is used directly, otherwise the
 //!    linker drops it and CUDA is silently unavailable at run time;
 //! 2. add an rpath to libtorch's folder so binaries and tests run without LD_LIBRARY_PATH;
-//! 3. compile `csrc/`, the few libtorch C++ calls tch does not expose (bf16 autocast, c10d
-//!    collectives); the NCCL part only where the CUDA and NCCL headers of the nvidia-* wheels
-//!    are found next to libtorch (see README, "Distributed").
+//! 3. compile `csrc/`, the few libtorch C++ calls tch does not expose (bf16 autocast,
+//!    multi-tensor optimizer steps, c10d collectives); the NCCL part only where the CUDA and
+//!    NCCL headers of the nvidia-* wheels are found next to libtorch (see README,
+//!    "Distributed").
 use std::path::PathBuf;
 
 fn main() {
@@ -30,6 +31,7 @@ fn main() {
         .std("c++17")
         .file("csrc/amp.cpp")
         .file("csrc/dist.cpp")
+        .file("csrc/optim.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         // The wheel has no gloo headers: declarations of the names c10d's Gloo header uses.

@@ -23,6 +23,9 @@ struct Args {
     layers: i64,
     #[arg(long, default_value_t = 96)]
     batch: i64,
+    /// Side of the square random images (small sides make the step overhead-bound).
+    #[arg(long, default_value_t = 32)]
+    image_size: i64,
     #[arg(long, default_value_t = 10)]
     steps: usize,
     #[arg(long, default_value_t = 2)]
@@ -77,7 +80,7 @@ fn main() -> anyhow::Result<()> {
     let (_, stages) = curriculum(CurriculumMode::Fixed, &primitives, 4, args.seed);
     let stage = &stages[0];
 
-    let shape = [args.batch, 3, 32, 32];
+    let shape = [args.batch, 3, args.image_size, args.image_size];
     let x = Tensor::randn(shape, (Kind::Float, device));
     let y = Tensor::randint(10, [args.batch], (Kind::Int64, device));
     let x_held = Tensor::randn(shape, (Kind::Float, device));
@@ -146,7 +149,7 @@ fn main() -> anyhow::Result<()> {
             "controller_ms_per_step": controller_secs * 1e3 / args.controller_steps as f64,
             "threads": tch::get_num_threads(),
             "device": format!("{device:?}"),
-            "channels": args.channels, "layers": args.layers, "batch": args.batch,
+            "channels": args.channels, "layers": args.layers, "batch": args.batch, "image_size": args.image_size,
             "final_loss": last_loss.double_value(&[]),
             "mean_reward": reward / (args.warmup + args.controller_steps) as f64,
         })

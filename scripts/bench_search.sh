@@ -3,16 +3,18 @@
 # (scripts/ref/bench_search.py): the weight phase on the same sampled architectures and the
 # controller phase, same shapes, alternating the engines ROUNDS times in the same run.
 #   scripts/bench_search.sh [--device cpu|cuda] [--channels 16] [--layers 8] [--batch 96]
-#                           [--steps 4] [--warmup 1] [--controller-steps 4] [--rounds 2]
+#                           [--image-size 32] [--steps 4] [--warmup 1] [--controller-steps 4]
+#                           [--rounds 2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-device=cpu channels=16 layers=8 batch=96 steps=4 warmup=1 csteps=4 rounds=2 threads=$(nproc)
+device=cpu channels=16 layers=8 batch=96 size=32 steps=4 warmup=1 csteps=4 rounds=2 threads=$(nproc)
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
     --channels) channels=$2; shift 2 ;;
     --layers) layers=$2; shift 2 ;;
     --batch) batch=$2; shift 2 ;;
+    --image-size) size=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --warmup) warmup=$2; shift 2 ;;
     --controller-steps) csteps=$2; shift 2 ;;
@@ -25,7 +27,7 @@ PY=${PY:-.venv/bin/python}
 BIN=${BIN:-target/release/examples/bench_search}
 [ -x "$BIN" ] || cargo build --release --example bench_search
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-common=(--channels "$channels" --layers "$layers" --batch "$batch" --steps "$steps" --warmup "$warmup"
+common=(--channels "$channels" --layers "$layers" --batch "$batch" --image-size "$size" --steps "$steps" --warmup "$warmup"
         --controller-steps "$csteps" --device "$device" --threads "$threads")
 for r in $(seq "$rounds"); do
   "$BIN" "${common[@]}" --seed "$r" --archs-out "$tmp/archs.json" | tee -a "$tmp/rs.jsonl"

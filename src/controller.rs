@@ -352,6 +352,28 @@ impl Controller {
         &self.config
     }
 
+    /// The same controller on the same storage, detached from autograd, to sample with on
+    /// another thread while its weights are not being trained (tensors may move between
+    /// threads but not be shared by reference).
+    pub fn frozen_copy(&self) -> Controller {
+        let t = |x: &Tensor| x.detach();
+        Controller {
+            config: self.config.clone(),
+            device: self.device,
+            node_emb: t(&self.node_emb),
+            op_emb: t(&self.op_emb),
+            start: t(&self.start),
+            w_ih: t(&self.w_ih),
+            w_hh: t(&self.w_hh),
+            b: t(&self.b),
+            w_key: t(&self.w_key),
+            w_query: t(&self.w_query),
+            v: t(&self.v),
+            head_w: t(&self.head_w),
+            head_b: t(&self.head_b),
+        }
+    }
+
     /// Checks the arguments of [`Controller::sample`] / [`Controller::most_likely`] against
     /// this controller: the mask and primitive list have `num_ops` entries, allow at least one
     /// op, list no primitive twice, and `1 <= searched_nodes <= nodes`.

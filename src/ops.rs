@@ -478,6 +478,11 @@ impl Op {
         matches!(self, Op::Identity)
     }
 
+    /// True for `none`, whose output is all zeros: a sum over edges can leave it out.
+    pub fn is_zero(&self) -> bool {
+        matches!(self, Op::Zero { .. })
+    }
+
     /// The op on a state whose ReLU other readers may share (see [`Activation`]).
     pub fn forward_shared(&self, input: &Activation, train: bool) -> Tensor {
         let x = input.tensor();

@@ -4,11 +4,69 @@
 //! [`Adam::step_subset`] update only some of them, which is what a weight-sharing supernet
 //! needs: parameters of ops the sampled architecture did not use are left alone, as
 //! PyTorch does for parameters whose gradient is `None`.
+//!
+//! The hot calls (dropping gradients, the SGD update, gradient clipping) are libtorch's
+//! multi-tensor operators through `csrc/optim.cpp`: a few kernel launches per step on a GPU,
+//! whatever the number of parameters.
 use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr};
 
 use tch::Tensor;
 
 use crate::error::{Error, Result};
+
+extern "C" {
+    fn cnas_optim_last_error() -> *const c_char;
+    fn cnas_grads_set_none(params: *mut *mut c_void, n: c_int) -> c_int;
+    fn cnas_fused_sgd(
+        params: *mut *mut c_void,
+        bufs: *mut *mut c_void,
+        n: c_int,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+        nesterov: c_int,
+        first_step: c_int,
+    ) -> c_int;
+    fn cnas_clip_grad_norm(params: *mut *mut c_void, n: c_int, max_norm: f64) -> *mut c_void;
+}
+
+fn pointers<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Vec<*mut c_void> {
+    tensors.into_iter().map(|t| t.as_ptr() as *mut c_void).collect()
+}
+
+fn shim_error(what: &str) -> Error {
+    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
+    let msg = unsafe { CStr::from_ptr(cnas_optim_last_error()) }.to_string_lossy();
+    let first = msg.lines().next().unwrap_or("").to_string();
+    Error::Torch(tch::TchError::Torch(format!("{what}: {first}")))
+}
+
+/// Drops the gradients of `params` (`zero_grad(set_to_none=True)`, PyTorch's default): the
+/// next backward pass gives a gradient only to what it reaches, and nothing is zeroed.
+pub fn set_grads_to_none(params: &[Tensor]) -> Result<()> {
+    let mut ptrs = pointers(params);
+    // SAFETY: the pointers are live tch tensors for the duration of the call.
+    let rc = unsafe { cnas_grads_set_none(ptrs.as_mut_ptr(), ptrs.len() as c_int) };
+    if rc != 0 {
+        return Err(shim_error("dropping gradients"));
+    }
+    Ok(())
+}
+
+/// Scales the gradients of `params` (those that have one) so that their joint L2 norm is at
+/// most `max_norm`, as PyTorch's `clip_grad_norm_`, and returns the norm before clipping as a
+/// 0-dim tensor. Nothing is read back to the host.
+pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
+    let mut ptrs = pointers(params);
+    // SAFETY: live tch tensors; a non-null result is a heap-allocated at::Tensor handed over.
+    let out = unsafe { cnas_clip_grad_norm(ptrs.as_mut_ptr(), ptrs.len() as c_int, max_norm) };
+    if out.is_null() {
+        return Err(shim_error("clipping gradients"));
+    }
+    // SAFETY: see above.
+    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+}
 
 /// Stochastic gradient descent: L2 weight decay, momentum (heavy-ball or Nesterov), as
 /// `torch.optim.SGD` with dampening 0.
@@ -61,46 +119,65 @@ impl Sgd {
         &self.params
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+    /// Drops every parameter's gradient (see [`set_grads_to_none`]).
+    pub fn zero_grad(&mut self) -> Result<()> {
+        set_grads_to_none(&self.params)
     }
 
     /// Updates every parameter that has a gradient.
-    pub fn step(&mut self) {
+    pub fn step(&mut self) -> Result<()> {
         let all: Vec<usize> = (0..self.params.len()).collect();
-        self.step_subset(&all);
+        self.step_subset(&all)
     }
 
-    /// Updates only the parameters at `indices` (into the list given to [`Sgd::new`]).
-    pub fn step_subset(&mut self, indices: &[usize]) {
-        tch::no_grad(|| {
-            for &i in indices {
-                let p = &mut self.params[i];
-                let grad = p.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let mut d_p = if self.weight_decay != 0.0 && self.decay[i] {
-                    grad + &*p * self.weight_decay
-                } else {
-                    grad
-                };
-                if self.momentum != 0.0 {
-                    let buf = match self.momentum_buffers[i].take() {
-                        None => d_p.detach().copy(),
-                        Some(mut buf) => {
-                            let _ = buf.g_mul_scalar_(self.momentum).g_add_(&d_p);
-                            buf
-                        }
-                    };
-                    d_p = if self.nesterov { d_p + &buf * self.momentum } else { buf.shallow_clone() };
-                    self.momentum_buffers[i] = Some(buf);
-                }
-                let _ = p.g_sub_(&(d_p * self.lr));
+    /// Updates only the parameters at `indices` (into the list given to [`Sgd::new`]) that
+    /// have a gradient. One fused multi-tensor update per group of parameters that share the
+    /// weight decay and whether their momentum buffer exists yet (at most four groups).
+    pub fn step_subset(&mut self, indices: &[usize]) -> Result<()> {
+        let mut groups: [Vec<usize>; 4] = Default::default();
+        for &i in indices {
+            if !self.params[i].grad().defined() {
+                continue;
             }
-        })
+            let decays = self.weight_decay != 0.0 && self.decay[i];
+            let first = self.momentum != 0.0 && self.momentum_buffers[i].is_none();
+            groups[usize::from(decays) * 2 + usize::from(first)].push(i);
+        }
+        for (g, members) in groups.iter().enumerate() {
+            if members.is_empty() {
+                continue;
+            }
+            let (decays, first) = (g / 2 == 1, g % 2 == 1);
+            if first {
+                for &i in members {
+                    // Any contents: the first step sets the buffer to the gradient.
+                    self.momentum_buffers[i] = Some(self.params[i].zeros_like());
+                }
+            }
+            let mut params = pointers(members.iter().map(|&i| &self.params[i]));
+            let mut bufs = if self.momentum != 0.0 {
+                pointers(members.iter().filter_map(|&i| self.momentum_buffers[i].as_ref()))
+            } else {
+                Vec::new()
+            };
+            // SAFETY: live tch tensors; `bufs` is empty or as long as `params`.
+            let rc = unsafe {
+                cnas_fused_sgd(
+                    params.as_mut_ptr(),
+                    bufs.as_mut_ptr(),
+                    params.len() as c_int,
+                    if decays { self.weight_decay } else { 0.0 },
+                    self.momentum,
+                    self.lr,
+                    c_int::from(self.nesterov),
+                    c_int::from(first),
+                )
+            };
+            if rc != 0 {
+                return Err(shim_error("the SGD step"));
+            }
+        }
+        Ok(())
     }
 
     /// Momentum buffers as named tensors (`momentum.<param>`), for a checkpoint.
@@ -113,27 +190,12 @@ impl Sgd {
     }
 
     /// Restores what [`Sgd::state`] saved; parameters without a saved buffer start afresh.
-    ///
-    /// A parameter that has been updated has a gradient from then on (zeroed, not removed, by
-    /// `zero_grad`), and [`Sgd::step_subset`] decays and moves it even when a later step's graph
-    /// does not reach it; one that never has been has none and is skipped. The restored state
-    /// must behave the same, so every parameter with a momentum buffer gets a zero gradient.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         for (i, name) in self.names.iter().enumerate() {
             self.momentum_buffers[i] = match state.get(&format!("momentum.{name}")) {
                 None => None,
                 Some(t) => Some(checked_copy(t, &self.params[i], name)?),
             };
-        }
-        let touched: Vec<Tensor> = self
-            .params
-            .iter()
-            .zip(&self.momentum_buffers)
-            .filter(|(p, b)| b.is_some() && !p.grad().defined())
-            .map(|(p, _)| p.sum(p.kind()) * 0.0)
-            .collect();
-        if !touched.is_empty() {
-            Tensor::stack(&touched, 0).sum(tch::Kind::Float).backward();
         }
         Ok(())
     }
@@ -184,10 +246,9 @@ impl Adam {
         &self.params
     }
 
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+    /// Drops every parameter's gradient (see [`set_grads_to_none`]).
+    pub fn zero_grad(&mut self) -> Result<()> {
+        set_grads_to_none(&self.params)
     }
 
     pub fn step(&mut self) {
@@ -283,14 +344,14 @@ mod tests {
         compare(
             |p| {
                 let mut o = Sgd::new(p, 0.01, 0.9, 3e-4, true);
-                Box::new(move || o.step())
+                Box::new(move || o.step().unwrap())
             },
             |vs| nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 3e-4, nesterov: true }.build(vs, 0.01).unwrap(),
         );
         compare(
             |p| {
                 let mut o = Sgd::new(p, 0.05, 0.9, 0.0, false);
-                Box::new(move || o.step())
+                Box::new(move || o.step().unwrap())
             },
             |vs| nn::Sgd { momentum: 0.9, dampening: 0.0, wd: 0.0, nesterov: false }.build(vs, 0.05).unwrap(),
         );
@@ -319,10 +380,10 @@ mod tests {
         let mut sgd_a = Sgd::new(vec![("p".into(), a.shallow_clone())], 0.01, 0.9, 1e-3, true);
         let mut adam_a = Adam::new(vec![("p".into(), a.shallow_clone())], 0.01, 1e-3);
         for _ in 0..3 {
-            sgd_a.zero_grad();
+            sgd_a.zero_grad().unwrap();
             loss(&a);
-            sgd_a.step();
-            adam_a.zero_grad();
+            sgd_a.step().unwrap();
+            adam_a.zero_grad().unwrap();
             loss(&a);
             adam_a.step();
         }
@@ -334,10 +395,10 @@ mod tests {
         adam_b.load_state(&adam_a.state().into_iter().collect()).unwrap();
         for (p, sgd, adam) in [(&a, &mut sgd_a, &mut adam_a), (&b, &mut sgd_b, &mut adam_b)] {
             for _ in 0..2 {
-                sgd.zero_grad();
+                sgd.zero_grad().unwrap();
                 loss(p);
-                sgd.step();
-                adam.zero_grad();
+                sgd.step().unwrap();
+                adam.zero_grad().unwrap();
                 loss(p);
                 adam.step();
             }
@@ -357,9 +418,89 @@ mod tests {
             0.1,
             false,
         );
-        sgd.step_subset(&[0]);
+        sgd.step_subset(&[0]).unwrap();
         assert!((a.double_value(&[0]) - (1.0 - 0.1 * (2.0 + 0.1))).abs() < 1e-6);
         assert_eq!(b.double_value(&[0]), 1.0);
         assert!(sgd.state().iter().all(|(n, _)| n == "momentum.a"));
+    }
+
+    /// The fused update against the rule written out per parameter, over steps where the
+    /// parameters fall into every group: with and without weight decay, with and without a
+    /// momentum buffer yet, and one that gets no gradient at all.
+    #[test]
+    fn fused_sgd_groups_match_the_rule_per_parameter() {
+        let (lr, m, wd) = (0.05, 0.9, 1e-2);
+        tch::manual_seed(5);
+        let start: Vec<Tensor> =
+            (0..4).map(|i| Tensor::randn([3 + i, 2], (Kind::Float, Device::Cpu))).collect();
+        let params: Vec<Tensor> = start.iter().map(|t| t.copy().set_requires_grad(true)).collect();
+        let mut sgd = Sgd::new(
+            params.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.shallow_clone())).collect(),
+            lr,
+            m,
+            wd,
+            true,
+        );
+        sgd.exempt_from_decay(|n| n == "p1");
+        let mut expected: Vec<Tensor> = start.iter().map(Tensor::copy).collect();
+        let mut bufs: Vec<Option<Tensor>> = (0..4).map(|_| None).collect();
+        // Which parameters each step's loss reaches: p2 joins late, p3 never.
+        let reached: [&[usize]; 3] = [&[0, 1], &[0, 1, 2], &[1, 2]];
+        for (step, used) in reached.iter().enumerate() {
+            sgd.zero_grad().unwrap();
+            let loss = used.iter().map(|&i| (&params[i] * (step as f64 + 1.0)).square().sum(Kind::Float));
+            loss.reduce(|a, b| a + b).unwrap().backward();
+            sgd.step().unwrap();
+            for &i in used.iter() {
+                let x = &expected[i];
+                let mut d = x * 2.0 * (step as f64 + 1.0).powi(2);
+                if i != 1 {
+                    d = d + x * wd;
+                }
+                let buf = match bufs[i].take() {
+                    None => d.copy(),
+                    Some(b) => b * m + &d,
+                };
+                let update = &d + &buf * m;
+                expected[i] = x - update * lr;
+                bufs[i] = Some(buf);
+            }
+        }
+        for (i, (p, e)) in params.iter().zip(&expected).enumerate() {
+            let diff = (p - e).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "parameter {i} differs by {diff}");
+        }
+        assert!(params[3].equal(&start[3]));
+        assert!(!params[3].grad().defined());
+        let saved: Vec<String> = sgd.state().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(saved, ["momentum.p0", "momentum.p1", "momentum.p2"]);
+    }
+
+    #[test]
+    fn zero_grad_drops_gradients() {
+        let a = Tensor::from_slice(&[1f32, 2.0]).set_requires_grad(true);
+        (&a * 3).sum(Kind::Float).backward();
+        assert!(a.grad().defined());
+        let mut sgd = Sgd::new(vec![("a".into(), a.shallow_clone())], 0.1, 0.9, 0.0, false);
+        sgd.zero_grad().unwrap();
+        assert!(!a.grad().defined());
+    }
+
+    #[test]
+    fn clip_grad_norm_scales_to_the_limit_and_returns_the_norm() {
+        let a = Tensor::from_slice(&[3f32]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[4f32]).set_requires_grad(true);
+        let unused = Tensor::from_slice(&[1f32]).set_requires_grad(true);
+        (&a * &a / 2 + &b * &b / 2).sum(Kind::Float).backward();
+        let params = [a.shallow_clone(), b.shallow_clone(), unused.shallow_clone()];
+        let total = clip_grad_norm(&params, 1.0).unwrap();
+        assert!((total.double_value(&[]) - 5.0).abs() < 1e-6);
+        assert!((a.grad().double_value(&[0]) - 0.6).abs() < 1e-5);
+        assert!((b.grad().double_value(&[0]) - 0.8).abs() < 1e-5);
+        // Under the limit: unchanged.
+        let total = clip_grad_norm(&params, 100.0).unwrap();
+        assert!((total.double_value(&[]) - 1.0).abs() < 1e-5);
+        assert!((a.grad().double_value(&[0]) - 0.6).abs() < 1e-5);
+        assert!(!unused.grad().defined());
     }
 }

@@ -39,10 +39,10 @@ use tch::{nn, Device, Kind, Reduction, Tensor};
 use crate::controller::{reinforce_loss, uniform_cell, Baseline, Controller, ControllerConfig};
 use crate::data::{to_device, Data, DataArgs, DataConfig, Loader, LoaderOptions, Part};
 use crate::error::{Error, Result};
-use crate::optim::{Adam, Sgd};
+use crate::optim::{clip_grad_norm, Adam, Sgd};
 use crate::space::{Cell, Genotype, Primitive};
 use crate::supernet::{ParamUse, Supernet, SupernetConfig};
-use crate::train::{clip_grad_norm, DataParallel};
+use crate::train::DataParallel;
 
 /// How the search space grows from stage to stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -385,6 +385,40 @@ fn prepare_run_dir(
     }
 }
 
+/// How many architecture pairs the sampling thread may draw ahead of the weight steps.
+const PAIRS_AHEAD: usize = 4;
+
+/// Draws architecture pairs for a stage: uniformly, or from (frozen copies of) the normal and
+/// reduction controllers. Owns everything it needs, so it can run on a thread of its own.
+struct PairSampler {
+    controllers: Option<[Controller; 2]>,
+    stage: Stage,
+    primitives: Vec<Primitive>,
+}
+
+impl PairSampler {
+    fn draw(&self, rng: &mut ChaCha8Rng) -> (Cell, Cell) {
+        let (allowed, nodes, prims) = (&self.stage.allowed, self.stage.searched_nodes, &self.primitives);
+        match &self.controllers {
+            None => (uniform_cell(rng, allowed, nodes, prims), uniform_cell(rng, allowed, nodes, prims)),
+            Some([normal, reduce]) => tch::no_grad(|| {
+                let n = normal.sample(rng, allowed, nodes, prims);
+                let r = reduce.sample(rng, allowed, nodes, prims);
+                (n.cell, r.cell)
+            }),
+        }
+    }
+
+    /// Sends `count` pairs in order; stops early when the receiver is gone.
+    fn send(&self, rng: &mut ChaCha8Rng, count: usize, tx: std::sync::mpsc::SyncSender<(Cell, Cell)>) {
+        for _ in 0..count {
+            if tx.send(self.draw(rng)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Totals of one epoch, accumulated on the device and read once at its end.
 struct Totals {
     loss: Tensor,
@@ -453,6 +487,10 @@ impl Search {
         parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let data = Data::open(data_args, !quiet)?;
+        if device.is_cuda() {
+            // A supernet has few distinct convolution shapes, each met many times.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let (rank, world_size) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
         let loader_opts =
             LoaderOptions::train(options.batch_size).device(device).drop_last(true).shard(rank, world_size);
@@ -806,27 +844,17 @@ impl Search {
     }
 
     fn sample_pair(&self, rng: &mut ChaCha8Rng, uniform: bool) -> (Cell, Cell) {
-        let stage = &self.stages[self.position.stage];
-        if uniform {
-            let n = uniform_cell(rng, &stage.allowed, stage.searched_nodes, &self.primitives);
-            let r = uniform_cell(rng, &stage.allowed, stage.searched_nodes, &self.primitives);
-            (n, r)
-        } else {
-            tch::no_grad(|| {
-                let n = self.normal_controller.sample(
-                    rng,
-                    &stage.allowed,
-                    stage.searched_nodes,
-                    &self.primitives,
-                );
-                let r = self.reduce_controller.sample(
-                    rng,
-                    &stage.allowed,
-                    stage.searched_nodes,
-                    &self.primitives,
-                );
-                (n.cell, r.cell)
-            })
+        self.pair_sampler(uniform).draw(rng)
+    }
+
+    /// What draws architecture pairs in the current stage: uniform or from frozen copies of
+    /// the controllers.
+    fn pair_sampler(&self, uniform: bool) -> PairSampler {
+        PairSampler {
+            controllers: (!uniform)
+                .then(|| [self.normal_controller.frozen_copy(), self.reduce_controller.frozen_copy()]),
+            stage: self.stages[self.position.stage].clone(),
+            primitives: self.primitives.clone(),
         }
     }
 
@@ -851,22 +879,34 @@ impl Search {
         );
         let start = Instant::now();
         let mut totals = Totals::new(self.device);
-        for batch in epoch {
-            let (images, labels) = batch?;
-            let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
-            let (normal, reduce) = self.sample_pair(&mut rng, uniform);
-            let (loss, logits) = weight_step(
-                &self.supernet,
-                &mut self.sgd,
-                &self.param_use,
-                (&images, &labels),
-                (&normal, &reduce),
-                self.options.grad_clip,
-                self.parallel.as_ref(),
-            )?;
-            totals.add(&loss, &logits, &labels);
-            bar.inc(1);
-        }
+        // The pairs come from a thread of their own, a few batches ahead, in the order one
+        // thread would draw them: sampling the controllers' LSTM (milliseconds on a CPU core)
+        // stays off the thread that launches the GPU's work.
+        let sampler = self.pair_sampler(uniform);
+        let batches = epoch.batch_count();
+        std::thread::scope(|scope| -> Result<()> {
+            let (tx, pairs) = std::sync::mpsc::sync_channel(PAIRS_AHEAD);
+            scope.spawn(move || sampler.send(&mut rng, batches, tx));
+            for batch in epoch {
+                let (images, labels) = batch?;
+                let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
+                let (normal, reduce) = pairs
+                    .recv()
+                    .map_err(|_| Error::BadOption("the architecture sampler stopped early".into()))?;
+                let (loss, logits) = weight_step(
+                    &self.supernet,
+                    &mut self.sgd,
+                    &self.param_use,
+                    (&images, &labels),
+                    (&normal, &reduce),
+                    self.options.grad_clip,
+                    self.parallel.as_ref(),
+                )?;
+                totals.add(&loss, &logits, &labels);
+                bar.inc(1);
+            }
+            Ok(())
+        })?;
         let (mut loss, mut acc) = totals.read();
         let mut images = totals.images;
         if let Some(p) = &self.parallel {
@@ -1117,15 +1157,15 @@ pub fn weight_step(
 ) -> Result<(Tensor, Tensor)> {
     let logits = supernet.forward_t(images, normal, reduce, true)?;
     let loss = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
-    sgd.zero_grad();
+    sgd.zero_grad()?;
     loss.backward();
     let active = param_use.active(normal, reduce);
     let params: Vec<Tensor> = active.iter().map(|&i| sgd.params()[i].shallow_clone()).collect();
     if let Some(p) = parallel {
         p.average_gradients(&params)?;
     }
-    let _grad_norm = clip_grad_norm(&params, grad_clip);
-    sgd.step_subset(&active);
+    let _grad_norm = clip_grad_norm(&params, grad_clip)?;
+    sgd.step_subset(&active)?;
     Ok((loss.detach(), logits.detach()))
 }
 
@@ -1184,9 +1224,9 @@ pub fn controller_step(
         advantage,
         entropy_weight,
     );
-    adam.zero_grad();
+    adam.zero_grad()?;
     loss.backward();
-    let _grad_norm = clip_grad_norm(adam.params(), grad_clip);
+    let _grad_norm = clip_grad_norm(adam.params(), grad_clip)?;
     adam.step();
     Ok(ControllerStep {
         reward,

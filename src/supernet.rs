@@ -262,7 +262,12 @@ impl SearchCell {
             for e in arch.edges.iter().filter(|e| e.to == to) {
                 // Checked before the call: a missing slot cannot happen here.
                 let Some(k) = slots.get(e.op as usize).copied().flatten() else { continue };
-                let h = self.ops[edge_index(e.from, to)][k].forward_t(&states[e.from], train);
+                let op = &self.ops[edge_index(e.from, to)][k];
+                if op.op.is_zero() {
+                    // Adds nothing: two kernels and their backward saved.
+                    continue;
+                }
+                let h = op.forward_t(&states[e.from], train);
                 node = Some(match node {
                     None => h,
                     Some(acc) => acc + h,

@@ -301,10 +301,16 @@ fn evaluate_reproduces_sample_and_most_likely() {
             let e = ctrl.evaluate(&s.cell, &allowed, &PRIMS).unwrap();
             assert_eq!(e.cell, s.cell);
             assert_eq!(e.choices, s.choices);
-            assert_eq!(e.probs, s.probs);
-            assert_eq!(scalar(&e.log_prob), scalar(&s.log_prob));
-            assert_eq!(scalar(&e.node_entropy), scalar(&s.node_entropy));
-            assert_eq!(scalar(&e.op_entropy), scalar(&s.op_entropy));
+            // The same computation, but not always to the last bit: with other tests running
+            // beside it, libtorch's matrix products may split their sums over other threads.
+            assert_eq!(e.probs.len(), s.probs.len());
+            for (pe, ps) in e.probs.iter().zip(&s.probs) {
+                assert_eq!(pe.len(), ps.len());
+                assert!(pe.iter().zip(ps).all(|(a, b)| (a - b).abs() < 1e-6), "{pe:?} vs {ps:?}");
+            }
+            assert!((scalar(&e.log_prob) - scalar(&s.log_prob)).abs() < 1e-5);
+            assert!((scalar(&e.node_entropy) - scalar(&s.node_entropy)).abs() < 1e-5);
+            assert!((scalar(&e.op_entropy) - scalar(&s.op_entropy)).abs() < 1e-5);
         }
         let m = ctrl.most_likely(&allowed, n, &PRIMS);
         check_structure(&m, n, &allowed);
@@ -312,7 +318,7 @@ fn evaluate_reproduces_sample_and_most_likely() {
             assert!(p.iter().all(|&q| q <= p[c]), "{p:?} {c}");
         }
         let e = ctrl.evaluate(&m.cell, &allowed, &PRIMS).unwrap();
-        assert_eq!(scalar(&e.log_prob), scalar(&m.log_prob));
+        assert!((scalar(&e.log_prob) - scalar(&m.log_prob)).abs() < 1e-5);
     }
 }
 

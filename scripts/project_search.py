@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Projects the wall time of the full default search from a short measured run.
+
+    python scripts/project_search.py RUN_DIR [--train-images 50000] [--wall SECONDS]
+
+RUN_DIR is a finished or interrupted `cnas search` run with the paper's supernet (C=16, 8 cells,
+batch 96) on the machine to project for, e.g. one stage of one warm-up and one search epoch.
+Its metrics.jsonl gives the measured rates: images/s of the weight phase (warm-up and search
+epochs), of the controller phase, and the time of a stage's derivation. The projection applies
+them to the paper's schedule (8 stages of 20 warm-up + 40 search epochs, 50 controller steps
+per search epoch, the run's own train portion and batch size):
+
+    stages * ((warmup + epochs) * weight_images / weights_rate
+              + epochs * controller_steps * batch / controller_rate
+              + derive_time)
+
+With --wall (the measured run's whole wall time) the time outside the phases (start-up,
+checkpoints, data set opening) is reported too, per epoch, and added per projected epoch.
+Prints a JSON line and a sentence.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("--train-images", type=int, default=50000, help="CIFAR-10's training set")
+    p.add_argument("--stages", type=int, default=8)
+    p.add_argument("--warmup-epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--controller-steps", type=int, default=50)
+    p.add_argument("--wall", type=float, help="the measured run's wall time in seconds")
+    a = p.parse_args(argv)
+
+    with open(os.path.join(a.run_dir, "config.json")) as f:
+        config = json.load(f)
+    options = config["search"]
+    batch = options["batch_size"]
+    shape = (options["init_channels"], options["layers"], batch)
+    if shape != (16, 8, 96):
+        print(f"warning: the run's supernet (channels, cells, batch) = {shape} is not the "
+              "paper's (16, 8, 96): its rates do not project the default search", file=sys.stderr)
+    portion = config["data"]["train_portion"]
+    lines = []
+    with open(os.path.join(a.run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                lines.append(json.loads(line))
+
+    weights = [l for l in lines if l.get("phase") in ("warmup", "weights")]
+    controller = [l for l in lines if l.get("phase") == "controller"]
+    derive = [l for l in lines if l.get("phase") == "derive"]
+    if not weights or not controller:
+        sys.exit("error: the run has no weight or controller epoch to measure")
+
+    # Rates over all measured epochs: total images over total time.
+    def rate(ls):
+        return sum(l["images_per_s"] * l["time_s"] for l in ls) / sum(l["time_s"] for l in ls)
+
+    weights_rate = rate(weights)
+    controller_rate = rate(controller)
+    derive_s = statistics.mean(l["time_s"] for l in derive) if derive else 0.0
+    weight_images = (int(a.train_images * portion) // batch) * batch
+
+    epochs_per_stage = a.warmup_epochs + a.epochs
+    per_stage = (
+        epochs_per_stage * weight_images / weights_rate
+        + a.epochs * a.controller_steps * batch / controller_rate
+        + derive_s
+    )
+    measured_phases = sum(l["time_s"] for l in weights + controller + derive)
+    other_per_epoch = None
+    if a.wall is not None:
+        other_per_epoch = max(0.0, a.wall - measured_phases) / len(weights)
+        per_stage += epochs_per_stage * other_per_epoch
+    total = a.stages * per_stage
+    out = {
+        "weights_images_per_s": weights_rate,
+        "controller_images_per_s": controller_rate,
+        "derive_s": derive_s,
+        "weight_images_per_epoch": weight_images,
+        "batch": batch,
+        "other_s_per_epoch": other_per_epoch,
+        "projected_hours": total / 3600,
+        "schedule": f"{a.stages} stages x ({a.warmup_epochs} + {a.epochs}) epochs, "
+        f"{a.controller_steps} controller steps per search epoch",
+    }
+    print(json.dumps(out))
+    print(
+        f"projected full search: {total / 3600:.2f} h "
+        f"(weights {weights_rate:.0f} images/s, controller {controller_rate:.0f} images/s, "
+        f"derive {derive_s:.1f} s per stage)"
+    )
+
+
+if __name__ == "__main__":
+    main()
