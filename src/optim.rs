@@ -455,7 +455,7 @@ mod tests {
                 let x = &expected[i];
                 let mut d = x * 2.0 * (step as f64 + 1.0).powi(2);
                 if i != 1 {
-                    d = d + x * wd;
+                    d += x * wd;
                 }
                 let buf = match bufs[i].take() {
                     None => d.copy(),
