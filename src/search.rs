@@ -1290,4 +1290,35 @@ mod tests {
         assert_eq!(stages.len(), 1);
         assert!(stages[0].allowed.iter().all(|&a| a));
     }
+
+    /// The sampling thread hands over exactly the pairs one thread would have drawn, in order,
+    /// for uniform and controller sampling.
+    #[test]
+    fn pairs_from_the_sampling_thread_are_the_inline_draws() {
+        let (_, stages) = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = ControllerConfig::default();
+        let normal = Controller::new(&(vs.root() / "normal"), config.clone());
+        let reduce = Controller::new(&(vs.root() / "reduce"), config);
+        for with_controllers in [false, true] {
+            let make = || PairSampler {
+                controllers: with_controllers.then(|| [normal.frozen_copy(), reduce.frozen_copy()]),
+                stage: stages[3].clone(),
+                primitives: Primitive::DARTS.to_vec(),
+            };
+            let sampler = make();
+            let mut inline_rng = stream(7, 3, 1, 0);
+            let inline: Vec<(Cell, Cell)> = (0..12).map(|_| sampler.draw(&mut inline_rng)).collect();
+            let (moved, mut thread_rng) = (make(), stream(7, 3, 1, 0));
+            let threaded: Vec<(Cell, Cell)> = std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(PAIRS_AHEAD);
+                scope.spawn(move || moved.send(&mut thread_rng, 12, tx));
+                rx.iter().collect()
+            });
+            assert_eq!(threaded, inline);
+            let distinct: std::collections::HashSet<String> =
+                inline.iter().map(|(n, r)| format!("{n:?}{r:?}")).collect();
+            assert!(distinct.len() > 1, "the draws do not vary");
+        }
+    }
 }
