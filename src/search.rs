@@ -887,7 +887,7 @@ impl Search {
         std::thread::scope(|scope| -> Result<()> {
             let (tx, pairs) = std::sync::mpsc::sync_channel(PAIRS_AHEAD);
             scope.spawn(move || sampler.send(&mut rng, batches, tx));
-            for batch in epoch {
+            for (i, batch) in epoch.enumerate() {
                 let (images, labels) = batch?;
                 let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
                 let (normal, reduce) = pairs
@@ -904,6 +904,11 @@ impl Search {
                 )?;
                 totals.add(&loss, &logits, &labels);
                 bar.inc(1);
+                // Running figures for the bar: one host sync per 50 batches, none when quiet.
+                if (i + 1) % 50 == 0 && !self.quiet {
+                    let (l, a) = totals.read();
+                    bar.set_message(format!("loss {l:.3} acc {:.1}%", a * 100.0));
+                }
             }
             Ok(())
         })?;
