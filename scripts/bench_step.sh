@@ -23,11 +23,13 @@ while [ $# -gt 0 ]; do
 done
 PY=${PY:-.venv/bin/python}
 BIN=${BIN:-target/release/examples/bench_step}
+CNAS=${CNAS:-target/release/cnas}
 [ -x "$BIN" ] || cargo build --release --example bench_step
+[ -x "$CNAS" ] || cargo build --release --bin cnas
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 "$BIN" --help >/dev/null
 # The genotype the PyTorch side builds: cnas writes it, so both sides use the same one.
-target/release/cnas info --arch CNAS --json --init-channels 2 --layers 1 2>/dev/null \
+"$CNAS" info --arch CNAS --json --init-channels 2 --layers 1 2>/dev/null \
   | "$PY" -c 'import json,sys; d=json.load(sys.stdin); json.dump(d["genotype"], sys.stdout)' > "$tmp/g.json"
 common=(--channels "$channels" --layers "$layers" --batch "$batch" --steps "$steps" --warmup "$warmup" --device "$device" --threads "$threads" "${amp[@]}")
 for r in $(seq "$rounds"); do

@@ -3,17 +3,19 @@
 # but no Rust: prepare here with `scripts/device/prepare.sh`, then on the machine run
 #   scripts/device/gpu_search.sh            (writes under $OUT, default /tmp/gpu-out)
 # It needs, in the carried, git-ignored folder gpu/: release builds of `cnas` and of the
-# `bench_search` example, and one CIFAR-10 batch file (data_batch_1.bin).
+# `bench_search` and `bench_step` examples, and one CIFAR-10 batch file (data_batch_1.bin).
 #
 # 1. the search-step benchmark (scripts/bench_search.sh) on CUDA: cnas against PyTorch from
 #    Python, the paper's supernet (C=16, 8 cells, batch 96), alternating engines, 3 rounds;
 # 2. a real `cnas search` on CUDA with the paper's supernet: one stage of one warm-up and one
 #    search epoch (controller steps and derivation included) on CIFAR-10 images (the one batch
 #    file stands in for all six: same images, same rates);
-# 3. the projection of the full default search from that run (scripts/project_search.py).
+# 3. the projection of the full default search from that run (scripts/project_search.py);
+# 4. the training-step benchmark (scripts/bench_step.sh) on CUDA, the paper's CNAS network
+#    (36 channels, 20 cells, batch 96), fp32 and bf16 autocast (the GPU rows of issues 2, 5).
 # Each part has a time limit, so one that hangs leaves the others their time.
 # A rehearsal on a machine without a GPU: DEVICE=cpu PY=.venv/bin/python ROUNDS=1 STEPS=3
-# MAX_IMAGES=960 scripts/device/gpu_search.sh
+# MAX_IMAGES=960 STEP_NET="--channels 8 --layers 5 --batch 8" scripts/device/gpu_search.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gpu-out}
@@ -33,7 +35,7 @@ if [ "$DEVICE" = cuda ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/summary.txt"
 fi
 nproc | tee -a "$OUT/summary.txt"
-for bin in gpu/cnas gpu/bench_search; do
+for bin in gpu/cnas gpu/bench_search gpu/bench_step; do
   missing=$(ldd "$bin" | grep 'not found')
   [ -z "$missing" ] || { echo "$bin: $missing" | tee -a "$OUT/summary.txt"; exit 1; }
 done
@@ -59,4 +61,10 @@ tail -5 "$OUT/search.log" | tee -a "$OUT/summary.txt"
 
 log "3. projection of the full default search"
 "$PY" scripts/project_search.py "$OUT/run" --wall "$wall" | tee -a "$OUT/summary.txt"
+log "4. training-step benchmark on $DEVICE: fp32, then bf16 autocast"
+for amp in "" --amp; do
+  BIN=gpu/bench_step CNAS=gpu/cnas PY=$PY timeout 200 scripts/bench_step.sh --device "$DEVICE" \
+    --rounds "$ROUNDS" --steps "$STEPS" --warmup $((STEPS / 6 + 1)) --threads 4 $amp ${STEP_NET:-} 2>&1 |
+    tee -a "$OUT/bench_step.txt" | grep -v '^{' | tee -a "$OUT/summary.txt"
+done
 log "done"
