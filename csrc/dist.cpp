@@ -72,6 +72,10 @@ std::vector<at::Tensor> borrow(void** tensors, int n) {
 // at world size k with batch b per rank matches one step at world size 1 with batch k·b.
 // Two all-reduces in the forward pass (sums, then squared deviations: exact, unlike E[x²]-E[x]²)
 // and one in the backward pass.
+// An optional tensor argument of SyncBatchNorm: absent ones are passed as empty tensors, since
+// an autograd Function records every input's device and an undefined tensor has none.
+bool has(const at::Tensor& t) { return t.defined() && t.numel() > 0; }
+
 struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor x, at::Tensor weight,
                             at::Tensor bias, at::Tensor running_mean, at::Tensor running_var, double momentum,
@@ -98,25 +102,27 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     auto invstd = (var + eps).rsqrt();
     auto xhat = centered * invstd.view({1, c, 1, 1});
     auto y = xhat;
-    if (weight.defined()) {
+    if (has(weight)) {
       y = y * weight.to(at::kFloat).view({1, c, 1, 1});
     }
-    if (bias.defined()) {
+    if (has(bias)) {
       y = y + bias.to(at::kFloat).view({1, c, 1, 1});
     }
     {
       at::NoGradGuard no_grad;
-      if (running_mean.defined()) {
+      if (has(running_mean)) {
         running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.scalar_type()), momentum);
       }
-      if (running_var.defined()) {
+      if (has(running_var)) {
         auto unbiased = var * (count / (count - 1.0).clamp_min(1.0));
         running_var.mul_(1.0 - momentum).add_(unbiased.to(running_var.scalar_type()), momentum);
       }
     }
-    ctx->save_for_backward({xhat, invstd, weight, count});
+    // `centered`, not `xhat`: without weight and bias the output is `xhat` itself, which the
+    // layer after may change in place (an in-place ReLU).
+    ctx->save_for_backward({centered, invstd, weight, count});
     ctx->saved_data["group"] = group_address;
-    ctx->saved_data["has_bias"] = bias.defined();
+    ctx->saved_data["has_bias"] = has(bias);
     ctx->saved_data["dtype"] = static_cast<int64_t>(dtype);
     return y.to(dtype);
   }
@@ -124,8 +130,8 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    auto xhat = saved[0];
     auto invstd = saved[1];
+    auto xhat = saved[0] * invstd.view({1, saved[0].size(1), 1, 1});
     auto weight = saved[2];
     auto count = saved[3];
     auto* g = reinterpret_cast<Group*>(ctx->saved_data["group"].toInt());
@@ -135,7 +141,7 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
     const int64_t c = xhat.size(1);
 
     auto gy = grads[0].to(at::kFloat);
-    auto gxhat = weight.defined() ? gy * weight.to(at::kFloat).view({1, c, 1, 1}) : gy;
+    auto gxhat = has(weight) ? gy * weight.to(at::kFloat).view({1, c, 1, 1}) : gy;
     auto both = at::cat({gxhat.sum(dims), (gxhat * xhat).sum(dims)});
     std::vector<at::Tensor> v = {both};
     auto w = g->backend->allreduce(v);
@@ -146,11 +152,11 @@ struct SyncBatchNorm : public torch::autograd::Function<SyncBatchNorm> {
 
     // Weight and bias gradients are this rank's share; the gradient all-reduce averages them.
     at::Tensor gw, gb;
-    if (weight.defined()) {
+    if (has(weight)) {
       gw = (gy * xhat).sum(dims).to(weight.scalar_type());
     }
     if (has_bias) {
-      gb = gy.sum(dims).to(weight.defined() ? weight.scalar_type() : at::kFloat);
+      gb = gy.sum(dims).to(has(weight) ? weight.scalar_type() : at::kFloat);
     }
     return {gx.to(dtype), gw, gb, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -395,8 +401,9 @@ void* cnas_dist_sync_batch_norm(void* group, void* x, void* weight, void* bias, 
                                 void* running_var, double momentum, double eps) {
   at::Tensor* out = nullptr;
   guarded([&] {
-    auto opt = [](void* p) { return p ? *static_cast<at::Tensor*>(p) : at::Tensor(); };
-    auto y = SyncBatchNorm::apply(*static_cast<at::Tensor*>(x), opt(weight), opt(bias), opt(running_mean),
+    const auto& input = *static_cast<at::Tensor*>(x);
+    auto opt = [&](void* p) { return p ? *static_cast<at::Tensor*>(p) : at::empty({0}, input.options()); };
+    auto y = SyncBatchNorm::apply(input, opt(weight), opt(bias), opt(running_mean),
                                   opt(running_var), momentum, eps, reinterpret_cast<int64_t>(group));
     out = new at::Tensor(y);
   });

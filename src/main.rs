@@ -222,6 +222,10 @@ struct SearchArgs {
     /// Use at most this many images of each search split [quick: 512].
     #[arg(long)]
     max_images: Option<usize>,
+    /// Data-parallel runs: BatchNorm statistics over the global batch (every rank's images)
+    /// instead of each rank's own; costs three small all-reduces per BatchNorm layer and step.
+    #[arg(long)]
+    sync_bn: bool,
     /// Stop (as if interrupted) after this many epochs; for testing resume.
     #[arg(long, hide = true)]
     stop_after_epochs: Option<usize>,
@@ -244,6 +248,7 @@ impl SearchArgs {
         set!(controller_lr, entropy_weight, derive_rounds, derive_samples, derive_batches);
         set_optional!(temperature, tanh_constant, max_images);
         o.seed = self.data.seed;
+        o.sync_bn = self.sync_bn;
         o
     }
 }

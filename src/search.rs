@@ -94,6 +94,10 @@ pub struct SearchOptions {
     /// Use at most this many images of each search split (None: all).
     pub max_images: Option<usize>,
     pub seed: u64,
+    /// Data-parallel runs: BatchNorm statistics over every rank's batch (the supernet's
+    /// BatchNorm always normalises with batch statistics, so this makes a rank's step the
+    /// global batch's, as in one process).
+    pub sync_bn: bool,
 }
 
 impl Default for SearchOptions {
@@ -123,6 +127,7 @@ impl Default for SearchOptions {
             derive_batches: 1,
             max_images: None,
             seed: 0,
+            sync_bn: false,
         }
     }
 }
@@ -318,8 +323,10 @@ pub fn search(
     let main = parallel.as_ref().is_none_or(DataParallel::is_main);
     let (options, data_args) = prepare_run_dir(options, data_args, run_dir, start, main)?;
     options.validate()?;
-    let mut search = Search::new(options, &data_args, run_dir, device, quiet || !main, start, parallel)?;
-    search.run(stop_after)
+    let result = Search::new(options, &data_args, run_dir, device, quiet || !main, start, parallel)
+        .and_then(|mut search| search.run(stop_after));
+    crate::dist::set_sync_batch_norm(None);
+    result
 }
 
 /// Checks and sets up the run directory; on resume returns the options the run was started with.
@@ -580,6 +587,9 @@ impl Search {
             )?;
             p.start(&search.supernet_vs, &optimizers, 0)?;
             p.start(&search.controller_vs, &[], 0)?;
+            if search.options.sync_bn {
+                crate::dist::set_sync_batch_norm(Some(std::sync::Arc::clone(p.group())));
+            }
         }
         Ok(search)
     }
@@ -1164,6 +1174,7 @@ pub fn weight_step(
     let loss = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
     sgd.zero_grad()?;
     loss.backward();
+    sync_batch_norm_ok()?;
     let active = param_use.active(normal, reduce);
     let params: Vec<Tensor> = active.iter().map(|&i| sgd.params()[i].shallow_clone()).collect();
     if let Some(p) = parallel {
@@ -1183,6 +1194,7 @@ pub fn supernet_accuracy(
     (normal, reduce): (&Cell, &Cell),
 ) -> Result<f64> {
     let logits = tch::no_grad(|| supernet.forward_t(images, normal, reduce, true))?;
+    sync_batch_norm_ok()?;
     Ok(logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
 }
 
@@ -1240,6 +1252,14 @@ pub fn controller_step(
         node_entropy: (n.node_entropy.double_value(&[]) + r.node_entropy.double_value(&[])) / 2.0,
         op_entropy: (n.op_entropy.double_value(&[]) + r.op_entropy.double_value(&[])) / 2.0,
     })
+}
+
+/// A synchronised BatchNorm's failed collective (a layer cannot return it) as an error.
+fn sync_batch_norm_ok() -> Result<()> {
+    match crate::dist::take_sync_batch_norm_error() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// The highest-scoring candidate (the earliest on ties).

@@ -312,6 +312,74 @@ fn search_ranks_keep_identical_controllers() {
     assert!(out.join("genotype.json").is_file());
 }
 
+#[test]
+fn search_step_with_sync_bn_on_two_ranks_equals_the_concatenated_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    // One warm-up step on 16 images (world size 1: one batch of 16; world size 2: two of 8,
+    // the same images), no search epoch, one derived candidate. The checkpoint then holds the
+    // supernet after the step and SGD's momentum buffers, i.e. the step's gradients.
+    let run = |name: &str, world: usize, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = strings(&[
+            "--quiet",
+            "--device",
+            "cpu",
+            "--dist-timeout",
+            "60s",
+            "search",
+            "--data",
+            &data_arg(),
+            "-o",
+            out.to_str().unwrap(),
+            "--preset",
+            "quick",
+            "--mode",
+            "fixed",
+            "--init-channels",
+            "4",
+            "--layers",
+            "3",
+            "--max-images",
+            "16",
+            "--warmup-epochs",
+            "1",
+            "--epochs",
+            "0",
+            "--derive-rounds",
+            "1",
+            "--derive-samples",
+            "1",
+            "--workers",
+            "1",
+        ]);
+        args.extend(strings(extra));
+        let outputs = run_ranks(world, &args);
+        for o in &outputs {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        f32_tensors(&out.join("checkpoint.safetensors"))
+    };
+    let single = run("ws1", 1, &["--batch-size", "16"]);
+    let synced = run("ws2", 2, &["--batch-size", "8", "--sync-bn"]);
+    let is_gradient = |name: &str| name.starts_with("sgd/");
+    assert!(single.keys().filter(|k| is_gradient(k)).count() > 10, "no momentum buffers to compare");
+    for (name, (max, rel)) in differences(&single, &synced) {
+        if is_gradient(&name) {
+            assert!(rel < 1e-2, "{name}: gradients {rel:e} apart (relative L2)");
+        } else {
+            assert!(max < 1e-5, "{name}: {max:e} apart");
+        }
+    }
+    // Per-rank BatchNorm normalises each half of the batch alone: another step.
+    let per_rank = run("ws2-local-bn", 2, &["--batch-size", "8"]);
+    let worst = differences(&single, &per_rank)
+        .iter()
+        .filter(|(k, _)| is_gradient(k))
+        .map(|(_, d)| d.1)
+        .fold(0.0, f64::max);
+    assert!(worst > 0.1, "per-rank BatchNorm gave the global batch's step ({worst:e})");
+}
+
 /// Reads a child's stderr lines on a thread (so the pipe never fills).
 fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
