@@ -392,6 +392,53 @@ fn prepare_run_dir(
     }
 }
 
+/// Warm-up and search epochs still to run after `p` in a search of `stages` stages of
+/// `warmup` + `epochs` epochs.
+fn epochs_left(p: Position, stages: usize, warmup: usize, epochs: usize) -> (usize, usize) {
+    let later_stages = stages.saturating_sub(p.stage + 1);
+    let (warmup_now, search_now) = match p.phase {
+        Phase::Warmup => (warmup.saturating_sub(p.epoch), epochs),
+        Phase::Search => (0, epochs.saturating_sub(p.epoch)),
+        Phase::Derive => (0, 0),
+    };
+    (warmup_now + later_stages * warmup, search_now + later_stages * epochs)
+}
+
+/// Mean seconds per epoch of each kind in this process, for the time-left estimate.
+#[derive(Default)]
+struct Pace {
+    warmup: RunningMean,
+    search: RunningMean,
+}
+
+#[derive(Default)]
+struct RunningMean {
+    sum: f64,
+    count: usize,
+}
+
+impl RunningMean {
+    fn add(&mut self, x: f64) {
+        self.sum += x;
+        self.count += 1;
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (self.count > 0).then(|| self.sum / self.count as f64)
+    }
+}
+
+impl Pace {
+    /// Seconds for `warmup` and `search` more epochs; an epoch kind not timed yet is taken to
+    /// last as long as the other (a search epoch also trains the controllers, so early
+    /// estimates run short). `None` before any epoch.
+    fn time_left(&self, warmup: usize, search: usize) -> Option<f64> {
+        let w = self.warmup.mean().or(self.search.mean())?;
+        let s = self.search.mean().unwrap_or(w);
+        Some(warmup as f64 * w + search as f64 * s)
+    }
+}
+
 /// How many architecture pairs the sampling thread may draw ahead of the weight steps.
 const PAIRS_AHEAD: usize = 4;
 
@@ -784,6 +831,7 @@ impl Search {
     fn run(&mut self, stop_after: Option<usize>) -> Result<Option<SearchOutcome>> {
         let mut epochs_done = 0usize;
         let mut last: Option<Candidate> = None;
+        let mut pace = Pace::default();
         while self.position.stage < self.stages.len() {
             if stop_after.is_some_and(|n| epochs_done >= n) {
                 tracing::info!("stopping after {epochs_done} epochs as asked; resume with --resume");
@@ -798,17 +846,23 @@ impl Search {
                     self.position = Position { phase: Phase::Derive, epoch: 0, ..p };
                 }
                 Phase::Warmup => {
+                    let start = Instant::now();
                     self.train_weights(true)?;
                     self.position.epoch += 1;
                     self.save_checkpoint()?;
                     epochs_done += 1;
+                    pace.warmup.add(start.elapsed().as_secs_f64());
+                    self.log_time_left(&pace);
                 }
                 Phase::Search => {
+                    let start = Instant::now();
                     self.train_weights(false)?;
                     self.train_controllers()?;
                     self.position.epoch += 1;
                     self.save_checkpoint()?;
                     epochs_done += 1;
+                    pace.search.add(start.elapsed().as_secs_f64());
+                    self.log_time_left(&pace);
                 }
                 Phase::Derive => {
                     last = Some(self.finish_stage()?);
@@ -839,6 +893,20 @@ impl Search {
             crate::util::write_atomic(&self.run_dir.join(GENOTYPE), text.as_bytes())?;
         }
         Ok(Some(SearchOutcome { best, run_dir: self.run_dir.clone() }))
+    }
+
+    /// Logs how long the rest of the search should take at this process's pace so far.
+    fn log_time_left(&self, pace: &Pace) {
+        let o = &self.options;
+        let (warmup, search) = epochs_left(self.position, self.stages.len(), o.warmup_epochs, o.epochs);
+        if let Some(secs) = pace.time_left(warmup, search) {
+            let mins = (secs / 60.0).round() as u64;
+            tracing::info!(
+                "{warmup} warm-up and {search} search epochs left: about {}h{:02}m at this pace",
+                mins / 60,
+                mins % 60
+            );
+        }
     }
 
     fn stage_dir(&self, stage: usize) -> PathBuf {
@@ -1345,5 +1413,26 @@ mod tests {
                 inline.iter().map(|(n, r)| format!("{n:?}{r:?}")).collect();
             assert!(distinct.len() > 1, "the draws do not vary");
         }
+    }
+
+    #[test]
+    fn time_left_uses_each_kind_of_epoch_and_stands_in_for_the_untimed_one() {
+        let mut pace = Pace::default();
+        assert_eq!(pace.time_left(3, 4), None);
+        pace.warmup.add(10.0);
+        pace.warmup.add(20.0);
+        assert_eq!(pace.time_left(2, 3), Some(2.0 * 15.0 + 3.0 * 15.0));
+        pace.search.add(40.0);
+        assert_eq!(pace.time_left(2, 3), Some(2.0 * 15.0 + 3.0 * 40.0));
+        assert_eq!(pace.time_left(0, 0), Some(0.0));
+    }
+
+    #[test]
+    fn epochs_left_counts_this_stage_and_the_later_ones() {
+        let at = |stage, phase, epoch| Position { stage, phase, epoch };
+        assert_eq!(epochs_left(at(0, Phase::Warmup, 0), 8, 20, 40), (160, 320));
+        assert_eq!(epochs_left(at(0, Phase::Warmup, 20), 8, 20, 40), (140, 320));
+        assert_eq!(epochs_left(at(2, Phase::Search, 15), 8, 20, 40), (100, 225));
+        assert_eq!(epochs_left(at(7, Phase::Derive, 0), 8, 20, 40), (0, 0));
     }
 }
