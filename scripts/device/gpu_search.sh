@@ -61,6 +61,8 @@ tail -5 "$OUT/search.log" | tee -a "$OUT/summary.txt"
 
 log "3. projection of the full default search"
 "$PY" scripts/project_search.py "$OUT/run" --wall "$wall" | tee -a "$OUT/summary.txt"
+# The weights are not needed back (tens of MB); metrics, config and candidates are.
+rm -f "$OUT"/run/*.safetensors "$OUT"/run/stage-*/*.safetensors
 log "4. training-step benchmark on $DEVICE: fp32, then bf16 autocast"
 for amp in "" --amp; do
   BIN=gpu/bench_step CNAS=gpu/cnas PY=$PY timeout 200 scripts/bench_step.sh --device "$DEVICE" \
