@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::Parser;
 use cnas::controller::{uniform_cell, Baseline, Controller, ControllerConfig};
 use cnas::device::DeviceChoice;
-use cnas::optim::{Adam, Sgd};
+use cnas::optim::{clip_grad_norm, Adam, Sgd};
 use cnas::search::{controller_step, curriculum, weight_step, CurriculumMode};
 use cnas::space::Primitive;
 use cnas::supernet::{ParamUse, Supernet, SupernetConfig};
@@ -38,6 +38,10 @@ struct Args {
     threads: Option<i32>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Also time the weight step's parts (forward with loss, backward, clipping and SGD) over
+    /// the same pairs again, synchronising the device between parts.
+    #[arg(long)]
+    breakdown: bool,
     /// Where to write the weight steps' architecture pairs (JSON).
     #[arg(long)]
     archs_out: Option<std::path::PathBuf>,
@@ -115,6 +119,35 @@ fn main() -> anyhow::Result<()> {
     sync(device);
     weight_secs += elapsed();
 
+    // The parts of `search::weight_step`, each timed to the end of its device work.
+    let mut parts = [0.0f64; 3];
+    if args.breakdown {
+        for (n, r) in pairs.iter().skip(args.warmup) {
+            let mut t = elapsed();
+            let mut lap = |k: usize| {
+                sync(device);
+                let now = elapsed();
+                parts[k] += now - t;
+                t = now;
+            };
+            let logits = supernet.forward_t(&x, n, r, true)?;
+            let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
+            lap(0);
+            sgd.zero_grad()?;
+            loss.backward();
+            lap(1);
+            let active = param_use.active(n, r);
+            let params: Vec<Tensor> = active.iter().map(|&i| sgd.params()[i].shallow_clone()).collect();
+            let _norm = clip_grad_norm(&params, 5.0)?;
+            sgd.step_subset(&active)?;
+            lap(2);
+        }
+    }
+    let per_step = |secs: f64| secs * 1e3 / args.steps.max(1) as f64;
+    let breakdown = args.breakdown.then(|| {
+        serde_json::json!({"forward": per_step(parts[0]), "backward": per_step(parts[1]), "update": per_step(parts[2])})
+    });
+
     let mut crng = cnas::search::stream(args.seed, 0, 4, 0);
     let mut controller_secs = 0.0;
     let mut reward = 0.0;
@@ -152,6 +185,7 @@ fn main() -> anyhow::Result<()> {
             "channels": args.channels, "layers": args.layers, "batch": args.batch, "image_size": args.image_size,
             "final_loss": last_loss.double_value(&[]),
             "mean_reward": reward / (args.warmup + args.controller_steps) as f64,
+            "breakdown_ms_per_step": breakdown,
         })
     );
     Ok(())

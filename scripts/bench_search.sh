@@ -4,10 +4,11 @@
 # controller phase, same shapes, alternating the engines ROUNDS times in the same run.
 #   scripts/bench_search.sh [--device cpu|cuda] [--channels 16] [--layers 8] [--batch 96]
 #                           [--image-size 32] [--steps 4] [--warmup 1] [--controller-steps 4]
-#                           [--rounds 2]
+#                           [--rounds 2] [--breakdown]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device=cpu channels=16 layers=8 batch=96 size=32 steps=4 warmup=1 csteps=4 rounds=2 threads=$(nproc)
+breakdown=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -20,6 +21,7 @@ while [ $# -gt 0 ]; do
     --controller-steps) csteps=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --breakdown) breakdown=(--breakdown); shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -28,7 +30,7 @@ BIN=${BIN:-target/release/examples/bench_search}
 [ -x "$BIN" ] || cargo build --release --example bench_search
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 common=(--channels "$channels" --layers "$layers" --batch "$batch" --image-size "$size" --steps "$steps" --warmup "$warmup"
-        --controller-steps "$csteps" --device "$device" --threads "$threads")
+        --controller-steps "$csteps" --device "$device" --threads "$threads" "${breakdown[@]}")
 for r in $(seq "$rounds"); do
   "$BIN" "${common[@]}" --seed "$r" --archs-out "$tmp/archs.json" | tee -a "$tmp/rs.jsonl"
   "$PY" scripts/ref/bench_search.py "${common[@]}" --seed "$r" --archs "$tmp/archs.json" | tee -a "$tmp/py.jsonl"
@@ -41,4 +43,9 @@ for key in ("weights_images_per_s", "controller_images_per_s"):
     mp = statistics.median(d[key] for d in py)
     mr = statistics.median(d[key] for d in rs)
     print(f"{key}: pytorch {mp:.1f}, cnas {mr:.1f}; ratio cnas/pytorch = {mr/mp:.3f}")
+if py[0].get("breakdown_ms_per_step"):
+    for part in ("forward", "backward", "update"):
+        mp = statistics.median(d["breakdown_ms_per_step"][part] for d in py)
+        mr = statistics.median(d["breakdown_ms_per_step"][part] for d in rs)
+        print(f"weight step {part} ms: pytorch {mp:.2f}, cnas {mr:.2f}; ratio pytorch/cnas = {mp/mr:.3f}")
 PYEOF

@@ -6,7 +6,8 @@
 # `bench_search` and `bench_step` examples, and one CIFAR-10 batch file (data_batch_1.bin).
 #
 # 1. the search-step benchmark (scripts/bench_search.sh) on CUDA: cnas against PyTorch from
-#    Python, the paper's supernet (C=16, 8 cells, batch 96), alternating engines, 3 rounds;
+#    Python, the paper's supernet (C=16, 8 cells, batch 96), alternating engines, 3 rounds,
+#    with the weight step's parts timed too (forward, backward, update);
 # 2. a real `cnas search` on CUDA with the paper's supernet: one stage of one warm-up and one
 #    search epoch (controller steps and derivation included) on CIFAR-10 images (the one batch
 #    file stands in for all six: same images, same rates);
@@ -42,7 +43,8 @@ done
 
 log "1. search-step benchmark on $DEVICE ($ROUNDS rounds)"
 BIN=gpu/bench_search PY=$PY timeout 300 scripts/bench_search.sh --device "$DEVICE" --rounds "$ROUNDS" \
-  --steps "$STEPS" --warmup $((STEPS / 6 + 1)) --controller-steps $((STEPS * 2 / 3)) --threads 4 2>&1 | tee "$OUT/bench_search.txt" |
+  --steps "$STEPS" --warmup $((STEPS / 6 + 1)) --controller-steps $((STEPS * 2 / 3)) --threads 4 --breakdown 2>&1 |
+  tee "$OUT/bench_search.txt" |
   grep -v '^{' | tee -a "$OUT/summary.txt"
 
 log "2. cnas search on $DEVICE: one stage, 1 warm-up + 1 search epoch"

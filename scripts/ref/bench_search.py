@@ -63,6 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time the weight step's parts (forward, backward, update)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--archs", default=None,
                    help="JSON list of [normal_edges, reduce_edges] pairs to use, in order, for the "
@@ -158,6 +160,34 @@ def main(argv=None):
         return (time.perf_counter() - t0) / steps
 
     w_sec = timed(weight_step, a.warmup, a.steps)
+
+    # The parts of weight_step, each timed to the end of its device work (--breakdown).
+    parts = [0.0, 0.0, 0.0]
+    if a.breakdown:
+        for s in range(a.steps):
+            if given:
+                normal, reduce = given[(a.warmup + s) % len(given)]
+            else:
+                normal = uniform_arch(weight_rng, a.nodes, model.primitives)
+                reduce = uniform_arch(weight_rng, a.nodes, model.primitives)
+            marks = [time.perf_counter()]
+
+            def lap():
+                sync(device)
+                marks.append(time.perf_counter())
+
+            logits = model(x, normal, reduce)
+            loss = F.cross_entropy(logits, y)
+            lap()
+            sgd.zero_grad(set_to_none=True)
+            loss.backward()
+            lap()
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            sgd.step()
+            lap()
+            for k in range(3):
+                parts[k] += marks[k + 1] - marks[k]
+
     c_sec = timed(controller_step, a.warmup, a.controller_steps)
 
     out = {
@@ -181,6 +211,10 @@ def main(argv=None):
         "supernet_params": count_params(model),
         "mean_reward": sum(rewards) / len(rewards),
         "torch": torch.__version__,
+        "breakdown_ms_per_step": (
+            {k: v * 1e3 / a.steps for k, v in zip(("forward", "backward", "update"), parts)}
+            if a.breakdown else None
+        ),
     }
     print(json.dumps(out))
 
