@@ -93,6 +93,39 @@ fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// A tiny search (one stage, one warm-up epoch, one derive round) on a few images: `extra`
+/// adds the rest.
+fn search_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = strings(&[
+        "--quiet",
+        "--device",
+        "cpu",
+        "--dist-timeout",
+        "60s",
+        "search",
+        "--data",
+        &data_arg(),
+        "-o",
+        out.to_str().unwrap(),
+        "--preset",
+        "quick",
+        "--mode",
+        "fixed",
+        "--init-channels",
+        "4",
+        "--layers",
+        "3",
+        "--warmup-epochs",
+        "1",
+        "--derive-rounds",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    a.extend(strings(extra));
+    a
+}
+
 /// The f32 tensors of a safetensors file.
 fn f32_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
     let bytes = std::fs::read(path).unwrap();
@@ -261,42 +294,21 @@ fn ranks_stay_identical_and_a_two_rank_run_resumes_on_one() {
 fn search_ranks_keep_identical_controllers() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("search");
-    let args = strings(&[
-        "--quiet",
-        "--device",
-        "cpu",
-        "--dist-timeout",
-        "60s",
-        "search",
-        "--data",
-        &data_arg(),
-        "-o",
-        out.to_str().unwrap(),
-        "--preset",
-        "quick",
-        "--mode",
-        "fixed",
-        "--init-channels",
-        "4",
-        "--layers",
-        "3",
-        "--batch-size",
-        "8",
-        "--max-images",
-        "64",
-        "--warmup-epochs",
-        "1",
-        "--epochs",
-        "2",
-        "--controller-steps",
-        "3",
-        "--derive-rounds",
-        "1",
-        "--derive-samples",
-        "3",
-        "--workers",
-        "1",
-    ]);
+    let args = search_args(
+        &out,
+        &[
+            "--batch-size",
+            "8",
+            "--max-images",
+            "64",
+            "--epochs",
+            "2",
+            "--controller-steps",
+            "3",
+            "--derive-samples",
+            "3",
+        ],
+    );
     let outputs = run_ranks(2, &args);
     let err: Vec<String> = outputs.iter().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
     let (c0, c1) = (checksums(&err[0], "controllers"), checksums(&err[1], "controllers"));
@@ -320,38 +332,7 @@ fn search_step_with_sync_bn_on_two_ranks_equals_the_concatenated_batch() {
     // supernet after the step and SGD's momentum buffers, i.e. the step's gradients.
     let run = |name: &str, world: usize, extra: &[&str]| {
         let out = dir.path().join(name);
-        let mut args = strings(&[
-            "--quiet",
-            "--device",
-            "cpu",
-            "--dist-timeout",
-            "60s",
-            "search",
-            "--data",
-            &data_arg(),
-            "-o",
-            out.to_str().unwrap(),
-            "--preset",
-            "quick",
-            "--mode",
-            "fixed",
-            "--init-channels",
-            "4",
-            "--layers",
-            "3",
-            "--max-images",
-            "16",
-            "--warmup-epochs",
-            "1",
-            "--epochs",
-            "0",
-            "--derive-rounds",
-            "1",
-            "--derive-samples",
-            "1",
-            "--workers",
-            "1",
-        ]);
+        let mut args = search_args(&out, &["--max-images", "16", "--epochs", "0", "--derive-samples", "1"]);
         args.extend(strings(extra));
         let outputs = run_ranks(world, &args);
         for o in &outputs {
