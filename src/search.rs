@@ -921,10 +921,6 @@ impl Search {
         best_of(candidates).ok_or_else(|| Error::bad_file(&path, "no candidates"))
     }
 
-    fn sample_pair(&self, rng: &mut ChaCha8Rng, uniform: bool) -> (Cell, Cell) {
-        self.pair_sampler(uniform).draw(rng)
-    }
-
     /// What draws architecture pairs in the current stage: uniform or from frozen copies of
     /// the controllers.
     fn pair_sampler(&self, uniform: bool) -> PairSampler {
@@ -1186,8 +1182,9 @@ impl Search {
         }
         // As many uniform samples on the same batches: does the controller beat chance?
         let mut uniform_scores = Vec::with_capacity(controller_scores.len());
+        let uniform = self.pair_sampler(true);
         for _ in 0..controller_scores.len() {
-            let (n, r) = self.sample_pair(&mut rng, true);
+            let (n, r) = uniform.draw(&mut rng);
             let mut score = 0.0;
             for (images, labels) in &batches {
                 score += self.accuracy(images, labels, &n, &r)?;

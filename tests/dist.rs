@@ -182,6 +182,22 @@ fn differences(
         .collect()
 }
 
+/// Two checkpoints of the same step: weights and statistics within 1e-5, the tensors
+/// `is_gradient` names (momentum buffers after one step) within 1% relative L2.
+fn assert_same_step(
+    a: &BTreeMap<String, Vec<f32>>,
+    b: &BTreeMap<String, Vec<f32>>,
+    is_gradient: impl Fn(&str) -> bool,
+) {
+    for (name, (max, rel)) in differences(a, b) {
+        if is_gradient(&name) {
+            assert!(rel < 1e-2, "{name}: gradients {rel:e} apart (relative L2)");
+        } else {
+            assert!(max < 1e-5, "{name}: {max:e} apart");
+        }
+    }
+}
+
 #[test]
 fn one_step_on_two_ranks_equals_one_step_on_the_concatenated_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,13 +232,7 @@ fn one_step_on_two_ranks_equals_one_step_on_the_concatenated_batch() {
         single.keys().any(|k| is_optimizer(k)),
         "the momentum buffers (first gradients) are compared too"
     );
-    for (name, (max, rel)) in differences(&single, &synced) {
-        if is_optimizer(&name) {
-            assert!(rel < 1e-2, "{name}: gradients {rel:e} apart (relative L2)");
-        } else {
-            assert!(max < 1e-5, "{name}: {max:e} apart");
-        }
-    }
+    assert_same_step(&single, &synced, is_optimizer);
     // With BatchNorm per rank the step is another one: the comparison can tell.
     let per_rank = run("ws2-local-bn", 2, &["--batch-size", "8"]);
     let worst = differences(&single, &per_rank).values().map(|d| d.1).fold(0.0, f64::max);
@@ -344,13 +354,7 @@ fn search_step_with_sync_bn_on_two_ranks_equals_the_concatenated_batch() {
     let synced = run("ws2", 2, &["--batch-size", "8", "--sync-bn"]);
     let is_gradient = |name: &str| name.starts_with("sgd/");
     assert!(single.keys().filter(|k| is_gradient(k)).count() > 10, "no momentum buffers to compare");
-    for (name, (max, rel)) in differences(&single, &synced) {
-        if is_gradient(&name) {
-            assert!(rel < 1e-2, "{name}: gradients {rel:e} apart (relative L2)");
-        } else {
-            assert!(max < 1e-5, "{name}: {max:e} apart");
-        }
-    }
+    assert_same_step(&single, &synced, is_gradient);
     // Per-rank BatchNorm normalises each half of the batch alone: another step.
     let per_rank = run("ws2-local-bn", 2, &["--batch-size", "8"]);
     let worst = differences(&single, &per_rank)
