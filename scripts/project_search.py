@@ -37,26 +37,31 @@ def main(argv=None):
     p.add_argument("--wall", type=float, help="the measured run's wall time in seconds")
     a = p.parse_args(argv)
 
-    with open(os.path.join(a.run_dir, "config.json")) as f:
-        config = json.load(f)
-    options = config["search"]
+    try:
+        with open(os.path.join(a.run_dir, "config.json")) as f:
+            config = json.load(f)
+        options = config["search"]
+        lines = []
+        with open(os.path.join(a.run_dir, "metrics.jsonl")) as f:
+            for line in f:
+                if line.strip():
+                    lines.append(json.loads(line))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {a.run_dir} is not a readable cnas search run: {e}", file=sys.stderr)
+        sys.exit(2)
     batch = options["batch_size"]
     shape = (options["init_channels"], options["layers"], batch)
     if shape != (16, 8, 96):
         print(f"warning: the run's supernet (channels, cells, batch) = {shape} is not the "
               "paper's (16, 8, 96): its rates do not project the default search", file=sys.stderr)
     portion = config["data"]["train_portion"]
-    lines = []
-    with open(os.path.join(a.run_dir, "metrics.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                lines.append(json.loads(line))
 
     weights = [l for l in lines if l.get("phase") in ("warmup", "weights")]
     controller = [l for l in lines if l.get("phase") == "controller"]
     derive = [l for l in lines if l.get("phase") == "derive"]
     if not weights or not controller:
-        sys.exit("error: the run has no weight or controller epoch to measure")
+        print("error: the run has no weight or controller epoch to measure", file=sys.stderr)
+        sys.exit(2)
 
     # Rates over all measured epochs: total images over total time.
     def rate(ls):
