@@ -32,6 +32,7 @@ fn main() {
         .file("csrc/amp.cpp")
         .file("csrc/dist.cpp")
         .file("csrc/optim.cpp")
+        .file("csrc/random.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         // The wheel has no gloo headers: declarations of the names c10d's Gloo header uses.

@@ -50,6 +50,29 @@ int cnas_grads_set_none(void** params, int n) {
   });
 }
 
+// PyTorch 1.5's zero_grad(): gradients that exist are zeroed in place and kept, so every
+// parameter that has had a gradient takes part in later SGD steps (weight decay and momentum
+// move it even when the step's loss does not reach it). `materialize[i]` != 0 gives parameter i
+// a zero gradient when it has none (a resumed run re-creating the kept gradients).
+int cnas_grads_zero(void** params, int n, const int* materialize) {
+  return guarded([&] {
+    std::vector<at::Tensor> grads;
+    grads.reserve(n > 0 ? n : 0);
+    for (int i = 0; i < n; ++i) {
+      auto* p = static_cast<at::Tensor*>(params[i]);
+      if (p->grad().defined()) {
+        grads.push_back(p->grad());
+      } else if (materialize != nullptr && materialize[i] != 0) {
+        p->mutable_grad() = at::zeros_like(*p);
+      }
+    }
+    at::NoGradGuard no_grad;
+    if (!grads.empty()) {
+      at::_foreach_zero_(grads);
+    }
+  });
+}
+
 // One SGD update of every parameter (all with a gradient, one device and dtype) with
 // momentum buffers `bufs` (n of them, or none when momentum is 0): torch.optim.SGD's rule with
 // dampening 0. `first_step` means the buffers hold nothing yet and are set to the gradient.

@@ -1,6 +1,7 @@
 //! The cnas side of the search-step benchmark (scripts/bench_search.sh runs both sides): the
-//! weight phase (uniform architecture pair, supernet forward/backward, clipping, SGD over the
-//! parameters the pair uses) and the controller phase (two CPU controllers sample, supernet
+//! weight phase (uniform architecture pair, supernet forward/backward, SGD with the released
+//! update rule: gradients zeroed in place, every parameter used so far updated; `--sparse-update`:
+//! gradients dropped, clipped at 5, only the pair's parameters updated) and the controller phase (two CPU controllers sample, supernet
 //! scores on a held-out batch, REINFORCE with Adam), exactly the steps `cnas search` runs
 //! (`search::weight_step`, `search::controller_step`). Writes the architecture pairs of its
 //! weight steps to `--archs-out` so the PyTorch side can run the same ones; prints one JSON line.
@@ -10,7 +11,7 @@ use clap::Parser;
 use cnas::controller::{uniform_cell, Baseline, Controller, ControllerConfig};
 use cnas::device::DeviceChoice;
 use cnas::optim::{clip_grad_norm, Adam, Sgd};
-use cnas::search::{controller_step, curriculum, weight_step, CurriculumMode};
+use cnas::search::{controller_step, curriculum, weight_step, CurriculumMode, UpdateRule};
 use cnas::space::Primitive;
 use cnas::supernet::{ParamUse, Supernet, SupernetConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -45,6 +46,9 @@ struct Args {
     /// Where to write the weight steps' architecture pairs (JSON).
     #[arg(long)]
     archs_out: Option<std::path::PathBuf>,
+    /// The sparse update rule (`cnas search --sparse-update --grad-clip 5`).
+    #[arg(long)]
+    sparse_update: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,7 +85,10 @@ fn main() -> anyhow::Result<()> {
     cparams.sort_by(|a, b| a.0.cmp(&b.0));
     let mut adam = Adam::new(cparams, 3e-4, 5e-4);
     let mut baseline = Baseline::new(0.99);
-    let (_, stages) = curriculum(CurriculumMode::Fixed, &primitives, 4, args.seed);
+    let stages = curriculum(CurriculumMode::Fixed, &primitives, &primitives, 4);
+    // The released rule by default; the sparse one clips the supernet's gradients at 5 as
+    // cnas's search did before it followed the released code.
+    let rule = UpdateRule { sparse: args.sparse_update, grad_clip: args.sparse_update.then_some(5.0) };
     let stage = &stages[0];
 
     let shape = [args.batch, 3, args.image_size, args.image_size];
@@ -114,7 +121,7 @@ fn main() -> anyhow::Result<()> {
             sync(device);
             weight_secs = -elapsed();
         }
-        last_loss = weight_step(&supernet, &mut sgd, &param_use, (&x, &y), (n, r), 5.0, None)?.0;
+        last_loss = weight_step(&supernet, &mut sgd, &param_use, (&x, &y), (n, r), rule, None)?.0;
     }
     sync(device);
     weight_secs += elapsed();
@@ -133,13 +140,21 @@ fn main() -> anyhow::Result<()> {
             let logits = supernet.forward_t(&x, n, r, true)?;
             let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
             lap(0);
-            sgd.zero_grad()?;
+            if rule.sparse {
+                sgd.zero_grad()?;
+            } else {
+                sgd.zero_grad_in_place()?;
+            }
             loss.backward();
             lap(1);
             let active = param_use.active(n, r);
-            let params: Vec<Tensor> = active.iter().map(|&i| sgd.params()[i].shallow_clone()).collect();
-            let _norm = clip_grad_norm(&params, 5.0)?;
-            sgd.step_subset(&active)?;
+            if rule.sparse {
+                let params: Vec<Tensor> = active.iter().map(|&i| sgd.params()[i].shallow_clone()).collect();
+                let _norm = clip_grad_norm(&params, 5.0)?;
+                sgd.step_subset(&active)?;
+            } else {
+                sgd.step()?;
+            }
             lap(2);
         }
     }
@@ -165,7 +180,7 @@ fn main() -> anyhow::Result<()> {
             &primitives,
             (&x_held, &y_held),
             0.005,
-            5.0,
+            Some(5.0),
             None,
         )?;
         reward += step.reward;

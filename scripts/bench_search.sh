@@ -4,11 +4,11 @@
 # controller phase, same shapes, alternating the engines ROUNDS times in the same run.
 #   scripts/bench_search.sh [--device cpu|cuda] [--channels 16] [--layers 8] [--batch 96]
 #                           [--image-size 32] [--steps 4] [--warmup 1] [--controller-steps 4]
-#                           [--rounds 2] [--breakdown]
+#                           [--rounds 2] [--breakdown] [--sparse-update]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 device=cpu channels=16 layers=8 batch=96 size=32 steps=4 warmup=1 csteps=4 rounds=2 threads=$(nproc)
-breakdown=()
+breakdown=() sparse=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) device=$2; shift 2 ;;
@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --breakdown) breakdown=(--breakdown); shift ;;
+    --sparse-update) sparse=(--sparse-update); shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -30,7 +31,7 @@ BIN=${BIN:-target/release/examples/bench_search}
 [ -x "$BIN" ] || cargo build --release --example bench_search
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 common=(--channels "$channels" --layers "$layers" --batch "$batch" --image-size "$size" --steps "$steps" --warmup "$warmup"
-        --controller-steps "$csteps" --device "$device" --threads "$threads" "${breakdown[@]}")
+        --controller-steps "$csteps" --device "$device" --threads "$threads" "${breakdown[@]}" "${sparse[@]}")
 for r in $(seq "$rounds"); do
   "$BIN" "${common[@]}" --seed "$r" --archs-out "$tmp/archs.json" | tee -a "$tmp/rs.jsonl"
   "$PY" scripts/ref/bench_search.py "${common[@]}" --seed "$r" --archs "$tmp/archs.json" | tee -a "$tmp/py.jsonl"

@@ -7,12 +7,17 @@ RUN_DIR is a finished or interrupted `cnas search` run with the paper's supernet
 batch 96) on the machine to project for, e.g. one stage of one warm-up and one search epoch.
 Its metrics.jsonl gives the measured rates: images/s of the weight phase (warm-up and search
 epochs), of the controller phase, and the time of a stage's derivation. The projection applies
-them to the paper's schedule (8 stages of 20 warm-up + 40 search epochs, 50 controller steps
-per search epoch, the run's own train portion and batch size):
+them to the default schedule, the released code's (8 stages of 20 warm-up + 40 search epochs;
+after each search epoch one controller step per held-out batch, a pass over the held-out part;
+at the end of each stage 3 x 10 candidates scored on 10,000 held-out images; the run's own
+train portion and batch size):
 
     stages * ((warmup + epochs) * weight_images / weights_rate
               + epochs * controller_steps * batch / controller_rate
-              + derive_time)
+              + rounds * samples * derive_images / derive_rate)
+
+The derivation rate is the measured run's images scored per second (its derive lines); a run
+from before that was recorded projects its derive time as measured.
 
 With --wall (the measured run's whole wall time) the time outside the phases (start-up,
 checkpoints, data set opening) is reported too, per epoch, and added per projected epoch.
@@ -33,7 +38,10 @@ def main(argv=None):
     p.add_argument("--stages", type=int, default=8)
     p.add_argument("--warmup-epochs", type=int, default=20)
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--controller-steps", type=int, default=50)
+    p.add_argument("--controller-steps", type=int, default=None,
+                   help="per search epoch [default: held-out images // batch, one pass]")
+    p.add_argument("--derive-candidates", type=int, default=30, help="rounds x samples per stage")
+    p.add_argument("--derive-images", type=int, default=10000)
     p.add_argument("--wall", type=float, help="the measured run's wall time in seconds")
     a = p.parse_args(argv)
 
@@ -71,11 +79,18 @@ def main(argv=None):
     controller_rate = rate(controller)
     derive_s = statistics.mean(l["time_s"] for l in derive) if derive else 0.0
     weight_images = (int(a.train_images * portion) // batch) * batch
+    heldout_images = a.train_images - int(a.train_images * portion)
+    controller_steps = a.controller_steps if a.controller_steps is not None else heldout_images // batch
+    derive_images = min(a.derive_images, heldout_images)
+    rated = [l for l in derive if l.get("scored_per_s")]
+    derive_rate = statistics.mean(l["scored_per_s"] for l in rated) if rated else None
+    if derive_rate:
+        derive_s = a.derive_candidates * derive_images / derive_rate
 
     epochs_per_stage = a.warmup_epochs + a.epochs
     per_stage = (
         epochs_per_stage * weight_images / weights_rate
-        + a.epochs * a.controller_steps * batch / controller_rate
+        + a.epochs * controller_steps * batch / controller_rate
         + derive_s
     )
     measured_phases = sum(l["time_s"] for l in weights + controller + derive)
@@ -88,12 +103,15 @@ def main(argv=None):
         "weights_images_per_s": weights_rate,
         "controller_images_per_s": controller_rate,
         "derive_s": derive_s,
+        "derive_images_per_s": derive_rate,
+        "controller_steps": controller_steps,
         "weight_images_per_epoch": weight_images,
         "batch": batch,
         "other_s_per_epoch": other_per_epoch,
         "projected_hours": total / 3600,
         "schedule": f"{a.stages} stages x ({a.warmup_epochs} + {a.epochs}) epochs, "
-        f"{a.controller_steps} controller steps per search epoch",
+        f"{controller_steps} controller steps per search epoch, "
+        f"{a.derive_candidates} candidates x {derive_images} images per stage",
     }
     print(json.dumps(out))
     print(

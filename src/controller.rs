@@ -11,8 +11,8 @@
 //!
 //! * An LSTM cell (PyTorch's formulation via `Tensor::lstm_cell`: gates `i, f, g, o` from
 //!   `x·W_ihᵀ + h·W_hhᵀ + b`, `c' = f⊙c + i⊙g`, `h' = o⊙tanh(c')`) with one bias vector; its
-//!   input and hidden size are both `hidden`. It starts from `h = c = 0` with a learned start
-//!   input, and every choice's embedding is the input of the next step.
+//!   input and hidden size are both `hidden`. It starts from `h = c = 0` with a zero input (as
+//!   the released CNAS controller), and every choice's embedding is the input of the next step.
 //! * Input choice for node `i`: additive attention over the `i + 2` states available to it,
 //!   `score_j = v · tanh(W_key·node_emb[j] + W_query·h)`; the chosen node's embedding is the
 //!   next input. `node_emb` has `nodes + 1` rows, the most any node can choose among.
@@ -29,7 +29,7 @@
 //! *choices* never do, see below.
 //!
 //! Variables, under the [`tch::nn::Path`] given to [`Controller::new`]: `node_emb`
-//! `[nodes+1, hidden]`, `op_emb` `[num_ops, hidden]`, `start` `[1, hidden]`, `lstm.w_ih` and
+//! `[nodes+1, hidden]`, `op_emb` `[num_ops, hidden]`, `lstm.w_ih` and
 //! `lstm.w_hh` `[4·hidden, hidden]`, `lstm.b` `[4·hidden]`, `attn.w_key` and `attn.w_query`
 //! `[hidden, hidden]`, `attn.v` `[hidden]`, `op_head.weight` `[num_ops, hidden]`,
 //! `op_head.bias` `[num_ops]`.
@@ -135,7 +135,6 @@ pub struct Controller {
     device: Device,
     node_emb: Tensor,
     op_emb: Tensor,
-    start: Tensor,
     w_ih: Tensor,
     w_hh: Tensor,
     b: Tensor,
@@ -271,10 +270,9 @@ pub fn reinforce_loss(
 
 /// Exponential moving average of the rewards, the REINFORCE baseline.
 ///
-/// [`Baseline::update`] returns the advantage against the baseline as it was *before* this
-/// reward: the reward then cannot pull the baseline toward itself and shrink its own advantage.
-/// The first reward initialises the baseline, so its advantage is 0 (no signal rather than a
-/// signal against an arbitrary starting value).
+/// [`Baseline::update`] moves the baseline first and returns the reward minus the *moved*
+/// baseline, as the released CNAS code does: `advantage = reward - (decay·b + (1 - decay)·reward)
+/// = decay·(reward - b)`. The first reward initialises the baseline, so its advantage is 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     pub value: Option<f64>,
@@ -292,19 +290,15 @@ impl Baseline {
         Baseline { value: None, decay }
     }
 
-    /// Returns `reward - baseline` (baseline before the update), then moves the baseline:
-    /// `value ← decay·value + (1 - decay)·reward`.
+    /// Moves the baseline, `value ← decay·value + (1 - decay)·reward` (the first reward sets
+    /// it), and returns `reward - value` with the moved value.
     pub fn update(&mut self, reward: f64) -> f64 {
-        match self.value {
-            None => {
-                self.value = Some(reward);
-                0.0
-            }
-            Some(v) => {
-                self.value = Some(self.decay * v + (1.0 - self.decay) * reward);
-                reward - v
-            }
-        }
+        let moved = match self.value {
+            None => reward,
+            Some(v) => self.decay * v + (1.0 - self.decay) * reward,
+        };
+        self.value = Some(moved);
+        reward - moved
     }
 }
 
@@ -335,7 +329,6 @@ impl Controller {
             device: p.device(),
             node_emb: p.var("node_emb", &[config.nodes as i64 + 1, h], init),
             op_emb: p.var("op_emb", &[ops, h], init),
-            start: p.var("start", &[1, h], init),
             w_ih: lstm.var("w_ih", &[4 * h, h], init),
             w_hh: lstm.var("w_hh", &[4 * h, h], init),
             b: lstm.var("b", &[4 * h], init),
@@ -362,7 +355,6 @@ impl Controller {
             device: self.device,
             node_emb: t(&self.node_emb),
             op_emb: t(&self.op_emb),
-            start: t(&self.start),
             w_ih: t(&self.w_ih),
             w_hh: t(&self.w_hh),
             b: t(&self.b),
@@ -496,8 +488,8 @@ impl Controller {
         primitives: &[Primitive],
     ) -> CellSample {
         let h0 = Tensor::zeros([1, self.config.hidden], (Kind::Float, self.device));
-        let (mut h, mut c) = (h0.shallow_clone(), h0);
-        let mut x = self.start.shallow_clone();
+        let (mut h, mut c) = (h0.shallow_clone(), h0.shallow_clone());
+        let mut x = h0;
         let allowed_idx: Vec<i64> = (0..allowed.len()).filter(|&k| allowed[k]).map(|k| k as i64).collect();
         let allowed_t = Tensor::from_slice(&allowed_idx).to_device(self.device);
         // The keys do not depend on the LSTM state: one matmul per pass.

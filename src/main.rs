@@ -150,7 +150,9 @@ struct ReportArgs {
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 enum Preset {
-    /// The paper's configuration: C=16, 8 cells, batch 96, 8 stages of 20 + 40 epochs.
+    /// The paper's configuration, as the released CNAS code runs it: C=16, 8 cells, batch 96,
+    /// 8 stages of 20 + 40 epochs.
+    #[value(alias = "released")]
     Paper,
     /// A tiny configuration that runs every stage in minutes on a CPU.
     Quick,
@@ -170,56 +172,104 @@ struct SearchArgs {
     /// Start over in a RUN_DIR that holds another run, deleting it.
     #[arg(long)]
     force: bool,
+    /// paper (or released): the paper's configuration as the released CNAS code runs it;
+    /// quick: tiny, every stage, minutes on a CPU. Options given below replace the preset's.
     #[arg(long, value_enum, default_value_t = Preset::Paper)]
     preset: Preset,
-    /// Curriculum: op (grow the operation set), node (grow the searched nodes), fixed (none).
+    /// Curriculum: op (grow the operation set), node (grow the searched nodes), fixed (none)
+    /// [default: op].
     #[arg(long, value_enum)]
     mode: Option<cnas::search::CurriculumMode>,
-    /// Supernet channels [paper: 16].
+    /// Operation order of the op curriculum, comma-separated, all 8 operations [default:
+    /// sep_conv_3x3, then the other 7 permuted by torch.randperm(7) seeded with --seed, as
+    /// released].
+    #[arg(long, value_delimiter = ',', value_name = "OP,OP,...")]
+    op_order: Option<Vec<String>>,
+    /// Supernet channels [default: 16; quick: 8].
     #[arg(long)]
     init_channels: Option<i64>,
-    /// Supernet cells [paper: 8].
+    /// Supernet cells [default: 8; quick: 5].
     #[arg(long)]
     layers: Option<i64>,
-    /// Intermediate nodes per cell [4].
+    /// Intermediate nodes per cell [default: 4].
     #[arg(long)]
     nodes: Option<usize>,
+    /// Images per batch, per process [default: 96; quick: 32].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Warm-up epochs per stage (uniform sampling) [paper: 20].
+    /// Warm-up epochs per stage (uniform sampling) [default: 20; quick: 1].
     #[arg(long)]
     warmup_epochs: Option<usize>,
-    /// Search epochs per stage (weights, then controller) [paper: 40].
+    /// Search epochs per stage (weights, then controller) [default: 40; quick: 1].
     #[arg(long)]
     epochs: Option<usize>,
-    /// REINFORCE updates after each search epoch [50].
+    /// REINFORCE updates after each search epoch [default: one per held-out batch, a pass
+    /// over the held-out part; quick: 8].
     #[arg(long)]
     controller_steps: Option<usize>,
-    /// Weight learning rate (SGD, Nesterov) [0.01].
+    /// Supernet learning rate (SGD, Nesterov, constant) [default: 0.01].
     #[arg(long)]
     lr: Option<f64>,
-    /// Controller learning rate (Adam) [3e-4].
+    /// Supernet SGD momentum [default: 0.9].
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Supernet weight decay [default: 3e-4].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Update only the sampled path's parameters (gradients dropped). Default, as released
+    /// under PyTorch 1.5: gradients are zeroed in place, so every parameter used once keeps
+    /// taking weight decay and momentum.
+    #[arg(long)]
+    sparse_update: bool,
+    /// Clip the supernet's gradients to this global L2 norm [default: no clipping].
+    #[arg(long)]
+    grad_clip: Option<f64>,
+    /// Controller learning rate (Adam) [default: 3e-4; quick: 3.5e-3].
     #[arg(long)]
     controller_lr: Option<f64>,
-    /// Entropy bonus weight [0.005].
+    /// Controller weight decay (Adam, L2) [default: 5e-4].
+    #[arg(long)]
+    controller_weight_decay: Option<f64>,
+    /// Controller LSTM hidden size [default: 128].
+    #[arg(long)]
+    controller_hidden: Option<i64>,
+    /// Clip the controllers' gradients to this global L2 norm [default: 5].
+    #[arg(long)]
+    controller_grad_clip: Option<f64>,
+    /// Do not clip the controllers' gradients.
+    #[arg(long, conflicts_with = "controller_grad_clip")]
+    no_controller_grad_clip: bool,
+    /// Entropy bonus weight [default: 0.005].
     #[arg(long)]
     entropy_weight: Option<f64>,
-    /// Controller logit temperature.
+    /// Decay of the reward's moving-average baseline [default: 0.99].
+    #[arg(long)]
+    baseline_decay: Option<f64>,
+    /// Controller logit temperature [default: none].
     #[arg(long)]
     temperature: Option<f64>,
-    /// Controller tanh logit clipping constant.
+    /// Controller tanh logit clipping constant [default: none].
     #[arg(long)]
     tanh_constant: Option<f64>,
-    /// Rounds of candidates derived at the end of each stage [3].
+    /// Rounds of candidates derived at the end of each stage [default: 3].
     #[arg(long)]
     derive_rounds: Option<usize>,
-    /// Samples per derive round [10].
+    /// Candidates sampled per derive round [default: 10; quick: 4].
     #[arg(long)]
     derive_samples: Option<usize>,
-    /// Held-out batches each candidate is scored on [1].
+    /// Un-augmented held-out images every candidate is scored on (all of the held-out part
+    /// when it has fewer) [default: 10000; quick: 512].
     #[arg(long)]
-    derive_batches: Option<usize>,
-    /// Use at most this many images of each search split [quick: 512].
+    derive_images: Option<usize>,
+    /// Images per forward pass when scoring candidates; BatchNorm uses each batch's
+    /// statistics, so this is part of the score [default: --batch-size].
+    #[arg(long)]
+    derive_batch_size: Option<usize>,
+    /// Uniformly sampled architectures also scored at the end of each stage, to compare the
+    /// controller with chance [default: 0; quick: 4].
+    #[arg(long)]
+    derive_uniform: Option<usize>,
+    /// Use at most this many images of each search split [default: all; quick: 512].
     #[arg(long)]
     max_images: Option<usize>,
     /// Data-parallel runs: BatchNorm statistics over the global batch (every rank's images)
@@ -232,7 +282,7 @@ struct SearchArgs {
 }
 
 impl SearchArgs {
-    fn options(&self) -> cnas::search::SearchOptions {
+    fn options(&self) -> anyhow::Result<cnas::search::SearchOptions> {
         let mut o = match self.preset {
             Preset::Paper => cnas::search::SearchOptions::default(),
             Preset::Quick => cnas::search::SearchOptions::quick(),
@@ -244,12 +294,37 @@ impl SearchArgs {
         macro_rules! set_optional {
             ($($field:ident),*) => { $(if self.$field.is_some() { o.$field = self.$field; })* };
         }
-        set!(mode, init_channels, layers, nodes, batch_size, warmup_epochs, epochs, controller_steps, lr);
-        set!(controller_lr, entropy_weight, derive_rounds, derive_samples, derive_batches);
-        set_optional!(temperature, tanh_constant, max_images);
+        set!(
+            mode,
+            init_channels,
+            layers,
+            nodes,
+            batch_size,
+            warmup_epochs,
+            epochs,
+            lr,
+            momentum,
+            weight_decay
+        );
+        set!(controller_lr, controller_weight_decay, controller_hidden, entropy_weight, baseline_decay);
+        set!(derive_rounds, derive_samples, derive_images, derive_uniform);
+        set_optional!(controller_steps, grad_clip, temperature, tanh_constant, max_images, derive_batch_size);
+        set_optional!(controller_grad_clip);
+        if self.no_controller_grad_clip {
+            o.controller_grad_clip = None;
+        }
+        if let Some(names) = &self.op_order {
+            let order = names
+                .iter()
+                .map(|n| n.trim().parse::<cnas::space::Primitive>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| cnas::error::Error::BadOption(format!("--op-order: {e}")))?;
+            o.op_order = Some(order);
+        }
+        o.sparse_update = self.sparse_update;
         o.seed = self.data.seed;
         o.sync_bn = self.sync_bn;
-        o
+        Ok(o)
     }
 }
 
@@ -277,30 +352,37 @@ struct TrainArgs {
     /// Number of cells [cifar10: 20, imagenet: 14].
     #[arg(long)]
     layers: Option<i64>,
-    /// [cifar10: 600, imagenet: 250]
+    /// Training epochs [cifar10: 600, imagenet: 250]
     #[arg(long)]
     epochs: Option<usize>,
-    /// Images per batch (per device) [64].
+    /// Global batch: images per optimizer step over all ranks, divided evenly over the
+    /// data-parallel ranks (WORLD_SIZE k: each takes batch / k) [cifar10: 128, imagenet: 256].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Initial learning rate (SGD) [0.05].
+    /// Initial learning rate (SGD; not rescaled with the batch) [0.05].
     #[arg(long)]
     lr: Option<f64>,
     /// Learning rate the decay ends at [0].
     #[arg(long)]
     lr_min: Option<f64>,
+    /// SGD momentum [0.9].
     #[arg(long)]
     momentum: Option<f64>,
-    /// [3e-4]
+    /// SGD weight decay (L2) [3e-4].
     #[arg(long)]
     weight_decay: Option<f64>,
-    /// No weight decay on biases and BatchNorm parameters.
-    #[arg(long)]
+    /// No weight decay on parameters whose name contains "bias" (BatchNorm and convolution or
+    /// linear biases; BatchNorm weights are still decayed) [cifar10: off, imagenet: on].
+    #[arg(long, overrides_with = "bias_decay")]
     no_bias_decay: bool,
+    /// Weight decay on biases too: turns the ImageNet default --no-bias-decay off.
+    #[arg(long, overrides_with = "no_bias_decay")]
+    bias_decay: bool,
     /// Learning-rate decay [cifar10: cosine, imagenet: linear].
     #[arg(long, value_enum)]
     scheduler: Option<cnas::train::SchedulerKind>,
-    /// Epochs of linear warm-up before the decay [0].
+    /// Epochs W of linear warm-up: epoch e < W (1-based) runs at lr·e/W, the decay starts
+    /// from lr at e = W [0].
     #[arg(long)]
     warmup_epochs: Option<usize>,
     /// --scheduler step: epochs between decays [1].
@@ -309,13 +391,14 @@ struct TrainArgs {
     /// --scheduler step: decay factor [0.97].
     #[arg(long)]
     gamma: Option<f64>,
-    /// Label smoothing [cifar10: 0, imagenet: 0.1].
+    /// Label smoothing ε: target 1-ε on the label and ε/(K-1) on each other class, as the
+    /// released code [0].
     #[arg(long)]
     label_smooth: Option<f64>,
     /// Weight of the auxiliary head's loss; 0 trains without the head [0.4].
     #[arg(long)]
     auxiliary_weight: Option<f64>,
-    /// Drop-path probability at the last epoch, rising linearly from 0 [0.2].
+    /// Drop-path probability at the last epoch: epoch e of T (1-based) uses P·e/T [0.2].
     #[arg(long)]
     drop_path_prob: Option<f64>,
     /// Gradient clipping (global L2 norm) [5].
@@ -353,7 +436,9 @@ impl TrainArgs {
         set!(eval_every);
         o.max_images = self.max_images;
         o.max_eval_images = self.max_eval_images;
-        o.no_bias_decay = self.no_bias_decay;
+        if self.no_bias_decay || self.bias_decay {
+            o.no_bias_decay = self.no_bias_decay;
+        }
         o.amp = self.amp;
         o.sync_bn = self.sync_bn;
         o.seed = self.data.seed;
@@ -551,7 +636,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
             let main = parallel.as_ref().is_none_or(cnas::train::DataParallel::is_main);
             let outcome = cnas::search::search(
-                &args.options(),
+                &args.options()?,
                 &args.data,
                 &run_dir,
                 start,

@@ -1,11 +1,13 @@
 //! Optimizers with PyTorch's update rules and with their state in the open, so checkpoints can
 //! save and restore it exactly (tch's optimizers keep their state inside libtorch, out of
-//! reach). Each works on a fixed list of named parameters; [`Sgd::step_subset`] and
-//! [`Adam::step_subset`] update only some of them, which is what a weight-sharing supernet
-//! needs: parameters of ops the sampled architecture did not use are left alone, as
-//! PyTorch does for parameters whose gradient is `None`.
+//! reach). Each works on a fixed list of named parameters. A weight-sharing supernet needs
+//! two rules: [`Sgd::zero_grad_in_place`] then [`Sgd::step`] is PyTorch 1.5's (the released
+//! CNAS code's): gradients are zeroed, not dropped, so a parameter used once keeps taking
+//! weight decay and momentum; [`Sgd::zero_grad`] then [`Sgd::step_subset`] leaves the
+//! parameters of ops the sampled architecture did not use alone, as PyTorch does for
+//! parameters whose gradient is `None`.
 //!
-//! The hot calls (dropping gradients, the SGD update, gradient clipping) are libtorch's
+//! The hot calls (dropping or zeroing gradients, the SGD update, gradient clipping) are libtorch's
 //! multi-tensor operators through `csrc/optim.cpp`: a few kernel launches per step on a GPU,
 //! whatever the number of parameters.
 use std::collections::HashMap;
@@ -18,6 +20,7 @@ use crate::error::{Error, Result};
 extern "C" {
     fn cnas_optim_last_error() -> *const c_char;
     fn cnas_grads_set_none(params: *mut *mut c_void, n: c_int) -> c_int;
+    fn cnas_grads_zero(params: *mut *mut c_void, n: c_int, materialize: *const c_int) -> c_int;
     fn cnas_fused_sgd(
         params: *mut *mut c_void,
         bufs: *mut *mut c_void,
@@ -54,6 +57,23 @@ pub fn set_grads_to_none(params: &[Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// Zeroes the gradients of `params` in place and keeps them (`zero_grad()` of PyTorch before
+/// 1.7, which the released CNAS code ran on): a parameter that has had a gradient keeps a (zero)
+/// one, so a later step still applies weight decay and momentum to it. Parameters whose
+/// `materialize` flag is set get a zero gradient if they have none (restoring that state after
+/// a resume). One multi-tensor kernel on a GPU.
+pub fn zero_grads_in_place(params: &[Tensor], materialize: &[bool]) -> Result<()> {
+    let mut ptrs = pointers(params);
+    let flags: Vec<c_int> =
+        (0..params.len()).map(|i| c_int::from(materialize.get(i).copied().unwrap_or(false))).collect();
+    // SAFETY: the pointers are live tch tensors and `flags` has one entry per pointer.
+    let rc = unsafe { cnas_grads_zero(ptrs.as_mut_ptr(), ptrs.len() as c_int, flags.as_ptr()) };
+    if rc != 0 {
+        return Err(shim_error("zeroing gradients"));
+    }
+    Ok(())
+}
+
 /// Scales the gradients of `params` (those that have one) so that their joint L2 norm is at
 /// most `max_norm`, as PyTorch's `clip_grad_norm_`, and returns the norm before clipping as a
 /// 0-dim tensor. Nothing is read back to the host.
@@ -76,6 +96,8 @@ pub struct Sgd {
     /// Per parameter: whether weight decay applies (off for biases with no-bias-decay).
     decay: Vec<bool>,
     momentum_buffers: Vec<Option<Tensor>>,
+    /// Per parameter: whether a step has updated it (it has had a gradient).
+    stepped: Vec<bool>,
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
@@ -97,6 +119,7 @@ impl Sgd {
             params,
             decay: vec![true; n],
             momentum_buffers: (0..n).map(|_| None).collect(),
+            stepped: vec![false; n],
             lr,
             momentum,
             weight_decay,
@@ -124,6 +147,14 @@ impl Sgd {
         set_grads_to_none(&self.params)
     }
 
+    /// Zeroes the gradients in place instead of dropping them (see [`zero_grads_in_place`]):
+    /// with [`Sgd::step`] after the backward pass, every parameter that has ever had a
+    /// gradient is updated, as under PyTorch 1.5. After [`Sgd::load_state`] the parameters
+    /// stepped before the checkpoint get their zero gradients back here.
+    pub fn zero_grad_in_place(&mut self) -> Result<()> {
+        zero_grads_in_place(&self.params, &self.stepped)
+    }
+
     /// Updates every parameter that has a gradient.
     pub fn step(&mut self) -> Result<()> {
         let all: Vec<usize> = (0..self.params.len()).collect();
@@ -139,6 +170,7 @@ impl Sgd {
             if !self.params[i].grad().defined() {
                 continue;
             }
+            self.stepped[i] = true;
             let decays = self.weight_decay != 0.0 && self.decay[i];
             let first = self.momentum != 0.0 && self.momentum_buffers[i].is_none();
             groups[usize::from(decays) * 2 + usize::from(first)].push(i);
@@ -180,13 +212,18 @@ impl Sgd {
         Ok(())
     }
 
-    /// Momentum buffers as named tensors (`momentum.<param>`), for a checkpoint.
+    /// Momentum buffers as named tensors (`momentum.<param>`), for a checkpoint; a parameter
+    /// stepped without a buffer (momentum 0) is marked by a 0-dim `stepped.<param>`.
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.names
-            .iter()
-            .zip(&self.momentum_buffers)
-            .filter_map(|(n, b)| b.as_ref().map(|b| (format!("momentum.{n}"), b.shallow_clone())))
-            .collect()
+        let mut out = Vec::new();
+        for (i, n) in self.names.iter().enumerate() {
+            match &self.momentum_buffers[i] {
+                Some(b) => out.push((format!("momentum.{n}"), b.shallow_clone())),
+                None if self.stepped[i] => out.push((format!("stepped.{n}"), Tensor::from(1i64))),
+                None => {}
+            }
+        }
+        out
     }
 
     /// Restores what [`Sgd::state`] saved; parameters without a saved buffer start afresh.
@@ -196,6 +233,8 @@ impl Sgd {
                 None => None,
                 Some(t) => Some(checked_copy(t, &self.params[i], name)?),
             };
+            self.stepped[i] =
+                self.momentum_buffers[i].is_some() || state.contains_key(&format!("stepped.{name}"));
         }
         Ok(())
     }

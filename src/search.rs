@@ -1,11 +1,13 @@
-//! The curriculum architecture search, end to end.
+//! The curriculum architecture search, end to end, as the released CNAS code runs it.
 //!
-//! A search runs stages; each stage allows a set of operations (`--mode op`: the first k of an
-//! order drawn from the seed, sep_conv_3x3 first), a number of searched nodes (`--mode node`),
-//! or everything (`--mode fixed`). A stage is `warmup_epochs` epochs of weight training with
-//! uniformly sampled architectures, then `epochs` epochs of weight training with the
-//! controllers' samples, each followed by `controller_steps` REINFORCE updates on held-out
-//! batches; then candidates are derived and saved. Supernet and controllers carry over.
+//! A search runs stages; each stage allows a set of operations (`--mode op`: the first k of
+//! an order drawn from the seed with `torch.randperm`, sep_conv_3x3 first), a number of
+//! searched nodes (`--mode node`), or everything (`--mode fixed`). A stage is `warmup_epochs`
+//! epochs of weight training with uniformly sampled architectures, then `epochs` epochs of
+//! weight training with the controllers' samples, each followed by a pass of REINFORCE
+//! updates over the held-out batches (or `controller_steps` of them); then candidates are
+//! sampled, scored on un-augmented held-out images, and saved. Supernet and controllers carry
+//! over. See [`weight_step`] for the supernet's update rule (PyTorch 1.5's, by default).
 //!
 //! # Run directory
 //! - `config.json`: every option, the seed, the data options, the operation order, versions;
@@ -30,7 +32,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -57,8 +58,9 @@ pub enum CurriculumMode {
     Fixed,
 }
 
-/// Every number of a search. [`SearchOptions::default`] is the paper's configuration,
-/// [`SearchOptions::quick`] a tiny one that still runs every stage.
+/// Every number of a search. [`SearchOptions::default`] is the configuration of the released
+/// CNAS code (its `search.py` defaults), [`SearchOptions::quick`] a tiny one that still runs
+/// every stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SearchOptions {
@@ -71,13 +73,19 @@ pub struct SearchOptions {
     pub batch_size: usize,
     pub warmup_epochs: usize,
     pub epochs: usize,
-    /// REINFORCE updates after each epoch of weight training.
-    pub controller_steps: usize,
+    /// REINFORCE updates after each epoch of weight training; `None`: one per batch of the
+    /// held-out part (one pass over it, as released).
+    pub controller_steps: Option<usize>,
     /// Weights: SGD (Nesterov) on the weight-training split.
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    pub grad_clip: f64,
+    /// Supernet update rule. `false` (released): gradients are zeroed in place, not dropped
+    /// (PyTorch 1.5's `zero_grad()`), so every parameter that has been used once takes weight
+    /// decay and momentum at every later step. `true`: only the sampled path moves.
+    pub sparse_update: bool,
+    /// Supernet gradient clipping (global L2 norm); `None`: none, as released.
+    pub grad_clip: Option<f64>,
     /// Controller: Adam on held-out batches.
     pub controller_lr: f64,
     pub controller_weight_decay: f64,
@@ -86,19 +94,35 @@ pub struct SearchOptions {
     pub baseline_decay: f64,
     pub temperature: Option<f64>,
     pub tanh_constant: Option<f64>,
+    /// Controllers' gradient clipping (global L2 norm over both); `None`: none.
+    pub controller_grad_clip: Option<f64>,
     /// Candidates at the end of a stage: `derive_rounds` rounds of `derive_samples` samples,
-    /// each scored on the same `derive_batches` held-out batches; each round's best is kept.
+    /// each scored on the same `derive_images` un-augmented held-out images (all of the
+    /// held-out part when it is smaller); each round's best is kept.
     pub derive_rounds: usize,
     pub derive_samples: usize,
-    pub derive_batches: usize,
+    pub derive_images: usize,
+    /// Images per forward pass when scoring candidates (BatchNorm normalises with each batch's
+    /// statistics, so this is part of the score); `None`: `batch_size`.
+    pub derive_batch_size: Option<usize>,
+    /// Uniformly sampled architectures scored beside the candidates at the end of each stage,
+    /// to show whether the controller beats chance (not part of the released algorithm).
+    pub derive_uniform: usize,
     /// Use at most this many images of each search split (None: all).
     pub max_images: Option<usize>,
     pub seed: u64,
+    /// The curriculum's operation order (`--mode op`); `None`: sep_conv_3x3, then the other
+    /// seven in the order `torch.randperm(7)` gives with a generator seeded with `seed`, as
+    /// released.
+    pub op_order: Option<Vec<Primitive>>,
     /// Data-parallel runs: BatchNorm statistics over every rank's batch (the supernet's
     /// BatchNorm always normalises with batch statistics, so this makes a rank's step the
     /// global batch's, as in one process).
     pub sync_bn: bool,
 }
+
+/// The released code's default seed.
+pub const DEFAULT_SEED: u64 = 2020;
 
 impl Default for SearchOptions {
     fn default() -> Self {
@@ -110,11 +134,12 @@ impl Default for SearchOptions {
             batch_size: 96,
             warmup_epochs: 20,
             epochs: 40,
-            controller_steps: 50,
+            controller_steps: None,
             lr: 0.01,
             momentum: 0.9,
             weight_decay: 3e-4,
-            grad_clip: 5.0,
+            sparse_update: false,
+            grad_clip: None,
             controller_lr: 3e-4,
             controller_weight_decay: 5e-4,
             controller_hidden: 128,
@@ -122,18 +147,23 @@ impl Default for SearchOptions {
             baseline_decay: 0.99,
             temperature: None,
             tanh_constant: None,
+            controller_grad_clip: Some(5.0),
             derive_rounds: 3,
             derive_samples: 10,
-            derive_batches: 1,
+            derive_images: 10_000,
+            derive_batch_size: None,
+            derive_uniform: 0,
             max_images: None,
-            seed: 0,
+            seed: DEFAULT_SEED,
+            op_order: None,
             sync_bn: false,
         }
     }
 }
 
 impl SearchOptions {
-    /// Small enough for a laptop CPU in minutes, and still every stage of the curriculum.
+    /// Small enough for a laptop CPU in minutes, and still every stage of the curriculum: fewer
+    /// controller steps (8) and derivation images (512) than a pass over the held-out part.
     pub fn quick() -> Self {
         SearchOptions {
             init_channels: 8,
@@ -141,8 +171,10 @@ impl SearchOptions {
             batch_size: 32,
             warmup_epochs: 1,
             epochs: 1,
-            controller_steps: 8,
+            controller_steps: Some(8),
             derive_samples: 4,
+            derive_images: 512,
+            derive_uniform: 4,
             max_images: Some(512),
             controller_lr: 3.5e-3,
             ..Self::default()
@@ -150,27 +182,107 @@ impl SearchOptions {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::BadOption(m.to_string()));
-        if self.batch_size == 0 {
-            return bad("--batch-size must be at least 1");
+        let bad = |m: String| Err(Error::BadOption(m));
+        if self.batch_size < 2 {
+            return bad("--batch-size must be at least 2 (BatchNorm needs two images)".into());
         }
         if self.epochs == 0 && self.warmup_epochs == 0 {
-            return bad("a stage needs at least one epoch: --warmup-epochs and --epochs are both 0");
+            return bad("a stage needs at least one epoch: --warmup-epochs and --epochs are both 0".into());
         }
-        if self.derive_rounds == 0 || self.derive_samples == 0 || self.derive_batches == 0 {
-            return bad("--derive-rounds, --derive-samples and --derive-batches must be at least 1");
+        if self.derive_rounds == 0 || self.derive_samples == 0 || self.derive_images == 0 {
+            return bad("--derive-rounds, --derive-samples and --derive-images must be at least 1".into());
+        }
+        if self.derive_batch_size.is_some_and(|b| b < 2) {
+            return bad("--derive-batch-size must be at least 2".into());
+        }
+        if self.controller_steps == Some(0) {
+            return bad("--controller-steps must be at least 1".into());
         }
         if self.max_images == Some(0) {
-            return bad("--max-images must be at least 1");
+            return bad("--max-images must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.controller_lr > 0.0) {
-            return bad("learning rates must be positive");
+        if self.init_channels < 1 || self.layers < 1 || self.nodes < 1 || self.controller_hidden < 1 {
+            return bad(
+                "--init-channels, --layers, --nodes and --controller-hidden must be at least 1".into()
+            );
         }
-        if !(0.0..1.0).contains(&self.baseline_decay) {
-            return bad("--baseline-decay must be in [0, 1)");
+        let positive = [
+            ("--lr", Some(self.lr)),
+            ("--controller-lr", Some(self.controller_lr)),
+            ("--grad-clip", self.grad_clip),
+            ("--controller-grad-clip", self.controller_grad_clip),
+            ("--temperature", self.temperature),
+            ("--tanh-constant", self.tanh_constant),
+        ];
+        for (name, value) in positive {
+            if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
+                return bad(format!("{name} {v} must be a positive number"));
+            }
+        }
+        let non_negative = [
+            ("--weight-decay", self.weight_decay),
+            ("--controller-weight-decay", self.controller_weight_decay),
+            ("--entropy-weight", self.entropy_weight),
+        ];
+        for (name, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} {v} must be a number of at least 0"));
+            }
+        }
+        for (name, v) in [("--momentum", self.momentum), ("--baseline-decay", self.baseline_decay)] {
+            if !(0.0..1.0).contains(&v) {
+                return bad(format!("{name} {v} must be in [0, 1)"));
+            }
+        }
+        if let Some(order) = &self.op_order {
+            check_op_order(order)?;
         }
         Ok(())
     }
+
+    /// The curriculum's operation order: `op_order` if given, else the released draw from the
+    /// seed ([`released_op_order`]).
+    pub fn resolved_op_order(&self) -> Result<Vec<Primitive>> {
+        match &self.op_order {
+            Some(order) => {
+                check_op_order(order)?;
+                Ok(order.clone())
+            }
+            None => released_op_order(self.seed),
+        }
+    }
+
+    /// The batch candidates are scored in.
+    pub fn derive_batch(&self) -> usize {
+        self.derive_batch_size.unwrap_or(self.batch_size)
+    }
+}
+
+/// An operation order given by hand must list each of the 8 DARTS operations once.
+fn check_op_order(order: &[Primitive]) -> Result<()> {
+    let mut sorted = order.to_vec();
+    sorted.sort();
+    sorted.dedup();
+    let mut all = Primitive::DARTS.to_vec();
+    all.sort();
+    if order.len() != Primitive::DARTS.len() || sorted != all {
+        let names: Vec<&str> = Primitive::DARTS.iter().map(|p| p.name()).collect();
+        return Err(Error::BadOption(format!(
+            "--op-order must list each of the 8 operations once ({})",
+            names.join(",")
+        )));
+    }
+    Ok(())
+}
+
+/// The released code's operation order for `seed`: the DARTS list's first operation
+/// (sep_conv_3x3), then the other seven permuted by `torch.randperm(7)` from a generator
+/// seeded with `seed`.
+pub fn released_op_order(seed: u64) -> Result<Vec<Primitive>> {
+    let (first, rest) =
+        Primitive::DARTS.split_first().ok_or_else(|| Error::BadOption("no primitives".into()))?;
+    let perm = crate::data::rng::torch_randperm(rest.len(), seed)?;
+    Ok(std::iter::once(*first).chain(perm.into_iter().map(|i| rest[i])).collect())
 }
 
 /// One stage of the curriculum: which ops (a mask over the supernet's primitive list) and how
@@ -183,23 +295,17 @@ pub struct Stage {
     pub ops: Vec<String>,
 }
 
-/// The operation order (`--mode op`: sep_conv_3x3 first, the rest shuffled by the seed) and
-/// the stages it gives.
+/// The stages of a curriculum over `primitives` (the supernet's list; every mask indexes it)
+/// with the operation order `order` (`--mode op`: stage k allows the first k operations of it).
 pub fn curriculum(
     mode: CurriculumMode,
     primitives: &[Primitive],
+    order: &[Primitive],
     nodes: usize,
-    seed: u64,
-) -> (Vec<Primitive>, Vec<Stage>) {
-    let mut order: Vec<Primitive> = primitives.to_vec();
-    if let Some(first) = order.iter().position(|&p| p == Primitive::SepConv3x3) {
-        order.swap(0, first);
-    }
-    let mut rng = stream(seed, u64::MAX, 0, 0);
-    order[1..].shuffle(&mut rng);
+) -> Vec<Stage> {
     let mask = |k: usize| -> Vec<bool> { primitives.iter().map(|p| order[..k].contains(p)).collect() };
     let names = |k: usize| -> Vec<String> { order[..k].iter().map(|p| p.name().to_string()).collect() };
-    let stages = match mode {
+    match mode {
         CurriculumMode::Op => (1..=order.len())
             .map(|k| Stage { allowed: mask(k), searched_nodes: nodes, ops: names(k) })
             .collect(),
@@ -209,8 +315,7 @@ pub fn curriculum(
         CurriculumMode::Fixed => {
             vec![Stage { allowed: mask(order.len()), searched_nodes: nodes, ops: names(order.len()) }]
         }
-    };
-    (order, stages)
+    }
 }
 
 /// The random stream of one (stage, phase, epoch): every draw of a step comes from here.
@@ -261,11 +366,24 @@ struct CheckpointState {
 pub struct Candidate {
     pub stage: usize,
     pub round: usize,
+    /// Its place in the round (1-based).
+    #[serde(default)]
+    pub sample: usize,
     pub genotype: Genotype,
-    /// Top-1 accuracy on the derive batches of the held-out split.
+    /// Top-1 accuracy on the derivation images (un-augmented held-out images).
     pub score: f64,
+    /// Standard error of `score`, `sqrt(score·(1 - score)/images)`.
+    #[serde(default)]
+    pub std_error: f64,
+    /// Images the score was measured on.
+    #[serde(default)]
+    pub images: usize,
+    /// Log-probability of the pair under the controllers, and their entropies summed.
     pub log_prob: f64,
     pub entropy: f64,
+    /// The best of its round (the first of the highest scores, as released).
+    #[serde(default)]
+    pub round_best: bool,
 }
 
 /// What `cnas search` writes into config.json.
@@ -378,7 +496,7 @@ fn prepare_run_dir(
                 }
             }
             options.validate()?;
-            let (order, _) = curriculum(options.mode, &Primitive::DARTS, options.nodes, options.seed);
+            let order = options.resolved_op_order()?;
             let config = RunConfig {
                 search: options.clone(),
                 data: DataConfig::from_args(data_args),
@@ -512,6 +630,8 @@ struct Search {
     stages: Vec<Stage>,
     weights_loader: Loader,
     heldout_loader: Loader,
+    /// The un-augmented held-out images candidates are scored on.
+    derive_loader: Loader,
     supernet_vs: nn::VarStore,
     supernet: Supernet,
     controller_vs: nn::VarStore,
@@ -550,6 +670,11 @@ impl Search {
             LoaderOptions::train(options.batch_size).device(device).drop_last(true).shard(rank, world_size);
         let weights_loader = limit(data.loader(Part::SearchWeights, &loader_opts)?, options.max_images)?;
         let heldout_loader = limit(data.loader(Part::SearchHeldOut, &loader_opts)?, options.max_images)?;
+        // Candidates are scored on the first `derive_images` of the same held-out images, in
+        // order and without augmentation; sharded, the ranks together score each image once.
+        let derive_opts = LoaderOptions::eval(options.derive_batch()).device(device).shard(rank, world_size);
+        let derive_loader = limit(data.loader(Part::SearchHeldOut, &derive_opts)?, options.max_images)?
+            .first(options.derive_images)?;
         for (loader, what) in [(&weights_loader, "weight-training"), (&heldout_loader, "held-out")] {
             if loader.batches_per_epoch() == 0 {
                 return Err(Error::BadOption(format!(
@@ -559,7 +684,8 @@ impl Search {
             }
         }
         let primitives = Primitive::DARTS.to_vec();
-        let (_, stages) = curriculum(options.mode, &primitives, options.nodes, options.seed);
+        let order = options.resolved_op_order()?;
+        let stages = curriculum(options.mode, &primitives, &order, options.nodes);
 
         tch::manual_seed(options.seed as i64);
         let supernet_vs = nn::VarStore::new(device);
@@ -606,6 +732,7 @@ impl Search {
             stages,
             weights_loader,
             heldout_loader,
+            derive_loader,
             supernet_vs,
             supernet,
             controller_vs,
@@ -644,14 +771,6 @@ impl Search {
     /// Only rank 0 (or a single process) writes files.
     fn is_main(&self) -> bool {
         self.parallel.as_ref().is_none_or(DataParallel::is_main)
-    }
-
-    /// Data-parallel runs: the mean of `value` over the ranks (a reward, a score).
-    fn mean_over_ranks(&self, value: f64) -> Result<f64> {
-        match &self.parallel {
-            Some(p) => Ok(p.group().mean_f64(&[value])?[0]),
-            None => Ok(value),
-        }
     }
 
     /// Data-parallel runs, after an epoch: rank 0's supernet buffers everywhere, and the
@@ -973,7 +1092,7 @@ impl Search {
                     &self.param_use,
                     (&images, &labels),
                     (&normal, &reduce),
-                    self.options.grad_clip,
+                    UpdateRule::of(&self.options),
                     self.parallel.as_ref(),
                 )?;
                 totals.add(&loss, &logits, &labels);
@@ -1014,8 +1133,9 @@ impl Search {
         }))
     }
 
-    fn accuracy(&self, images: &Tensor, labels: &Tensor, normal: &Cell, reduce: &Cell) -> Result<f64> {
-        supernet_accuracy(&self.supernet, (images, labels), (normal, reduce))
+    /// REINFORCE updates per search epoch: `--controller-steps`, or one per held-out batch.
+    fn controller_steps(&self) -> usize {
+        self.options.controller_steps.unwrap_or_else(|| self.heldout_loader.batches_per_epoch())
     }
 
     /// `controller_steps` REINFORCE updates of both controllers on held-out batches.
@@ -1023,8 +1143,9 @@ impl Search {
         let p = self.position;
         let mut rng = stream(self.options.seed, p.stage as u64, 4, p.epoch as u64);
         let stage = self.stages[p.stage].clone();
+        let steps = self.controller_steps();
         let bar = self.progress(
-            self.options.controller_steps as u64,
+            steps as u64,
             format!(
                 "stage {}/{} controller {}/{}",
                 p.stage + 1,
@@ -1038,7 +1159,7 @@ impl Search {
         let mut pass = 0u64;
         let mut batches = self.heldout_loader.epoch(self.loader_epoch(Phase::Search));
         let mut images_seen = 0usize;
-        for _ in 0..self.options.controller_steps {
+        for _ in 0..steps {
             let batch = match batches.next() {
                 Some(b) => b,
                 None => {
@@ -1063,7 +1184,7 @@ impl Search {
                 &self.primitives,
                 (&images, &labels),
                 self.options.entropy_weight,
-                self.options.grad_clip,
+                self.options.controller_grad_clip,
                 self.parallel.as_ref(),
             )?;
             reward_sum += step.reward;
@@ -1079,7 +1200,7 @@ impl Search {
             Some(p) => p.group().sum_f64(&[images_seen as f64])?[0] as usize,
             None => images_seen,
         };
-        let steps = self.options.controller_steps.max(1) as f64;
+        let steps = steps.max(1) as f64;
         let secs = start.elapsed().as_secs_f64();
         tracing::info!(
             "stage {} controller epoch {}: reward {:.4}, baseline {:.4}, entropy {:.3} (nodes) {:.3} (ops)",
@@ -1099,6 +1220,7 @@ impl Search {
             "node_entropy": node_ent / steps,
             "op_entropy": op_ent / steps,
             "controller_lr": self.adam.lr,
+            "steps": steps as usize,
             "images_per_s": images_seen as f64 / secs,
             "time_s": secs,
         }))
@@ -1126,20 +1248,16 @@ impl Search {
 
         let stage = self.stages[stage_index].clone();
         let mut rng = stream(self.options.seed, stage_index as u64, Phase::Derive.id(), 0);
-        // Every candidate is scored on the same held-out batches.
-        let mut batches = Vec::with_capacity(self.options.derive_batches);
-        for batch in
-            self.heldout_loader.epoch(self.loader_epoch(Phase::Derive)).take(self.options.derive_batches)
-        {
-            let (images, labels) = batch?;
-            batches.push((to_device(&images, self.device), to_device(&labels, self.device)));
-        }
+        let images = self.derive_images()?;
         let start = Instant::now();
-        let mut candidates = Vec::with_capacity(self.options.derive_rounds);
-        let mut controller_scores = Vec::new();
+        let bar = self.progress(
+            (self.options.derive_rounds * self.options.derive_samples + self.options.derive_uniform) as u64,
+            format!("stage {}/{} derive", stage_index + 1, self.stages.len()),
+        );
+        let mut candidates = Vec::with_capacity(self.options.derive_rounds * self.options.derive_samples);
         for round in 0..self.options.derive_rounds {
-            let mut best: Option<Candidate> = None;
-            for _ in 0..self.options.derive_samples {
+            let first = candidates.len();
+            for sample in 0..self.options.derive_samples {
                 let (n, r) = tch::no_grad(|| {
                     let n = self.normal_controller.sample(
                         &mut rng,
@@ -1155,43 +1273,39 @@ impl Search {
                     );
                     (n, r)
                 });
-                let mut score = 0.0;
-                for (images, labels) in &batches {
-                    score += self.accuracy(images, labels, &n.cell, &r.cell)?;
-                }
-                score /= batches.len().max(1) as f64;
-                // Each rank scored its own held-out batches: all must pick the same best.
-                let score = self.mean_over_ranks(score)?;
-                controller_scores.push(score);
-                let candidate = Candidate {
+                let (score, count) = self.score(&images, &n.cell, &r.cell)?;
+                candidates.push(Candidate {
                     stage: stage_index + 1,
                     round: round + 1,
+                    sample: sample + 1,
                     genotype: Genotype { normal: n.cell, reduce: r.cell },
                     score,
+                    std_error: std_error(score, count),
+                    images: count,
                     log_prob: n.log_prob.double_value(&[]) + r.log_prob.double_value(&[]),
                     entropy: [&n.node_entropy, &n.op_entropy, &r.node_entropy, &r.op_entropy]
                         .iter()
                         .map(|t| t.double_value(&[]))
                         .sum(),
-                };
-                if best.as_ref().is_none_or(|b| candidate.score > b.score) {
-                    best = Some(candidate);
-                }
+                    round_best: false,
+                });
+                bar.inc(1);
             }
-            candidates.extend(best);
+            if let Some(i) = best_index(&candidates[first..]) {
+                candidates[first + i].round_best = true;
+            }
         }
-        // As many uniform samples on the same batches: does the controller beat chance?
-        let mut uniform_scores = Vec::with_capacity(controller_scores.len());
+        // Uniform samples on the same images: does the controller beat chance?
+        let mut uniform_scores = Vec::with_capacity(self.options.derive_uniform);
         let uniform = self.pair_sampler(true);
-        for _ in 0..controller_scores.len() {
+        for _ in 0..self.options.derive_uniform {
             let (n, r) = uniform.draw(&mut rng);
-            let mut score = 0.0;
-            for (images, labels) in &batches {
-                score += self.accuracy(images, labels, &n, &r)?;
-            }
-            uniform_scores.push(self.mean_over_ranks(score / batches.len().max(1) as f64)?);
+            uniform_scores.push(self.score(&images, &n, &r)?.0);
+            bar.inc(1);
         }
+        bar.finish_and_clear();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let controller_scores: Vec<f64> = candidates.iter().map(|c| c.score).collect();
         let text = serde_json::to_string_pretty(&candidates).map_err(|e| Error::BadOption(e.to_string()))?;
         let best =
             best_of(candidates.clone()).ok_or_else(|| Error::BadOption("no candidate derived".into()))?;
@@ -1199,45 +1313,140 @@ impl Search {
             crate::util::write_atomic(&dir.join("candidates.json"), text.as_bytes())?;
             crate::util::write_atomic(&dir.join(GENOTYPE), best.genotype.to_json_pretty().as_bytes())?;
         }
+        let uniform_mean = (!uniform_scores.is_empty()).then(|| mean(&uniform_scores));
         tracing::info!(
-            "stage {} done: best candidate {:.2}% on held-out batches (controller samples {:.2}% on average, uniform samples {:.2}%)\n{}",
+            "stage {} done: best candidate {:.2}% ± {:.2} on {} held-out images (controller samples {:.2}% on average{})\n{}",
             stage_index + 1,
             best.score * 100.0,
+            best.std_error * 100.0,
+            best.images,
             mean(&controller_scores) * 100.0,
-            mean(&uniform_scores) * 100.0,
+            uniform_mean.map_or(String::new(), |u| format!(", uniform samples {:.2}%", u * 100.0)),
             best.genotype
         );
         self.log_metrics(serde_json::json!({
             "phase": "derive",
-            "candidates": candidates.iter().map(|c| c.score).collect::<Vec<_>>(),
+            "candidates": controller_scores,
+            "round_best": candidates.iter().filter(|c| c.round_best).map(|c| c.score).collect::<Vec<_>>(),
             "best_score": best.score,
+            "best_std_error": best.std_error,
+            "images": best.images,
             "controller_mean": mean(&controller_scores),
-            "uniform_mean": mean(&uniform_scores),
+            "uniform_mean": uniform_mean,
             "samples": controller_scores.len(),
+            "uniform_samples": uniform_scores.len(),
             "genotype": best.genotype,
+            "scored_per_s": ((controller_scores.len() + uniform_scores.len()) * best.images) as f64
+                / start.elapsed().as_secs_f64(),
             "time_s": start.elapsed().as_secs_f64(),
         }))?;
         Ok(best)
     }
+
+    /// The derivation images: on the device, batched, when they fit in a modest budget (scored
+    /// once per candidate, so kept); otherwise `None` and every candidate reads them again.
+    fn derive_images(&self) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        const KEEP_BYTES: usize = 2 << 30;
+        let [c, h, w] = self.derive_loader.image_shape();
+        if self.derive_loader.samples_per_epoch() * c * h * w * 4 > KEEP_BYTES {
+            return Ok(None);
+        }
+        let mut batches = Vec::with_capacity(self.derive_loader.batches_per_epoch());
+        for batch in self.derive_loader.epoch(0) {
+            let (images, labels) = batch?;
+            batches.push((to_device(&images, self.device), to_device(&labels, self.device)));
+        }
+        Ok(Some(batches))
+    }
+
+    /// Top-1 accuracy of the supernet running a pair on the derivation images, and how many
+    /// images that is (over every rank): one host sync per candidate.
+    fn score(
+        &self,
+        kept: &Option<Vec<(Tensor, Tensor)>>,
+        normal: &Cell,
+        reduce: &Cell,
+    ) -> Result<(f64, usize)> {
+        let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
+        let mut count = 0usize;
+        let mut add = |images: &Tensor, labels: &Tensor| -> Result<()> {
+            correct += supernet_correct(&self.supernet, (images, labels), (normal, reduce))?;
+            count += labels.size()[0] as usize;
+            Ok(())
+        };
+        match kept {
+            Some(batches) => {
+                for (images, labels) in batches {
+                    add(images, labels)?;
+                }
+            }
+            None => {
+                for batch in self.derive_loader.epoch(0) {
+                    let (images, labels) = batch?;
+                    add(&to_device(&images, self.device), &to_device(&labels, self.device))?;
+                }
+            }
+        }
+        let (mut correct, mut count) = (correct.double_value(&[]), count as f64);
+        if let Some(p) = &self.parallel {
+            let sums = p.group().sum_f64(&[correct, count])?;
+            (correct, count) = (sums[0], sums[1]);
+        }
+        Ok((correct / count.max(1.0), count as usize))
+    }
+}
+
+/// Standard error of an accuracy `p` measured on `n` images.
+pub fn std_error(p: f64, n: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    (p * (1.0 - p) / n as f64).sqrt()
+}
+
+/// How the supernet's parameters are updated after a weight step's backward pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateRule {
+    /// Only the sampled path moves (gradients dropped) instead of the released rule (gradients
+    /// zeroed in place, every parameter used once keeps moving).
+    pub sparse: bool,
+    /// Global L2 norm the gradients are clipped to, if any.
+    pub grad_clip: Option<f64>,
+}
+
+impl UpdateRule {
+    pub fn of(options: &SearchOptions) -> Self {
+        UpdateRule { sparse: options.sparse_update, grad_clip: options.grad_clip }
+    }
 }
 
 /// One weight update of the supernet on a batch with one architecture pair: forward,
-/// cross-entropy, backward, gradient clipping and an SGD step over the parameters the pair
-/// uses. Returns the loss and logits (on the device; nothing is read back). With `parallel`
-/// (one rank of a data-parallel run) the gradients of the parameters the
-/// pair uses (the same on every rank) are averaged over the ranks before clipping.
+/// cross-entropy, backward, optional gradient clipping and an SGD step. Returns the loss and
+/// logits (on the device; nothing is read back).
+///
+/// The released rule (`rule.sparse` false) zeroes gradients in place, as PyTorch 1.5's
+/// `zero_grad()` did, so the step updates every parameter that has ever had a gradient: the
+/// sampled path by its gradient, the rest by weight decay and momentum alone. The sparse rule
+/// drops gradients and updates only the parameters the pair uses. Either way the step is one
+/// fused multi-tensor update per parameter group. With `parallel` (one rank of a data-parallel
+/// run) the gradients of the parameters the pair uses (the same on every rank) are averaged
+/// over the ranks before clipping; the others are zero everywhere.
 pub fn weight_step(
     supernet: &Supernet,
     sgd: &mut Sgd,
     param_use: &ParamUse,
     (images, labels): (&Tensor, &Tensor),
     (normal, reduce): (&Cell, &Cell),
-    grad_clip: f64,
+    rule: UpdateRule,
     parallel: Option<&DataParallel>,
 ) -> Result<(Tensor, Tensor)> {
     let logits = supernet.forward_t(images, normal, reduce, true)?;
     let loss = logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
-    sgd.zero_grad()?;
+    if rule.sparse {
+        sgd.zero_grad()?;
+    } else {
+        sgd.zero_grad_in_place()?;
+    }
     loss.backward();
     sync_batch_norm_ok()?;
     let active = param_use.active(normal, reduce);
@@ -1245,26 +1454,44 @@ pub fn weight_step(
     if let Some(p) = parallel {
         p.average_gradients(&params)?;
     }
-    let _grad_norm = clip_grad_norm(&params, grad_clip)?;
-    sgd.step_subset(&active)?;
+    if let Some(max_norm) = rule.grad_clip {
+        // Gradients outside the pair are zero (or absent): they add nothing to the norm.
+        let _grad_norm = clip_grad_norm(&params, max_norm)?;
+    }
+    if rule.sparse {
+        sgd.step_subset(&active)?;
+    } else {
+        sgd.step()?;
+    }
     Ok((loss.detach(), logits.detach()))
 }
 
+/// Images the supernet running an architecture pair classifies correctly in a batch, as a
+/// 0-dim tensor on the device (nothing is read back). Batch statistics (training-mode BN), as
+/// the weights were trained with and as the released code scores: the running statistics of a
+/// weight-sharing supernet belong to no single architecture.
+pub fn supernet_correct(
+    supernet: &Supernet,
+    (images, labels): (&Tensor, &Tensor),
+    (normal, reduce): (&Cell, &Cell),
+) -> Result<Tensor> {
+    let logits = tch::no_grad(|| supernet.forward_t(images, normal, reduce, true))?;
+    sync_batch_norm_ok()?;
+    Ok(logits.argmax(-1, false).eq_tensor(labels).sum(Kind::Int64))
+}
+
 /// Top-1 accuracy of the supernet running an architecture pair on a batch (a host sync).
-/// Batch statistics (training-mode BN), as the weights were trained with: the running
-/// statistics of a weight-sharing supernet belong to no single architecture.
 pub fn supernet_accuracy(
     supernet: &Supernet,
     (images, labels): (&Tensor, &Tensor),
     (normal, reduce): (&Cell, &Cell),
 ) -> Result<f64> {
-    let logits = tch::no_grad(|| supernet.forward_t(images, normal, reduce, true))?;
-    sync_batch_norm_ok()?;
-    Ok(logits.argmax(-1, false).eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]))
+    let correct = supernet_correct(supernet, (images, labels), (normal, reduce))?;
+    Ok(correct.double_value(&[]) / labels.size()[0].max(1) as f64)
 }
 
 /// What one REINFORCE update saw.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ControllerStep {
     pub reward: f64,
     pub advantage: f64,
@@ -1272,10 +1499,12 @@ pub struct ControllerStep {
     /// Means over the two controllers.
     pub node_entropy: f64,
     pub op_entropy: f64,
+    /// The pair it sampled (normal, reduce).
+    pub cells: (Cell, Cell),
 }
 
 /// One REINFORCE update of both controllers: sample a pair, score it on a held-out batch,
-/// reward minus the moving-average baseline, entropy bonus, clipping, Adam. With `parallel`
+/// reward minus the moving-average baseline, entropy bonus, optional clipping, Adam. With `parallel`
 /// (one rank of a data-parallel run) the reward is the mean of the
 /// ranks' accuracies on their own held-out batches, so every rank makes the same update and
 /// the controllers stay identical.
@@ -1290,7 +1519,7 @@ pub fn controller_step(
     primitives: &[Primitive],
     batch: (&Tensor, &Tensor),
     entropy_weight: f64,
-    grad_clip: f64,
+    grad_clip: Option<f64>,
     parallel: Option<&DataParallel>,
 ) -> Result<ControllerStep> {
     let n = normal_controller.sample(rng, &stage.allowed, stage.searched_nodes, primitives);
@@ -1308,7 +1537,9 @@ pub fn controller_step(
     );
     adam.zero_grad()?;
     loss.backward();
-    let _grad_norm = clip_grad_norm(adam.params(), grad_clip)?;
+    if let Some(max_norm) = grad_clip {
+        let _grad_norm = clip_grad_norm(adam.params(), max_norm)?;
+    }
     adam.step();
     Ok(ControllerStep {
         reward,
@@ -1316,6 +1547,7 @@ pub fn controller_step(
         loss: loss.double_value(&[]),
         node_entropy: (n.node_entropy.double_value(&[]) + r.node_entropy.double_value(&[])) / 2.0,
         op_entropy: (n.op_entropy.double_value(&[]) + r.op_entropy.double_value(&[])) / 2.0,
+        cells: (n.cell, r.cell),
     })
 }
 
@@ -1330,6 +1562,12 @@ fn sync_batch_norm_ok() -> Result<()> {
 /// The highest-scoring candidate (the earliest on ties).
 fn best_of(candidates: Vec<Candidate>) -> Option<Candidate> {
     candidates.into_iter().reduce(|best, c| if c.score > best.score { c } else { best })
+}
+
+/// Index of the highest score (the earliest on ties, as the released `if acc > best_acc`).
+fn best_index(candidates: &[Candidate]) -> Option<usize> {
+    (0..candidates.len())
+        .reduce(|best, i| if candidates[i].score > candidates[best].score { i } else { best })
 }
 
 /// A loader restricted to its first `max_images` images (the split's order is already drawn
@@ -1347,45 +1585,119 @@ mod tests {
 
     #[test]
     fn op_curriculum_starts_with_sep_conv_and_adds_one_op_per_stage() {
-        let (order, stages) = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 5);
+        let order = released_op_order(5).unwrap();
         assert_eq!(order[0], Primitive::SepConv3x3);
+        let stages = curriculum(CurriculumMode::Op, &Primitive::DARTS, &order, 4);
         assert_eq!(stages.len(), 8);
         for (k, stage) in stages.iter().enumerate() {
-            assert_eq!(stage.allowed.iter().filter(|&&a| a).count(), k + 1);
-            assert_eq!(stage.ops.len(), k + 1);
+            // The mask indexes the primitive list, not curriculum positions: exactly the first
+            // k + 1 operations of the order are allowed, wherever they sit in the list.
+            for (i, p) in Primitive::DARTS.iter().enumerate() {
+                assert_eq!(stage.allowed[i], order[..=k].contains(p), "stage {k}, {p}");
+            }
+            assert_eq!(stage.ops, order[..=k].iter().map(|p| p.name().to_string()).collect::<Vec<_>>());
             assert_eq!(stage.searched_nodes, 4);
+            if k > 0 {
+                let before = &stages[k - 1].allowed;
+                assert!(before.iter().zip(&stage.allowed).all(|(&a, &b)| !a || b), "stage {k} drops an op");
+            }
         }
         let mut sorted = order.clone();
         sorted.sort();
         let mut all = Primitive::DARTS.to_vec();
         all.sort();
         assert_eq!(sorted, all);
+        // An order that is not the list's own, so the mask test above means something.
+        assert_ne!(order, Primitive::DARTS.to_vec());
     }
 
     #[test]
-    fn op_order_comes_from_the_seed() {
-        let a = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 1).0;
-        let b = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 1).0;
-        assert_eq!(a, b);
-        let differs = (2..10).any(|s| curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, s).0 != a);
-        assert!(differs);
+    fn op_order_comes_from_the_seed_or_by_hand() {
+        let a = released_op_order(1).unwrap();
+        assert_eq!(a, released_op_order(1).unwrap());
+        assert!((2..10).any(|s| released_op_order(s).unwrap() != a));
+        let o = SearchOptions { seed: 1, ..SearchOptions::default() };
+        assert_eq!(o.resolved_op_order().unwrap(), a);
+        let mut by_hand = Primitive::DARTS.to_vec();
+        by_hand.reverse();
+        let o = SearchOptions { op_order: Some(by_hand.clone()), ..o };
+        assert_eq!(o.resolved_op_order().unwrap(), by_hand);
+        for bad in [vec![Primitive::SepConv3x3; 8], Primitive::DARTS[..7].to_vec()] {
+            let o = SearchOptions { op_order: Some(bad), ..SearchOptions::default() };
+            assert!(o.validate().unwrap_err().is_user_error());
+        }
     }
 
     #[test]
     fn node_and_fixed_curricula() {
-        let (_, stages) = curriculum(CurriculumMode::Node, &Primitive::DARTS, 4, 0);
+        let order = Primitive::DARTS.to_vec();
+        let stages = curriculum(CurriculumMode::Node, &Primitive::DARTS, &order, 4);
         assert_eq!(stages.iter().map(|s| s.searched_nodes).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert!(stages.iter().all(|s| s.allowed.iter().all(|&a| a)));
-        let (_, stages) = curriculum(CurriculumMode::Fixed, &Primitive::DARTS, 4, 0);
+        let stages = curriculum(CurriculumMode::Fixed, &Primitive::DARTS, &order, 4);
         assert_eq!(stages.len(), 1);
         assert!(stages[0].allowed.iter().all(|&a| a));
+    }
+
+    #[test]
+    fn defaults_are_the_released_code_s() {
+        let o = SearchOptions::default();
+        assert_eq!((o.init_channels, o.layers, o.nodes, o.batch_size), (16, 8, 4, 96));
+        assert_eq!((o.warmup_epochs, o.epochs, o.controller_steps), (20, 40, None));
+        assert_eq!(
+            (o.lr, o.momentum, o.weight_decay, o.sparse_update, o.grad_clip),
+            (0.01, 0.9, 3e-4, false, None)
+        );
+        assert_eq!((o.controller_lr, o.controller_weight_decay, o.controller_hidden), (3e-4, 5e-4, 128));
+        assert_eq!((o.entropy_weight, o.baseline_decay, o.controller_grad_clip), (0.005, 0.99, Some(5.0)));
+        assert_eq!((o.temperature, o.tanh_constant), (None, None));
+        assert_eq!(
+            (o.derive_rounds, o.derive_samples, o.derive_images, o.derive_batch()),
+            (3, 10, 10_000, 96)
+        );
+        assert_eq!((o.seed, o.op_order.clone(), o.mode), (2020, None, CurriculumMode::Op));
+        assert!(o.validate().is_ok() && SearchOptions::quick().validate().is_ok());
+        for bad in [
+            SearchOptions { entropy_weight: f64::NAN, ..o.clone() },
+            SearchOptions { entropy_weight: -1.0, ..o.clone() },
+            SearchOptions { grad_clip: Some(0.0), ..o.clone() },
+            SearchOptions { controller_grad_clip: Some(f64::INFINITY), ..o.clone() },
+            SearchOptions { momentum: 1.0, ..o.clone() },
+            SearchOptions { derive_images: 0, ..o.clone() },
+            SearchOptions { controller_steps: Some(0), ..o.clone() },
+        ] {
+            assert!(bad.validate().unwrap_err().is_user_error());
+        }
+    }
+
+    #[test]
+    fn round_and_stage_winners_are_the_first_highest_scores() {
+        let genotype = crate::space::published("CNAS").unwrap();
+        let c = |score: f64| Candidate {
+            stage: 1,
+            round: 1,
+            sample: 1,
+            genotype: genotype.clone(),
+            score,
+            std_error: 0.0,
+            images: 10,
+            log_prob: 0.0,
+            entropy: 0.0,
+            round_best: false,
+        };
+        let list = [c(0.2), c(0.5), c(0.1), c(0.5)];
+        assert_eq!(best_index(&list), Some(1));
+        assert_eq!(best_of(list.to_vec()).unwrap().score, 0.5);
+        assert_eq!(best_index(&[]), None);
+        assert!((std_error(0.5, 100) - 0.05).abs() < 1e-12);
+        assert_eq!(std_error(1.0, 10), 0.0);
     }
 
     /// The sampling thread hands over exactly the pairs one thread would have drawn, in order,
     /// for uniform and controller sampling.
     #[test]
     fn pairs_from_the_sampling_thread_are_the_inline_draws() {
-        let (_, stages) = curriculum(CurriculumMode::Op, &Primitive::DARTS, 4, 3);
+        let stages = curriculum(CurriculumMode::Op, &Primitive::DARTS, &released_op_order(3).unwrap(), 4);
         let vs = nn::VarStore::new(Device::Cpu);
         let config = ControllerConfig::default();
         let normal = Controller::new(&(vs.root() / "normal"), config.clone());

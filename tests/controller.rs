@@ -188,7 +188,7 @@ fn reference_probs(
 ) -> Vec<Vec<f64>> {
     let vars = vs.variables();
     let w = |name: &str| vars[&format!("ctrl.{name}")].detach().to_kind(Kind::Double);
-    let (node_emb, op_emb, start) = (w("node_emb"), w("op_emb"), w("start"));
+    let (node_emb, op_emb) = (w("node_emb"), w("op_emb"));
     let (w_ih, w_hh, b) = (w("lstm.w_ih"), w("lstm.w_hh"), w("lstm.b"));
     let (w_key, w_query, v) = (w("attn.w_key"), w("attn.w_query"), w("attn.v"));
     let (head_w, head_b) = (w("op_head.weight"), w("op_head.bias"));
@@ -219,7 +219,8 @@ fn reference_probs(
     };
     let mut h = Tensor::zeros([1, config.hidden], (Kind::Double, Device::Cpu));
     let mut c = h.zeros_like();
-    let mut x = start;
+    // The released controller's first input is a zero vector.
+    let mut x = h.zeros_like();
     let mut out = Vec::new();
     for (k, &choice) in choices.iter().enumerate() {
         (h, c) = step(&x, &h, &c);
@@ -500,7 +501,9 @@ fn baseline_and_loss() {
     assert_eq!(b.decay, 0.99);
     assert_eq!(b.update(0.5), 0.0);
     assert_eq!(b.value, Some(0.5));
-    assert!((b.update(1.5) - 1.0).abs() < 1e-12);
+    // The released rule: the baseline moves first, the advantage is against the moved value,
+    // 0.99 * (1.5 - 0.5).
+    assert!((b.update(1.5) - 0.99).abs() < 1e-12);
     assert!((b.value.unwrap() - (0.99 * 0.5 + 0.01 * 1.5)).abs() < 1e-12);
     let back: Baseline = serde_json::from_str(&serde_json::to_string(&b).unwrap()).unwrap();
     assert_eq!(back, b);

@@ -279,3 +279,103 @@ fn nasnet_and_amoebanet_five_node_cells() {
         run_case(arch, case);
     }
 }
+
+/// The supernet's two update rules against PyTorch's SGD (Nesterov, weight decay) over steps
+/// whose losses reach different subsets of the parameters, as sampled paths do: the released
+/// rule (`Sgd::zero_grad_in_place` + `Sgd::step`) is `zero_grad(set_to_none=False)`, PyTorch
+/// 1.5's behaviour, under which a parameter used once keeps moving; the sparse rule
+/// (`Sgd::zero_grad` + `Sgd::step_subset` of the used ones) is `set_to_none=True`. Both
+/// continue identically after a checkpoint in the middle.
+#[test]
+fn supernet_update_rules_match_pytorch_sgd() {
+    use cnas::optim::Sgd;
+    let (lr, momentum, wd) = (0.05, 0.9, 0.01);
+    // p3 is first reached at step 3; p4 never.
+    let steps: [&[usize]; 6] = [&[0, 1], &[1, 2], &[0], &[0, 3], &[2], &[1]];
+    tch::manual_seed(11);
+    let start: Vec<Tensor> = (0..5).map(|i| Tensor::randn([3, 2 + i], (Kind::Float, Device::Cpu))).collect();
+    let targets: Vec<Tensor> =
+        start.iter().map(|p| Tensor::randn(p.size(), (Kind::Float, Device::Cpu))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (inp, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    let mut named: Vec<(String, Tensor)> = Vec::new();
+    for (i, (p, t)) in start.iter().zip(&targets).enumerate() {
+        named.push((format!("p{i}"), p.shallow_clone()));
+        named.push((format!("t{i}"), t.shallow_clone()));
+    }
+    Tensor::write_safetensors(&named, &inp).unwrap();
+    let spec: Vec<String> =
+        steps.iter().map(|s| s.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")).collect();
+    common::run_reference(
+        "sgd_rules.py",
+        &[
+            inp.to_str().unwrap().into(),
+            out.to_str().unwrap().into(),
+            "--lr".into(),
+            lr.to_string(),
+            "--momentum".into(),
+            momentum.to_string(),
+            "--weight-decay".into(),
+            wd.to_string(),
+            "--steps".into(),
+            spec.join(";"),
+        ],
+    );
+    let reference: HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+
+    let named = |params: &[Tensor]| -> Vec<(String, Tensor)> {
+        params.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.shallow_clone())).collect()
+    };
+    for (rule, sparse) in [("zeroed", false), ("dropped", true)] {
+        let before: Vec<Tensor> = start.iter().map(|p| p.copy().set_requires_grad(true)).collect();
+        let mut sgd = Sgd::new(named(&before), lr, momentum, wd, true);
+        run_steps(&before, &mut sgd, &steps[..3], 0, &targets, sparse);
+        // A checkpoint after step 3: fresh parameters (no gradients) and a fresh optimizer
+        // from the saved state must go on as the uninterrupted run.
+        let state: HashMap<String, Tensor> = sgd.state().into_iter().collect();
+        let params: Vec<Tensor> = before.iter().map(|p| p.detach().copy().set_requires_grad(true)).collect();
+        let mut sgd = Sgd::new(named(&params), lr, momentum, wd, true);
+        sgd.load_state(&state).unwrap();
+        run_steps(&params, &mut sgd, &steps[3..], 3, &targets, sparse);
+        for (i, p) in params.iter().enumerate() {
+            let expected = &reference[&format!("{rule}.p{i}")];
+            let d = (p - expected).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{rule}: p{i} differs from PyTorch by {d:e}");
+        }
+    }
+    // The two rules really differ here (p0 is idle in steps 1 and 4).
+    let d = (&reference["zeroed.p0"] - &reference["dropped.p0"]).abs().max().double_value(&[]);
+    assert!(d > 1e-4, "the reference rules do not differ ({d:e})");
+    assert!(reference["zeroed.p4"].equal(&start[4]) && reference["dropped.p4"].equal(&start[4]));
+}
+
+/// Steps `first..` of the update-rule test: step k's loss reaches the parameters `used`, then
+/// the rule's update.
+fn run_steps(
+    params: &[Tensor],
+    sgd: &mut cnas::optim::Sgd,
+    steps: &[&[usize]],
+    first: usize,
+    targets: &[Tensor],
+    sparse: bool,
+) {
+    for (j, used) in steps.iter().enumerate() {
+        let k = first + j;
+        if sparse {
+            sgd.zero_grad().unwrap();
+        } else {
+            sgd.zero_grad_in_place().unwrap();
+        }
+        let loss = used
+            .iter()
+            .map(|&i| (&params[i] * (k as f64 + 1.0) - &targets[i]).square().sum(Kind::Float))
+            .reduce(|a, b| a + b)
+            .unwrap();
+        loss.backward();
+        if sparse {
+            sgd.step_subset(used).unwrap();
+        } else {
+            sgd.step().unwrap();
+        }
+    }
+}

@@ -1,9 +1,19 @@
 //! `cnas search` end to end on real CIFAR-10 images with tiny supernets: resume equality,
-//! run-directory safety, and that the controller learns something in a short search.
+//! run-directory safety, fidelity to the released CNAS code (defaults, operation order, the op
+//! curriculum, derivation, which parameters a step updates, the REINFORCE step), and that the
+//! controller learns something in a short search.
 mod common;
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Output;
+
+use cnas::controller::{uniform_cell, Baseline, Controller, ControllerConfig};
+use cnas::optim::{Adam, Sgd};
+use cnas::search::{controller_step, curriculum, weight_step, CurriculumMode, UpdateRule};
+use cnas::space::{Cell, Genotype, Primitive};
+use cnas::supernet::{ParamUse, Supernet, SupernetConfig};
+use tch::{nn, Device, Kind, Tensor};
 
 fn search(run_dir: &Path, extra: &[&str]) -> Output {
     let data = common::cifar10_dir();
@@ -57,6 +67,7 @@ fn metrics_without_timing(run_dir: &Path) -> Vec<serde_json::Value> {
             let obj = v.as_object_mut().unwrap();
             obj.remove("images_per_s");
             obj.remove("time_s");
+            obj.remove("scored_per_s");
             v
         })
         .collect()
@@ -144,15 +155,11 @@ fn a_run_directory_holding_another_run_is_refused() {
     assert_eq!(out.status.code(), Some(2));
 }
 
-#[test]
-fn after_a_short_search_the_controller_beats_uniform_sampling() {
-    // A small space (2 nodes, all 8 ops) and enough weight training for architectures to
-    // differ: controller samples must then score higher than uniform ones on held-out images,
-    // and the controllers must have become more certain than uniform choice.
-    // Margins matter: CPUs with other SIMD units sum in other orders. At controller lr 0.006
-    // the entropy ended at the limit on an AVX-512 machine (10.78 against 10.71); at 0.01 it
-    // ends at 4.2 there, controller samples at 24.6% against uniform's 14.3%. Seed 1 at 0.01
-    // fails the accuracy assertion (17.5% against 18.7%): the test can fail.
+/// A small space (2 nodes, all 8 ops) and enough weight training for architectures to differ:
+/// controller samples must then score higher than uniform ones on the same held-out images, by
+/// a margin, and the controllers must have become more certain than uniform choice. Returns
+/// (controller mean, uniform mean, last entropy, uniform entropy).
+fn learning_run(seed: &str) -> (f64, f64, f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let args = [
@@ -175,17 +182,19 @@ fn after_a_short_search_the_controller_beats_uniform_sampling() {
         "--controller-steps",
         "40",
         "--controller-lr",
-        "0.01",
+        "0.02",
         "--derive-rounds",
         "2",
         "--derive-samples",
         "12",
-        "--derive-batches",
-        "4",
+        "--derive-images",
+        "256",
+        "--derive-uniform",
+        "24",
         "--workers",
-        "2",
+        "1",
         "--seed",
-        "2",
+        seed,
     ];
     ok(&search(&run, &args));
     let metrics = metrics_without_timing(&run);
@@ -195,13 +204,468 @@ fn after_a_short_search_the_controller_beats_uniform_sampling() {
     // Uniform choice over 2 nodes and 8 ops: node i picks 2 of i+2 inputs and 2 of 8 ops.
     let uniform_entropy: f64 = (0..2).map(|i| 2.0 * ((i + 2) as f64).ln() + 2.0 * 8f64.ln()).sum();
     let last = entropy(controller[controller.len() - 1]);
+    let derive = metrics.iter().find(|m| m["phase"] == "derive").unwrap();
+    assert_eq!(derive["samples"].as_u64(), Some(24));
+    assert_eq!(derive["images"].as_u64(), Some(256));
+    let (ours, uniform) =
+        (derive["controller_mean"].as_f64().unwrap(), derive["uniform_mean"].as_f64().unwrap());
+    eprintln!(
+        "seed {seed}: controller {ours:.4}, uniform {uniform:.4}, entropy {last:.3} of {uniform_entropy:.3}"
+    );
+    (ours, uniform, last, uniform_entropy)
+}
+
+/// Measured on the 2-core AVX-512 machine at controller lr 0.02: seed 3, controller samples
+/// 24.3% against uniform's 14.1%, entropy 0.12 of 11.9 at the end; seed 4, 30.5% against 17.3%.
+/// At lr 0.01 the signal was weak (seed 2: 19.5% against 17.4%; seed 3: 19.5% against 18.7%,
+/// under this margin): the test can fail.
+fn assert_learns(seed: &str) {
+    let (ours, uniform, last, uniform_entropy) = learning_run(seed);
     assert!(
         last < 0.9 * uniform_entropy,
         "entropy {last:.3} has not fallen from uniform's {uniform_entropy:.3}"
     );
-    let derive = metrics.iter().find(|m| m["phase"] == "derive").unwrap();
-    assert!(derive["samples"].as_u64().unwrap() >= 20);
-    let (ours, uniform) =
-        (derive["controller_mean"].as_f64().unwrap(), derive["uniform_mean"].as_f64().unwrap());
-    assert!(ours > uniform, "controller samples {ours:.4} do not beat uniform samples {uniform:.4}");
+    assert!(
+        ours > uniform + MARGIN,
+        "seed {seed}: controller samples {ours:.4} do not beat uniform samples {uniform:.4} by {MARGIN}"
+    );
+}
+
+/// Five accuracy points on the same 256 images, averaged over 24 samples each side.
+const MARGIN: f64 = 0.05;
+
+#[test]
+fn after_a_short_search_the_controller_beats_uniform_sampling_seed_3() {
+    assert_learns("3");
+}
+
+#[test]
+fn after_a_short_search_the_controller_beats_uniform_sampling_seed_4() {
+    assert_learns("4");
+}
+
+/// The released code's operation order is `[sep_conv_3x3] + rest[torch.randperm(7)]` with a
+/// generator seeded with the seed: compared with the venv's PyTorch for a few seeds.
+#[test]
+fn the_op_order_is_pytorch_s_randperm_draw() {
+    let script = r#"
+import sys, torch
+P = ['sep_conv_3x3', 'sep_conv_5x5', 'max_pool_3x3', 'avg_pool_3x3', 'none', 'skip_connect',
+     'dil_conv_3x3', 'dil_conv_5x5']
+for s in sys.argv[1:]:
+    g = torch.Generator(); g.manual_seed(int(s))
+    print(','.join([P[0]] + [P[1:][i] for i in torch.randperm(7, generator=g).tolist()]))
+"#;
+    let seeds = [2020u64, 0, 1, 7];
+    let out = std::process::Command::new(common::python())
+        .arg("-c")
+        .arg(script)
+        .args(seeds.iter().map(u64::to_string))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(expected.len(), seeds.len());
+    for (seed, want) in seeds.iter().zip(&expected) {
+        let ours: Vec<&str> =
+            cnas::search::released_op_order(*seed).unwrap().iter().map(|p| p.name()).collect();
+        assert_eq!(&ours.join(","), want, "seed {seed}");
+    }
+}
+
+/// A default `cnas search` records the released code's configuration (search.py's defaults,
+/// written out here, not read from cnas) and its operation order for seed 2020.
+#[test]
+fn a_default_search_records_the_released_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    ok(&search(&run, &["--stop-after-epochs", "0"]));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let released = serde_json::json!({
+        "mode": "op", "init_channels": 16, "layers": 8, "nodes": 4, "batch_size": 96,
+        "warmup_epochs": 20, "epochs": 40, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0003,
+        "sparse_update": false, "grad_clip": null, "controller_lr": 0.0003,
+        "controller_weight_decay": 0.0005, "controller_hidden": 128, "entropy_weight": 0.005,
+        "baseline_decay": 0.99, "temperature": null, "tanh_constant": null,
+        "controller_grad_clip": 5.0, "derive_rounds": 3, "derive_samples": 10, "seed": 2020,
+        // One controller step per held-out batch; candidates on 10,000 un-augmented images.
+        "controller_steps": null, "derive_images": 10000,
+    });
+    for (key, value) in released.as_object().unwrap() {
+        assert_eq!(&config["search"][key], value, "search.{key}");
+    }
+    assert_eq!(config["data"]["train_portion"], 0.4);
+    assert_eq!(config["data"]["seed"], 2020);
+    let order: Vec<&str> =
+        config["op_order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(
+        order,
+        [
+            "sep_conv_3x3",
+            "avg_pool_3x3",
+            "max_pool_3x3",
+            "skip_connect",
+            "dil_conv_3x3",
+            "none",
+            "dil_conv_5x5",
+            "sep_conv_5x5"
+        ]
+    );
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `--mode op`, the default, end to end: 8 stages, each allowing exactly the first k
+/// operations of the order (and containing the previous stage's); every derived candidate
+/// uses only the stage's operations; each round's winner, each stage's best and the final
+/// genotype are the first highest scores in candidates.json; one controller step per
+/// held-out batch; candidates scored on the asked number of un-augmented held-out images, and
+/// each score is reproduced by scoring the stage's saved supernet on those images here.
+#[test]
+fn the_op_curriculum_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    // The default preset, made small; --controller-steps is not given: a pass over the
+    // held-out part per search epoch.
+    let args = [
+        "--nodes",
+        "2",
+        "--init-channels",
+        "4",
+        "--layers",
+        "3",
+        "--warmup-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--max-images",
+        "64",
+        "--batch-size",
+        "16",
+        "--derive-rounds",
+        "2",
+        "--derive-samples",
+        "3",
+        "--derive-images",
+        "40",
+        "--workers",
+        "2",
+        "--seed",
+        "5",
+    ];
+    ok(&search(&run, &args));
+    let config = read_json(&run.join("config.json"));
+    let order: Vec<String> =
+        config["op_order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(order[0], "sep_conv_3x3");
+    let metrics = metrics_without_timing(&run);
+    let mut previous: BTreeSet<String> = BTreeSet::new();
+    let mut last_best: Option<serde_json::Value> = None;
+    for stage in 1..=8usize {
+        let allowed: BTreeSet<String> = order[..stage].iter().cloned().collect();
+        assert!(previous.is_subset(&allowed));
+        previous = allowed.clone();
+        let lines: Vec<&serde_json::Value> = metrics.iter().filter(|m| m["stage"] == stage).collect();
+        let ops: BTreeSet<String> =
+            lines[0]["ops"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        assert_eq!(ops, allowed, "stage {stage}");
+        let controller = lines.iter().find(|m| m["phase"] == "controller").unwrap();
+        assert_eq!(controller["steps"], 4, "controller steps: the held-out part is 64 images, 4 batches");
+        let candidates = read_json(&run.join(format!("stage-{stage}/candidates.json")));
+        let candidates = candidates.as_array().unwrap();
+        assert_eq!(candidates.len(), 6);
+        for c in candidates {
+            assert_eq!(c["images"], 40);
+            let genotype: Genotype = Genotype::parse_any(&c["genotype"].to_string()).unwrap();
+            for e in genotype.normal.edges.iter().chain(&genotype.reduce.edges) {
+                assert!(allowed.contains(e.op.name()), "stage {stage}: {} is not allowed", e.op);
+            }
+            let (p, n) = (c["score"].as_f64().unwrap(), 40.0);
+            assert!((c["std_error"].as_f64().unwrap() - (p * (1.0 - p) / n).sqrt()).abs() < 1e-12);
+        }
+        let score = |c: &serde_json::Value| c["score"].as_f64().unwrap();
+        for round in candidates.chunks(3) {
+            let top = round.iter().map(score).fold(f64::MIN, f64::max);
+            let first_top = round.iter().position(|c| score(c) == top).unwrap();
+            for (i, c) in round.iter().enumerate() {
+                assert_eq!(c["round_best"], i == first_top, "stage {stage}");
+            }
+        }
+        let top = candidates.iter().map(score).fold(f64::MIN, f64::max);
+        let best = candidates.iter().find(|c| score(c) == top).unwrap();
+        let stage_genotype =
+            std::fs::read_to_string(run.join(format!("stage-{stage}/genotype.json"))).unwrap();
+        assert_eq!(
+            Genotype::parse_any(&stage_genotype).unwrap(),
+            Genotype::parse_any(&best["genotype"].to_string()).unwrap()
+        );
+        last_best = Some(best.clone());
+    }
+    assert_eq!(previous.len(), 8);
+    let final_genotype = std::fs::read_to_string(run.join("genotype.json")).unwrap();
+    let last_best = last_best.unwrap();
+    assert_eq!(
+        Genotype::parse_any(&final_genotype).unwrap(),
+        Genotype::parse_any(&last_best["genotype"].to_string()).unwrap()
+    );
+
+    // The last stage's scores again, from its saved supernet, on the first 40 held-out images
+    // without augmentation, in batches of 16 with batch statistics.
+    let data_args =
+        cnas::data::DataArgs { data: common::cifar10_dir(), seed: 5, workers: Some(2), ..Default::default() };
+    let data = cnas::data::Data::open(&data_args, false).unwrap();
+    let loader = data
+        .loader(cnas::data::Part::SearchHeldOut, &cnas::data::LoaderOptions::eval(16))
+        .unwrap()
+        .limited(64)
+        .unwrap()
+        .first(40)
+        .unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let supernet = Supernet::new(
+        &vs.root(),
+        SupernetConfig {
+            primitives: Primitive::DARTS.to_vec(),
+            init_channels: 4,
+            layers: 3,
+            nodes: 2,
+            num_classes: 10,
+        },
+    )
+    .unwrap();
+    let saved = cnas::weights::read(&run.join("stage-8/supernet.safetensors")).unwrap();
+    cnas::weights::load_into(&vs, &saved).unwrap();
+    let batches: Vec<(Tensor, Tensor)> = loader.epoch(0).map(|b| b.unwrap()).collect();
+    assert_eq!(batches.iter().map(|(_, l)| l.size()[0]).sum::<i64>(), 40);
+    let candidates = read_json(&run.join("stage-8/candidates.json"));
+    for c in candidates.as_array().unwrap() {
+        let g = Genotype::parse_any(&c["genotype"].to_string()).unwrap();
+        let mut correct = 0i64;
+        for (x, y) in &batches {
+            let logits = tch::no_grad(|| supernet.forward_t(x, &g.normal, &g.reduce, true)).unwrap();
+            correct += logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+        }
+        assert_eq!(
+            c["score"].as_f64().unwrap(),
+            correct as f64 / 40.0,
+            "a candidate's score is not reproduced"
+        );
+    }
+}
+
+/// A tiny supernet, its parameters sorted by name as the search sorts them, and their users.
+fn tiny_supernet(seed: i64) -> (nn::VarStore, Supernet, Vec<(String, Tensor)>, ParamUse) {
+    tch::manual_seed(seed);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let config = SupernetConfig {
+        primitives: Primitive::DARTS.to_vec(),
+        init_channels: 4,
+        layers: 3,
+        nodes: 2,
+        num_classes: 10,
+    };
+    let supernet = Supernet::new(&vs.root(), config).unwrap();
+    let mut params: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: Vec<&String> = params.iter().map(|(n, _)| n).collect();
+    let param_use = ParamUse::new(&names, supernet.config());
+    (vs, supernet, params, param_use)
+}
+
+/// The names of the parameters a pair uses, worked out from the released supernet's layout:
+/// the ops on the pair's edges (`cells.C._ops.E._ops.K.` with E = (to-2)(to+1)/2 + from and K
+/// the op's place in the list) of each cell of the pair's type, and every layer that is not an
+/// edge's op (stem, preprocessing, classifier).
+fn expected_users(names: &[String], normal: &Cell, reduce: &Cell, layers: i64) -> BTreeSet<String> {
+    let mut prefixes = Vec::new();
+    for c in 0..layers {
+        let cell = if c == layers / 3 || c == 2 * layers / 3 { reduce } else { normal };
+        for e in &cell.edges {
+            let edge = (e.to - 2) * (e.to + 1) / 2 + e.from;
+            let k = Primitive::DARTS.iter().position(|&p| p == e.op).unwrap();
+            prefixes.push(format!("cells.{c}._ops.{edge}._ops.{k}."));
+        }
+    }
+    names
+        .iter()
+        .filter(|n| !n.contains("._ops.") || prefixes.iter().any(|p| n.starts_with(p.as_str())))
+        .cloned()
+        .collect()
+}
+
+fn every_op_pair(step: usize) -> (Cell, Cell) {
+    // Different pairs per step, so the released rule's "used so far" set grows.
+    let mut rng = cnas::search::stream(9, 0, 1, step as u64);
+    let all = [true; 8];
+    (uniform_cell(&mut rng, &all, 2, &Primitive::DARTS), uniform_cell(&mut rng, &all, 2, &Primitive::DARTS))
+}
+
+/// The parameters a pair's forward pass reaches, so that the loss gives them a gradient: a
+/// cell's output matters when the next cell reads its input 1 or the one after reads its input
+/// 0 (the last feeds the classifier); in a cell that matters, `preprocess{j}` matters when an
+/// edge reads input j, and every edge's op does.
+fn reached(names: &[String], normal: &Cell, reduce: &Cell, layers: usize) -> BTreeSet<String> {
+    let cell = |c: usize| if c == layers / 3 || c == 2 * layers / 3 { reduce } else { normal };
+    let reads = |c: usize, j: usize| cell(c).edges.iter().any(|e| e.from == j);
+    let mut needed = vec![false; layers];
+    needed[layers - 1] = true;
+    for c in (0..layers - 1).rev() {
+        needed[c] =
+            (needed[c + 1] && reads(c + 1, 1)) || (c + 2 < layers && needed[c + 2] && reads(c + 2, 0));
+    }
+    let stem = (needed[0] && (reads(0, 0) || reads(0, 1))) || (layers > 1 && needed[1] && reads(1, 0));
+    let ops = expected_users(names, normal, reduce, layers as i64);
+    names
+        .iter()
+        .filter(|n| {
+            let parts: Vec<&str> = n.split('.').collect();
+            match parts[0] {
+                "stem" => stem,
+                "cells" => {
+                    let c: usize = parts[1].parse().unwrap();
+                    match parts[2] {
+                        "preprocess0" => needed[c] && reads(c, 0),
+                        "preprocess1" => needed[c] && reads(c, 1),
+                        _ => needed[c] && ops.contains(*n),
+                    }
+                }
+                _ => true,
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// `ParamUse::active` is exactly the pair's ops plus the shared layers; a weight step moves
+/// exactly what the pair's forward pass reaches under the sparse rule, and everything reached
+/// so far under the released rule (weight decay and momentum keep moving a parameter once it
+/// has had a gradient).
+#[test]
+fn a_weight_step_updates_the_pair_s_parameters_or_everything_used_so_far() {
+    tch::set_num_threads(1);
+    let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
+    for sparse in [true, false] {
+        let (_vs, supernet, params, param_use) = tiny_supernet(4);
+        let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
+        let mut sgd = Sgd::new(shallow(&params), 0.05, 0.9, 3e-4, true);
+        let rule = UpdateRule { sparse, grad_clip: None };
+        let mut used_so_far = BTreeSet::new();
+        for step in 0..3 {
+            let (normal, reduce) = every_op_pair(step);
+            let expected = expected_users(&names, &normal, &reduce, 3);
+            let active: BTreeSet<String> =
+                param_use.active(&normal, &reduce).into_iter().map(|i| names[i].clone()).collect();
+            assert_eq!(active, expected, "step {step}: ParamUse::active");
+            let reach = reached(&names, &normal, &reduce, 3);
+            assert!(reach.is_subset(&active));
+            used_so_far.extend(reach.iter().cloned());
+            let before: Vec<Tensor> = params.iter().map(|(_, t)| t.detach().copy()).collect();
+            let _ = weight_step(&supernet, &mut sgd, &param_use, (&x, &y), (&normal, &reduce), rule, None)
+                .unwrap();
+            let moved: BTreeSet<String> = params
+                .iter()
+                .zip(&before)
+                .filter(|((_, t), b)| !t.equal(b))
+                .map(|((n, _), _)| n.clone())
+                .collect();
+            let want = if sparse { &reach } else { &used_so_far };
+            assert_eq!(&moved, want, "step {step}, sparse {sparse}: the parameters that moved");
+        }
+        let (n0, r0) = every_op_pair(0);
+        assert!(used_so_far.len() > reached(&names, &n0, &r0, 3).len(), "the pairs do not differ");
+    }
+}
+
+/// Clipping: off for the supernet by default (a step equals the unclipped one) and, when
+/// asked, applied (it changes the step).
+#[test]
+fn supernet_gradients_are_clipped_only_when_asked() {
+    let defaults = cnas::search::SearchOptions::default();
+    assert_eq!(UpdateRule::of(&defaults), UpdateRule { sparse: false, grad_clip: None });
+    assert_eq!(defaults.controller_grad_clip, Some(5.0));
+    let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu)) * 50.0;
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
+    let (normal, reduce) = every_op_pair(1);
+    let after = |clip: Option<f64>| {
+        let (_vs, supernet, params, param_use) = tiny_supernet(6);
+        let mut sgd = Sgd::new(shallow(&params), 0.05, 0.9, 3e-4, true);
+        let rule = UpdateRule { sparse: false, grad_clip: clip };
+        let _ =
+            weight_step(&supernet, &mut sgd, &param_use, (&x, &y), (&normal, &reduce), rule, None).unwrap();
+        params.iter().map(|(_, t)| t.detach().copy()).collect::<Vec<_>>()
+    };
+    let (none, huge, small) = (after(None), after(Some(1e9)), after(Some(1e-3)));
+    assert!(none.iter().zip(&huge).all(|(a, b)| a.equal(b)), "a clip that never bites changed the step");
+    assert!(none.iter().zip(&small).any(|(a, b)| !a.equal(b)), "clipping at 1e-3 did nothing");
+}
+
+/// REINFORCE: both controllers' log-probabilities enter the loss (with no entropy bonus and a
+/// non-zero advantage, both get gradients), and every sampled op lies in the stage's set.
+#[test]
+fn a_controller_step_trains_both_controllers_within_the_stage() {
+    let (_vs, supernet, _params, _use) = tiny_supernet(8);
+    let cvs = nn::VarStore::new(Device::Cpu);
+    let config = ControllerConfig { nodes: 2, num_ops: 8, hidden: 16, ..ControllerConfig::default() };
+    let normal = Controller::new(&(cvs.root() / "normal"), config.clone());
+    let reduce = Controller::new(&(cvs.root() / "reduce"), config);
+    let mut cparams: Vec<(String, Tensor)> = cvs.variables().into_iter().collect();
+    cparams.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut adam = Adam::new(shallow(&cparams), 1e-3, 0.0);
+    let order = cnas::search::released_op_order(2020).unwrap();
+    let stages = curriculum(CurriculumMode::Op, &Primitive::DARTS, &order, 2);
+    let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
+    let mut rng = cnas::search::stream(3, 0, 4, 0);
+    for (k, stage) in stages.iter().enumerate() {
+        // A baseline far below any reward: the advantage is positive.
+        let mut baseline = Baseline { value: Some(-1.0), decay: 0.99 };
+        let step = controller_step(
+            &supernet,
+            [&normal, &reduce],
+            &mut adam,
+            &mut baseline,
+            &mut rng,
+            stage,
+            &Primitive::DARTS,
+            (&x, &y),
+            0.0,
+            Some(5.0),
+            None,
+        )
+        .unwrap();
+        assert!(step.advantage > 0.9, "advantage {}", step.advantage);
+        for e in step.cells.0.edges.iter().chain(&step.cells.1.edges) {
+            assert!(order[..=k].contains(&e.op), "stage {k}: sampled {}", e.op);
+        }
+        let grads: HashMap<&str, f64> = cparams
+            .iter()
+            .map(|(n, t)| {
+                (
+                    n.as_str(),
+                    if t.grad().defined() { t.grad().abs().sum(Kind::Float).double_value(&[]) } else { 0.0 },
+                )
+            })
+            .collect();
+        for who in ["normal", "reduce"] {
+            let g = grads[format!("{who}.op_head.weight").as_str()] + grads[format!("{who}.attn.v").as_str()];
+            assert!(g > 0.0, "stage {k}: the {who} controller got no gradient from the loss");
+        }
+    }
+    // The uniform sampler (warm-up) keeps to the stage too.
+    let mut rng = cnas::search::stream(3, 0, 1, 0);
+    for (k, stage) in stages.iter().enumerate() {
+        for _ in 0..20 {
+            let cell = uniform_cell(&mut rng, &stage.allowed, 2, &Primitive::DARTS);
+            assert!(cell.edges.iter().all(|e| order[..=k].contains(&e.op)), "stage {k}");
+        }
+    }
+}
+
+fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
 }

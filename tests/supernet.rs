@@ -1,7 +1,11 @@
 //! The weight-sharing supernet: parameter layout and names, which operations a sampled
 //! architecture runs (and trains), empty nodes, reductions, and one cell checked against a
-//! direct computation from its variables. Tiny networks (C=4, L=3) so the file runs in seconds.
-use std::collections::HashSet;
+//! direct computation from its variables, and the whole supernet (reduction cells included)
+//! against the released CNAS code's search network in PyTorch (scripts/ref/released_supernet.py).
+//! Tiny networks (C=4, L=3 or 5) so the file runs in seconds.
+mod common;
+
+use std::collections::{HashMap, HashSet};
 
 use cnas::space::{Cell, Edge, Primitive};
 use cnas::supernet::{edge_index, op_path, Supernet, SupernetConfig};
@@ -431,4 +435,313 @@ fn sampled_cells_that_do_not_fit_are_errors() {
     }
     let e = net.cell_forward_t(1, &x, &x, &ok, false).unwrap_err();
     assert!(e.to_string().contains("cell 1 does not exist"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The released CNAS supernet (github guoyongcs/CNAS, cnas/model/search.py), in PyTorch.
+// ---------------------------------------------------------------------------------------------
+
+/// The released search's `op_type`: the first DARTS primitive, then the other seven in the
+/// order `torch.randperm(7, generator=torch.Generator().manual_seed(2020))` draws
+/// ([2, 1, 4, 5, 3, 6, 0] with PyTorch 2.11): sep_conv_3x3, avg_pool_3x3, max_pool_3x3,
+/// skip_connect, dil_conv_3x3, none, dil_conv_5x5, sep_conv_5x5. The released supernet's
+/// `cells.i._ops.e._ops.k` is this list's k-th primitive, while cnas's is
+/// `Primitive::DARTS[k]`: the test maps between the two.
+fn released_op_order() -> Vec<Primitive> {
+    let rest = &Primitive::DARTS[1..];
+    std::iter::once(Primitive::DARTS[0]).chain([2, 1, 4, 5, 3, 6, 0].iter().map(|&i| rest[i])).collect()
+}
+
+/// `cells.{i}._ops.{e}._ops.{k}.rest` with k in `from` order → the same op's name with its
+/// index in `to` order; other names unchanged.
+fn remap_op_index(name: &str, from: &[Primitive], to: &[Primitive]) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() > 5 && parts[0] == "cells" && parts[2] == "_ops" && parts[4] == "_ops" {
+        let k: usize = parts[5].parse().unwrap_or_else(|_| panic!("{name}: op index"));
+        let op = *from.get(k).unwrap_or_else(|| panic!("{name}: op index {k} out of range"));
+        let k2 = to.iter().position(|&p| p == op).unwrap_or_else(|| panic!("{name}: {op} not in {to:?}"));
+        let mut out: Vec<String> = parts.iter().map(|s| s.to_string()).collect();
+        out[5] = k2.to_string();
+        out.join(".")
+    } else {
+        name.to_string()
+    }
+}
+
+/// max |a - b| / max |b|, per tensor (a zero reference must be matched exactly up to 1e-12):
+/// stricter than tests/reference.rs's `max_rel_diff`, whose scale is at least 1, because
+/// gradients here are mostly far below 1.
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    let (a, b) = (a.to_kind(Kind::Double), b.to_kind(Kind::Double));
+    let scale = b.abs().max().double_value(&[]).max(1e-12);
+    (a - b).abs().max().double_value(&[]) / scale
+}
+
+const RELEASED_TOL: f64 = 1e-4;
+
+#[test]
+fn matches_released_supernet_including_reduction_cells() {
+    use Primitive as P;
+    type Arch = Vec<(Primitive, usize, usize)>;
+    // Three (normal, reduce) pairs, edges in node order as the released sampler emits them
+    // (the released forward runs edges in list order, so a node must be complete before an
+    // edge reads it, and an edge may not read a node that has no edges).
+    let archs: Vec<(Arch, Arch)> = vec![
+        // Every primitive once on normal edges; in the reduction cell, all but sep_conv_3x3 on
+        // stride-2 edges (from states 0 and 1), sep_conv_3x3 at stride 1.
+        (
+            vec![
+                (P::SepConv3x3, 0, 2),
+                (P::DilConv5x5, 1, 2),
+                (P::SkipConnect, 2, 3),
+                (P::MaxPool3x3, 0, 3),
+                (P::AvgPool3x3, 1, 4),
+                (P::None, 3, 4),
+                (P::DilConv3x3, 2, 5),
+                (P::SepConv5x5, 4, 5),
+            ],
+            vec![
+                (P::SkipConnect, 0, 2),
+                (P::SepConv5x5, 1, 2),
+                (P::DilConv3x3, 0, 3),
+                (P::MaxPool3x3, 1, 3),
+                (P::AvgPool3x3, 0, 4),
+                (P::SepConv3x3, 2, 4),
+                (P::None, 1, 5),
+                (P::DilConv5x5, 0, 5),
+            ],
+        ),
+        // Every primitive once in the reduction cell, all on stride-2 edges.
+        (
+            vec![
+                (P::SkipConnect, 1, 2),
+                (P::AvgPool3x3, 0, 2),
+                (P::None, 0, 3),
+                (P::SepConv5x5, 2, 3),
+                (P::MaxPool3x3, 3, 4),
+                (P::DilConv3x3, 1, 4),
+                (P::SepConv3x3, 4, 5),
+                (P::DilConv5x5, 0, 5),
+            ],
+            vec![
+                (P::SepConv3x3, 0, 2),
+                (P::DilConv5x5, 1, 2),
+                (P::None, 0, 3),
+                (P::SkipConnect, 1, 3),
+                (P::SepConv5x5, 0, 4),
+                (P::MaxPool3x3, 1, 4),
+                (P::AvgPool3x3, 0, 5),
+                (P::DilConv3x3, 1, 5),
+            ],
+        ),
+        // Edge cases: a duplicated edge, three edges into one node, an empty last node
+        // (zeros), a node fed only by `none` (zeros at the halved resolution) and a conv
+        // reading it.
+        (
+            vec![
+                (P::MaxPool3x3, 1, 2),
+                (P::MaxPool3x3, 1, 2),
+                (P::SepConv3x3, 0, 3),
+                (P::None, 2, 3),
+                (P::AvgPool3x3, 2, 4),
+                (P::DilConv5x5, 3, 4),
+                (P::SkipConnect, 0, 4),
+            ],
+            vec![
+                (P::None, 0, 2),
+                (P::None, 1, 2),
+                (P::SkipConnect, 0, 3),
+                (P::SkipConnect, 1, 3),
+                (P::DilConv3x3, 2, 3),
+                (P::SepConv5x5, 1, 4),
+                (P::AvgPool3x3, 3, 4),
+                (P::MaxPool3x3, 0, 5),
+                (P::SepConv3x3, 4, 5),
+            ],
+        ),
+    ];
+    let released_order = released_op_order();
+    assert_ne!(released_order, Primitive::DARTS.to_vec(), "the test needs a non-identity order");
+    // L = 5: reductions at cells 1 and 3, each followed by a cell whose preprocess0 is a
+    // factorized reduce. 16×16 inputs keep every reduced size even: the released
+    // FactorizedReduce pads an odd input (1, 0, 1, 0) first, cnas's does not (it needs even
+    // sizes at each reduction, see `Supernet::forward_t`), so odd sizes are not compared.
+    let (layers, image_size, batch) = (5i64, 16i64, 4i64);
+
+    let names = |a: &Arch| -> Vec<(String, usize, usize)> {
+        a.iter().map(|&(op, f, t)| (op.name().to_string(), f, t)).collect()
+    };
+    let archs_json: Vec<serde_json::Value> =
+        archs.iter().map(|(n, r)| serde_json::json!({"normal": names(n), "reduce": names(r)})).collect();
+    let spec = serde_json::json!({
+        "channels": C,
+        "layers": layers,
+        "classes": 10,
+        "image_size": image_size,
+        "batch": batch,
+        "seed": 11,
+        "op_order": released_order.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        "archs": archs_json,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let spec_path = dir.path().join("spec.json");
+    common::write(&spec_path, &spec.to_string());
+    let out = dir.path().join("ref");
+    common::run_reference(
+        "released_supernet.py",
+        &[spec_path.to_str().unwrap().to_string(), out.to_str().unwrap().to_string()],
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
+    let reference: HashMap<String, Tensor> =
+        Tensor::read_safetensors(out.join("reference.safetensors")).unwrap().into_iter().collect();
+    let get = |key: &str| reference.get(key).unwrap_or_else(|| panic!("reference lacks {key}"));
+    let order_seen: Vec<&str> =
+        meta["op_order"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(order_seen, released_order.iter().map(|p| p.name()).collect::<Vec<_>>());
+
+    tch::set_num_threads(1);
+    let cfg = SupernetConfig {
+        primitives: Primitive::DARTS.to_vec(),
+        init_channels: C,
+        layers,
+        nodes: NODES,
+        num_classes: 10,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut net = Supernet::new(&vs.root(), cfg).unwrap();
+    assert_eq!((1..layers).filter(|&i| net.config().is_reduction(i)).collect::<Vec<_>>(), [1, 3]);
+    let vars = vs.variables();
+
+    // Released name → cnas name, 1:1. The op index is the only difference: the layout (ops as
+    // `op.N`, a pool as Sequential(pool, BN) at `0`/`1`, factorized reduces at
+    // `conv_1`/`conv_2`/`bn`) is the same, and cnas's shared ReLUs and skipped `none`
+    // ops own no variables. The one thing left out is BatchNorm's `num_batches_tracked`: cnas
+    // keeps no such counter, because with a fixed momentum (0.1, as here) PyTorch never reads
+    // it.
+    let mut released_of: HashMap<String, String> = HashMap::new();
+    for entry in meta["names"].as_array().unwrap() {
+        let theirs = entry.as_str().unwrap();
+        if theirs.ends_with(".num_batches_tracked") {
+            continue;
+        }
+        let ours = remap_op_index(theirs, &released_order, &Primitive::DARTS);
+        let var =
+            vars.get(&ours).unwrap_or_else(|| panic!("released {theirs} (cnas {ours}) has no cnas variable"));
+        let value = get(&format!("state.{theirs}"));
+        assert_eq!(var.size(), value.size(), "{theirs} → {ours}: shape");
+        assert!(released_of.insert(ours.clone(), theirs.to_string()).is_none(), "{ours} mapped twice");
+    }
+    let missing: Vec<&String> = vars.keys().filter(|n| !released_of.contains_key(*n)).collect();
+    assert!(missing.is_empty(), "cnas variables the released supernet lacks: {missing:?}");
+    // Spot checks of the mapping on reduction cells: sep_conv_3x3 keeps index 0, the rest move.
+    assert_eq!(released_of["cells.1._ops.0._ops.0.op.1.weight"], "cells.1._ops.0._ops.0.op.1.weight");
+    assert_eq!(
+        released_of[&format!("cells.3._ops.1._ops.{}.conv_1.weight", k(P::SkipConnect))],
+        "cells.3._ops.1._ops.3.conv_1.weight"
+    );
+    assert_eq!(
+        released_of[&format!("cells.1._ops.2._ops.{}.1.running_mean", k(P::AvgPool3x3))],
+        "cells.1._ops.2._ops.1.1.running_mean"
+    );
+
+    let load = || {
+        tch::no_grad(|| {
+            for (ours, theirs) in &released_of {
+                let mut v = vars[ours].shallow_clone();
+                v.copy_(get(&format!("state.{theirs}")));
+            }
+        })
+    };
+    let x = get("input");
+    let target = get("target");
+    let trainable: Vec<(&String, &Tensor)> = vars.iter().filter(|(_, t)| t.requires_grad()).collect();
+    // Parameters of reduction-cell ops (and the preprocessing after a reduction) whose
+    // gradient must be nonzero (so compared for real) in arch 1, where every reduction edge is
+    // stride 2 and from a cell input.
+    let must_train: Vec<String> = vec![
+        format!("{}op.1.weight", op_path(1, edge_index(0, 2), k(P::SepConv3x3))),
+        format!("{}op.6.weight", op_path(3, edge_index(0, 2), k(P::SepConv3x3))),
+        format!("{}op.1.weight", op_path(1, edge_index(1, 2), k(P::DilConv5x5))),
+        format!("{}op.2.weight", op_path(3, edge_index(1, 5), k(P::DilConv3x3))),
+        format!("{}op.5.weight", op_path(1, edge_index(0, 4), k(P::SepConv5x5))),
+        format!("{}conv_1.weight", op_path(1, edge_index(1, 3), k(P::SkipConnect))),
+        format!("{}conv_2.weight", op_path(3, edge_index(1, 3), k(P::SkipConnect))),
+        "cells.2.preprocess0.conv_1.weight".into(),
+        "cells.4.preprocess0.conv_2.weight".into(),
+        "cells.3.preprocess1.op.1.weight".into(),
+    ];
+    let mut worst: Vec<(f64, String)> = vec![];
+    for channels_last in [false, true] {
+        net.channels_last = channels_last;
+        load();
+        let grad_key = if channels_last { "grad_cl" } else { "grad" };
+        for (a, (normal, reduce)) in archs.iter().enumerate() {
+            let what = format!("arch {a}{}", if channels_last { " (channels-last)" } else { "" });
+            for (_, t) in &trainable {
+                let mut g = t.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
+            let logits = net.forward_t(x, &cell(normal), &cell(reduce), true).unwrap();
+            let d = rel_diff(&logits, get(&format!("logits.{a}")));
+            assert!(d <= RELEASED_TOL, "{what}: logits differ by {d:e}");
+            worst.push((d, format!("{what}: logits")));
+            let loss = logits.cross_entropy_for_logits(target);
+            let d = rel_diff(&loss.reshape([1]), get(&format!("loss.{a}")));
+            assert!(d <= RELEASED_TOL, "{what}: loss differs by {d:e}");
+            loss.backward();
+
+            let no_grad: HashSet<&str> = meta[format!("no_grad.{a}")]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let mut compared = 0;
+            for (ours, t) in &trainable {
+                let theirs = &released_of[*ours];
+                let g = t.grad();
+                let g = if g.defined() { g } else { t.zeros_like() };
+                if no_grad.contains(theirs.as_str()) {
+                    assert_eq!(abs_max(&g), 0.0, "{what}: {ours}: gradient where the released net has none");
+                    continue;
+                }
+                let reference_grad = get(&format!("{grad_key}.{a}.{theirs}"));
+                let d = rel_diff(&g, reference_grad);
+                assert!(
+                    d <= RELEASED_TOL,
+                    "{what}: gradient of {ours} (released {theirs}) differs by {d:e} (max |ref| {:e})",
+                    abs_max(reference_grad)
+                );
+                worst.push((d, format!("{what}: grad {ours}")));
+                compared += 1;
+                if a == 1 && must_train.contains(ours) {
+                    assert!(abs_max(reference_grad) > 0.0, "{ours}: zero gradient, compares nothing");
+                }
+            }
+            assert!(compared > 50, "{what}: only {compared} gradients compared");
+            if a == 1 {
+                for name in &must_train {
+                    let theirs = &released_of[name];
+                    assert!(!no_grad.contains(theirs.as_str()), "{name} ({theirs}): not trained by arch 1");
+                }
+            }
+
+            // Running statistics after this training-mode step: which BatchNorms ran, and
+            // their batch mean and (unbiased) variance.
+            for (ours, t) in vars.iter().filter(|(_, t)| !t.requires_grad()) {
+                let theirs = &released_of[ours];
+                let d = rel_diff(t, get(&format!("buffers.{a}.{theirs}")));
+                assert!(
+                    d <= RELEASED_TOL,
+                    "{what}: {ours} (released {theirs}) after the step differs by {d:e}"
+                );
+            }
+        }
+    }
+    worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("largest relative differences: {:?}", &worst[..5]);
 }

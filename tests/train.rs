@@ -333,13 +333,15 @@ fn imagenet_style_folders_train_with_label_smoothing_and_a_linear_schedule() {
         "--layers",
         "3",
         "--epochs",
-        "2",
+        "3",
         "--batch-size",
         "4",
         "--auxiliary-weight",
         "0",
         "--warmup-epochs",
-        "1",
+        "2",
+        "--label-smooth",
+        "0.1",
     ];
     run_ok(&args);
     let config: serde_json::Value =
@@ -348,10 +350,19 @@ fn imagenet_style_folders_train_with_label_smoothing_and_a_linear_schedule() {
     assert_eq!(config["network"]["num_classes"], 2);
     assert_eq!(config["options"]["scheduler"], "linear");
     assert_eq!(config["options"]["label_smooth"], 0.1);
+    // ImageNet's released recipe: no weight decay on biases.
+    assert_eq!(config["options"]["no_bias_decay"], true);
     let lines = metrics(&out);
-    // Warm-up epoch at lr/1, then the linear decay starting from lr.
-    assert_eq!(lines[0]["lr"], 0.05);
-    assert_eq!(lines[1]["lr"], 0.05);
+    // With the 1-based epoch e of the released schedulers: warm-up lr·e/2 at e = 1, the decay
+    // from lr at e = 2, down to 0 at the last epoch; drop-path 0.2·e/3.
+    let lr: Vec<f64> = lines.iter().map(|l| l["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lr, [0.025, 0.05, 0.0]);
+    for (i, l) in lines.iter().enumerate() {
+        let p = l["drop_path_prob"].as_f64().unwrap();
+        assert!((p - 0.2 * (i + 1) as f64 / 3.0).abs() < 1e-12, "epoch {}: {p}", i + 1);
+        // 12 training images in batches of 4.
+        assert_eq!((l["steps"].as_u64(), l["train_images"].as_u64()), (Some(3), Some(12)), "{l}");
+    }
     let eval: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
     assert_eq!(eval["class_names"], serde_json::json!(["ant", "bee"]));
@@ -363,6 +374,19 @@ fn imagenet_style_folders_train_with_label_smoothing_and_a_linear_schedule() {
     assert!(html.contains("Confusion matrix"), "no confusion matrix in the report");
     assert!(html.matches("<svg").count() >= 8, "expected curves, two cells and a confusion matrix");
     assert!(out.join("confusion.svg").is_file());
+
+    // --bias-decay turns ImageNet's default --no-bias-decay off; the last of the two wins.
+    for (flags, want) in [(&["--bias-decay"][..], false), (&["--bias-decay", "--no-bias-decay"][..], true)] {
+        let d = dir.path().join("decay");
+        let mut a = vec!["--quiet", "train", "--arch", "CNAS", "--dataset", "imagenet", "--data", r];
+        a.extend(["-o", d.to_str().unwrap(), "--force", "--image-size", "64", "--auxiliary-weight", "0"]);
+        a.extend(["--init-channels", "4", "--layers", "3", "--batch-size", "4", "--stop-after-epochs", "0"]);
+        a.extend(flags);
+        run_ok(&a);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["options"]["no_bias_decay"], want, "{flags:?}");
+    }
 
     // The auxiliary head cannot run on 64-pixel ImageNet inputs: said before training starts.
     let aux = dir.path().join("aux");

@@ -8,10 +8,13 @@
 # 1. the search-step benchmark (scripts/bench_search.sh) on CUDA: cnas against PyTorch from
 #    Python, the paper's supernet (C=16, 8 cells, batch 96), alternating engines, 3 rounds,
 #    with the weight step's parts timed too (forward, backward, update);
-# 2. a real `cnas search` on CUDA with the paper's supernet: one stage of one warm-up and one
-#    search epoch (controller steps and derivation included) on CIFAR-10 images (the one batch
-#    file stands in for all six: same images, same rates);
-# 3. the projection of the full default search from that run (scripts/project_search.py);
+# 2. a real `cnas search` on CUDA with the paper's supernet and the default (released)
+#    schedule: one stage of one warm-up and one search epoch, with its pass of 312 controller
+#    steps over the held-out part and 3 x 10 candidates scored on 10,000 held-out images, on
+#    CIFAR-10 images (the one batch file stands in for all six: same images, same rates);
+# 3. the projection of the full default search from that run (scripts/project_search.py:
+#    8 stages x (20 + 40) epochs, 312 controller steps per search epoch, 30 candidates x
+#    10,000 images per stage);
 # 4. the training-step benchmark (scripts/bench_step.sh) on CUDA, the paper's CNAS network
 #    (36 channels, 20 cells, batch 96), fp32 and bf16 autocast (the GPU rows of issues 2, 5).
 # Each part has a time limit, so one that hangs leaves the others their time.

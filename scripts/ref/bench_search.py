@@ -3,15 +3,17 @@
 
     python scripts/ref/bench_search.py [--channels 16] [--layers 8] [--batch 96] [--steps N] \
         [--warmup W] [--controller-steps M] [--device cpu|cuda] [--threads T] [--seed S] \
-        [--nodes 4] [--classes 10] [--image-size 32]
+        [--nodes 4] [--classes 10] [--image-size 32] [--sparse-update]
 
 Mirrors one step of `train_weights` (uniform warm-up sampling) and of `train_controllers` in
 src/search.rs, on random data created once on the device:
 
 1. weights: sample a uniform (normal, reduce) pair with a seeded `random.Random`; forward in
-   train mode; cross-entropy; zero_grad(set_to_none=True); backward; clip_grad_norm_(5);
-   SGD(lr 0.01, momentum 0.9, nesterov, weight_decay 3e-4) step. Parameters of ops the pair
-   does not use get no gradient and are left alone by the clip and the step.
+   train mode; cross-entropy; zero_grad(set_to_none=False), as PyTorch 1.5 of the released
+   code did; backward; SGD(lr 0.01, momentum 0.9, nesterov, weight_decay 3e-4) step: every
+   parameter used so far keeps a (zero) gradient and is updated. `--sparse-update`:
+   zero_grad(set_to_none=True) and clip_grad_norm_(5) first, so parameters of ops the pair does
+   not use get no gradient and are left alone by the clip and the step.
 2. controller: sample normal and reduce cells with two CPU controllers (with grad); supernet
    forward in train mode under no_grad on a held-out batch; top-1 accuracy `.item()` is the
    reward; advantage against a moving-average baseline (decay 0.99); loss =
@@ -66,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--breakdown", action="store_true",
                    help="also time the weight step's parts (forward, backward, update)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sparse-update", action="store_true",
+                   help="drop gradients and clip at 5 (cnas search --sparse-update --grad-clip 5)")
     p.add_argument("--archs", default=None,
                    help="JSON list of [normal_edges, reduce_edges] pairs to use, in order, for the "
                         "weight steps (the cnas side writes the pairs it samples, so both engines "
@@ -127,9 +131,10 @@ def main(argv=None):
         step_no[0] += 1
         logits = model(x, normal, reduce)
         loss = F.cross_entropy(logits, y)
-        sgd.zero_grad(set_to_none=True)
+        sgd.zero_grad(set_to_none=a.sparse_update)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        if a.sparse_update:
+            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         sgd.step()
 
     rewards = []
@@ -179,10 +184,11 @@ def main(argv=None):
             logits = model(x, normal, reduce)
             loss = F.cross_entropy(logits, y)
             lap()
-            sgd.zero_grad(set_to_none=True)
+            sgd.zero_grad(set_to_none=a.sparse_update)
             loss.backward()
             lap()
-            torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+            if a.sparse_update:
+                torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
             sgd.step()
             lap()
             for k in range(3):

@@ -194,7 +194,6 @@ class Controller(nn.Module):
         h = hidden
         self.node_emb = nn.Parameter(torch.empty(nodes + 1, h))
         self.op_emb = nn.Parameter(torch.empty(num_ops, h))
-        self.start = nn.Parameter(torch.empty(1, h))
         self.w_ih = nn.Parameter(torch.empty(4 * h, h))
         self.w_hh = nn.Parameter(torch.empty(4 * h, h))
         self.b = nn.Parameter(torch.empty(4 * h))
@@ -219,7 +218,7 @@ class Controller(nn.Module):
         searched_nodes = self.nodes if searched_nodes is None else searched_nodes
         h = torch.zeros(1, self.hidden)
         c = torch.zeros(1, self.hidden)
-        x = self.start
+        x = torch.zeros(1, self.hidden)  # the released controller's first input
         keys = self.node_emb.matmul(self.w_key.t())
         log_probs, node_ent, op_ent, edges = [], [], [], []
         for i in range(searched_nodes):
@@ -256,8 +255,8 @@ class Controller(nn.Module):
 
 
 class Baseline:
-    """Moving-average reward baseline: the advantage is against the value before the update;
-    the first reward initialises it (advantage 0)."""
+    """Moving-average reward baseline as released: the baseline moves first and the advantage
+    is against the moved value; the first reward initialises it (advantage 0)."""
 
     def __init__(self, decay=0.99):
         self.decay = decay
@@ -266,10 +265,9 @@ class Baseline:
     def update(self, reward):
         if self.value is None:
             self.value = reward
-            return 0.0
-        v = self.value
-        self.value = self.decay * v + (1.0 - self.decay) * reward
-        return reward - v
+        else:
+            self.value = self.decay * self.value + (1.0 - self.decay) * reward
+        return reward - self.value
 
 
 def count_params(model):

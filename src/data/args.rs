@@ -26,8 +26,9 @@ pub struct DataArgs {
     /// training, 0 for search].
     #[arg(long)]
     pub cutout: Option<usize>,
-    /// Seed of the data split, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
+    /// Seed of everything random in a run: weights, data split, shuffling, augmentation, the
+    /// search's samples and curriculum order (2020, the released CNAS code's default).
+    #[arg(long, default_value_t = 2020)]
     pub seed: u64,
     /// Leave out unreadable images with a warning instead of stopping.
     #[arg(long)]
@@ -48,7 +49,7 @@ impl Default for DataArgs {
             workers: None,
             train_portion: 0.4,
             cutout: None,
-            seed: 0,
+            seed: 2020,
             skip_bad_images: false,
             val_labels: None,
             image_size: None,

@@ -10,7 +10,7 @@ use super::cifar10::{self, Cifar10, CifarSource, CIFAR10_CLASSES};
 use super::download;
 use super::folder::{FolderSource, ImageFolder, ImageNet};
 use super::loader::{default_workers, Loader, LoaderConfig, Source};
-use super::rng::{self, Purpose};
+use super::rng;
 use super::transforms::{CifarAugment, FolderAugment, FolderTransform};
 use crate::error::{Error, Result};
 
@@ -145,16 +145,18 @@ impl LoaderOptions {
     }
 }
 
-/// Splits `0..n` with a stream keyed by `seed`: the first `floor(n · train_portion)` of a
-/// permutation train weights, the rest is held out. Both lists are returned sorted.
+/// Splits `0..n` as the released CNAS code does: the first `floor(n · train_portion)` of
+/// `torch.randperm(n)` (a generator seeded with `seed`) train weights, the rest is held out.
+/// Both lists are returned sorted.
 pub fn split_indices(n: usize, train_portion: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(train_portion > 0.0 && train_portion <= 1.0) {
         return Err(Error::BadOption(format!(
             "--train-portion {train_portion} must be above 0 and at most 1"
         )));
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    rng::shuffle(&mut order, &mut rng::stream(seed, Purpose::Split, 0, 0));
+    // As released: torch.randperm(n) from a generator seeded with the seed, the first part
+    // trains weights.
+    let mut order = rng::torch_randperm(n, seed)?;
     // The epsilon keeps 0.4 · 50000 at 20000 despite rounding in the product.
     let k = ((n as f64 * train_portion) + 1e-9).floor() as usize;
     let mut held = order.split_off(k.min(n));

@@ -57,7 +57,7 @@ pub mod download;
 pub mod folder;
 pub mod loader;
 pub mod normalize;
-mod rng;
+pub mod rng;
 pub mod transforms;
 
 pub use args::{DataArgs, DataConfig};

@@ -12,7 +12,6 @@ pub type SampleRng = ChaCha8Rng;
 #[derive(Clone, Copy)]
 #[repr(u64)]
 pub(crate) enum Purpose {
-    Split = 1,
     Shuffle = 2,
     Sample = 3,
     Subset = 4,
@@ -50,4 +49,23 @@ pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
         let j = rng.random_range(0..=i);
         items.swap(i, j);
     }
+}
+
+extern "C" {
+    fn cnas_randperm(n: i64, seed: u64, out: *mut i64) -> std::ffi::c_int;
+}
+
+/// `torch.randperm(n, generator=torch.Generator().manual_seed(seed))`, drawn by libtorch's own
+/// CPU generator: the draws the released CNAS code makes (its search split and its curriculum
+/// order), reproduced for the same seed.
+pub fn torch_randperm(n: usize, seed: u64) -> crate::error::Result<Vec<usize>> {
+    let mut out = vec![0i64; n];
+    // SAFETY: `out` has room for the n values the shim writes.
+    let rc = unsafe { cnas_randperm(n as i64, seed, out.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(crate::error::Error::Torch(tch::TchError::Torch(format!(
+            "randperm({n}) with seed {seed} failed"
+        ))));
+    }
+    Ok(out.into_iter().map(|i| i as usize).collect())
 }

@@ -4,7 +4,7 @@
 //! - `config.json`: `"kind": "train"`, the architecture, the network, every option, the data
 //!   options, versions; `--resume` reads everything back from it;
 //! - `metrics.jsonl`: one line per epoch (learning rate, drop-path probability, train and
-//!   validation loss/top-1/top-5, images/s, epoch time);
+//!   validation loss/top-1/top-5, images trained on and optimizer steps, images/s, epoch time);
 //! - `last.safetensors`: the network and the optimizer's momentum buffers, the epoch, the best
 //!   accuracy so far (in its metadata), written atomically after every epoch;
 //! - `best.safetensors`: the network at its best validation top-1 (cnas weights format, read
@@ -44,16 +44,28 @@ pub use parallel::DataParallel;
 pub use schedule::{Schedule, SchedulerKind};
 
 /// Cross-entropy of `logits` against `labels`, in fp32 whatever the logits' dtype, with label
-/// smoothing `smooth` (PyTorch's definition: the target puts 1-smooth on the label and
-/// smooth/K on every class).
+/// smoothing `smooth` as the released CNAS code defines it: the target puts `1 - smooth` on the
+/// label and `smooth / (K - 1)` on every other class, and the loss is the batch mean of
+/// `-Σ_k target_k · log_softmax(logits)_k`. `smooth` 0 is PyTorch's plain cross-entropy.
 pub fn classification_loss(logits: &Tensor, labels: &Tensor, smooth: f64) -> Tensor {
-    logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, smooth)
+    let logits = logits.to_kind(Kind::Float);
+    let classes = logits.size().last().copied().unwrap_or(1);
+    if smooth == 0.0 || classes < 2 {
+        return logits.cross_entropy_loss::<Tensor>(labels, None, Reduction::Mean, -100, 0.0);
+    }
+    // Σ_k target_k·log p_k = (1-ε)·log p_y + ε/(K-1)·(Σ_k log p_k - log p_y): no one-hot target.
+    let other = smooth / (classes - 1) as f64;
+    let log_p = logits.log_softmax(-1, Kind::Float);
+    let on_label = log_p.gather(-1, &labels.unsqueeze(-1), false).squeeze_dim(-1);
+    let all = log_p.sum_dim_intlist(-1, false, Kind::Float);
+    -(on_label * (1.0 - smooth - other) + all * other).mean(Kind::Float)
 }
 
-/// Whether `--no-bias-decay` exempts a parameter from weight decay: biases and BatchNorm's
-/// affine parameters (every 1-dimensional parameter of the network).
-pub fn exempt_from_decay(param: &Tensor) -> bool {
-    param.dim() <= 1
+/// Whether `--no-bias-decay` exempts the parameter `name` from weight decay: as the released
+/// code, every parameter whose name contains "bias" (BatchNorm biases and convolution or linear
+/// biases; BatchNorm weights are still decayed).
+pub fn exempt_from_decay(name: &str) -> bool {
+    name.contains("bias")
 }
 
 /// Every number of a training run. [`TrainOptions::paper`] is the paper's recipe.
@@ -62,12 +74,14 @@ pub struct TrainOptions {
     pub init_channels: i64,
     pub layers: i64,
     pub epochs: usize,
+    /// The global batch: a data-parallel run of world size k takes `batch_size / k` images per
+    /// rank and step (see [`TrainOptions::per_rank_batch`]).
     pub batch_size: usize,
     pub lr: f64,
     pub lr_min: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    /// No weight decay on biases and BatchNorm parameters.
+    /// No weight decay on the parameters whose name contains "bias" ([`exempt_from_decay`]).
     pub no_bias_decay: bool,
     pub scheduler: SchedulerKind,
     pub warmup_epochs: usize,
@@ -96,14 +110,15 @@ pub struct TrainOptions {
 }
 
 impl TrainOptions {
-    /// The paper's recipe for a data set (CIFAR-10: 36×20, 600 epochs, cosine; ImageNet:
-    /// 48×14, 250 epochs, linear decay, label smoothing 0.1).
+    /// The paper's recipe for a data set, as the released code ran it (CIFAR-10: 36×20, 600
+    /// epochs, cosine, global batch 128 = 2 GPUs × 64; ImageNet: 48×14, 250 epochs, linear decay,
+    /// global batch 256 = 4 GPUs × 64, no weight decay on biases, no label smoothing; lr 0.05).
     pub fn paper(dataset: DatasetKind) -> Self {
         let cifar = TrainOptions {
             init_channels: 36,
             layers: 20,
             epochs: 600,
-            batch_size: 64,
+            batch_size: 128,
             lr: 0.05,
             lr_min: 0.0,
             momentum: 0.9,
@@ -130,8 +145,9 @@ impl TrainOptions {
                 init_channels: 48,
                 layers: 14,
                 epochs: 250,
+                batch_size: 256,
                 scheduler: SchedulerKind::Linear,
-                label_smooth: 0.1,
+                no_bias_decay: true,
                 ..cifar
             },
         }
@@ -149,9 +165,35 @@ impl TrainOptions {
         }
     }
 
-    /// Drop-path probability during epoch `epoch` (0-based): `drop_path_prob · epoch / epochs`.
+    /// Drop-path probability during epoch `epoch` (0-based), as the released code:
+    /// `drop_path_prob · e / epochs` with `e = epoch + 1` the 1-based epoch, so the first epoch
+    /// already drops a little and the last one runs at `drop_path_prob`.
     pub fn drop_path_at(&self, epoch: usize) -> f64 {
-        self.drop_path_prob * epoch as f64 / self.epochs.max(1) as f64
+        self.drop_path_prob * (epoch + 1) as f64 / self.epochs.max(1) as f64
+    }
+
+    /// Images per rank and step at world size `world_size`: the global `--batch-size` divided
+    /// over the ranks. A user error when it does not divide, or leaves a rank fewer than two
+    /// images (BatchNorm needs two).
+    pub fn per_rank_batch(&self, world_size: usize) -> Result<usize> {
+        let k = world_size.max(1);
+        if self.batch_size % k != 0 {
+            return Err(Error::BadOption(format!(
+                "--batch-size {} is the global batch and must be divisible by the world size {k} \
+                 (WORLD_SIZE): each rank takes --batch-size / {k} images",
+                self.batch_size
+            )));
+        }
+        let per_rank = self.batch_size / k;
+        if per_rank < 2 {
+            return Err(Error::BadOption(format!(
+                "--batch-size {} over world size {k} leaves {per_rank} image per rank; BatchNorm \
+                 needs at least two (use --batch-size {} or more)",
+                self.batch_size,
+                2 * k
+            )));
+        }
+        Ok(per_rank)
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -183,7 +225,10 @@ impl TrainOptions {
             return bad("--eval-every must be at least 1".into());
         }
         if self.max_images.is_some_and(|n| n < self.batch_size) {
-            return bad("--max-images must hold at least one batch".into());
+            return bad(format!(
+                "--max-images must hold at least one batch of --batch-size {}",
+                self.batch_size
+            ));
         }
         self.schedule().validate()
     }
@@ -227,6 +272,13 @@ pub struct EpochMetrics {
     pub train_loss: f64,
     pub train_top1: f64,
     pub train_top5: f64,
+    /// Images trained on in the epoch, over all ranks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_images: Option<usize>,
+    /// Optimizer steps in the epoch (every rank takes the same steps, each on its share of
+    /// the global batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
     pub val_loss: Option<f64>,
     pub val_top1: Option<f64>,
     pub val_top5: Option<f64>,
@@ -306,6 +358,13 @@ pub fn train(
     parallel: Option<DataParallel>,
 ) -> Result<Option<TrainSummary>> {
     let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+    let world_size = parallel.as_ref().map_or(1, DataParallel::world_size);
+    // A global batch the ranks cannot share is refused before a new run touches its directory
+    // (a resumed run is checked against its recorded batch in Trainer::new).
+    if let Some(r) = &request {
+        r.options.validate()?;
+        r.options.per_rank_batch(world_size)?;
+    }
     let config = prepare_run_dir(request, run_dir, start, main)?;
     let mut data_args = DataArgs { workers, ..DataArgs::default() };
     config.data.apply(&mut data_args)?;
@@ -440,8 +499,14 @@ impl Trainer {
                 write_config(run_dir, &config)?;
             }
         }
-        // Each rank takes its shard of every epoch (and of the validation set).
-        let train_opts = LoaderOptions::train(o.batch_size)
+        // Each rank takes its shard of every epoch (and of the validation set) and its share of
+        // the global batch (config.json records the global batch, so a run resumed at another
+        // world size keeps it).
+        let batch = o.per_rank_batch(world_size)?;
+        if world_size > 1 {
+            tracing::info!("global batch {} = {world_size} ranks × {batch} images", o.batch_size);
+        }
+        let train_opts = LoaderOptions::train(batch)
             .device(device)
             .drop_last(true)
             .default_cutout(16)
@@ -452,11 +517,12 @@ impl Trainer {
         }
         if train_loader.batches_per_epoch() == 0 {
             return Err(Error::BadOption(format!(
-                "the training set has fewer images than one batch of {}",
+                "the training set has fewer images per rank than one batch of {batch} \
+                 (--batch-size {} over {world_size} rank(s))",
                 o.batch_size
             )));
         }
-        let eval_batch = (o.batch_size * 2).max(64);
+        let eval_batch = (batch * 2).max(64);
         let eval_opts = LoaderOptions::eval(eval_batch).device(device).shard(rank, world_size);
         let mut eval_loader = data.loader(Part::Test, &eval_opts)?;
         if let Some(n) = o.max_eval_images {
@@ -473,10 +539,10 @@ impl Trainer {
         let mut params: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        let decay_exempt: HashMap<String, bool> =
-            params.iter().map(|(n, t)| (n.clone(), o.no_bias_decay && exempt_from_decay(t))).collect();
         let mut sgd = Sgd::new(params, o.lr, o.momentum, o.weight_decay, false);
-        sgd.exempt_from_decay(|name| decay_exempt.get(name).copied().unwrap_or(false));
+        if o.no_bias_decay {
+            sgd.exempt_from_decay(exempt_from_decay);
+        }
 
         let mut trainer = Trainer {
             class_names: data.info().class_names.clone(),
@@ -627,6 +693,7 @@ impl Trainer {
         let batches = self.train_loader.epoch(e as u64);
         let bar = self.progress(batches.batch_count() as u64, format!("epoch {}/{}", e + 1, o.epochs));
         let mut totals = Totals::new(self.config.network.num_classes, false, self.device);
+        let mut steps = 0;
         for (i, batch) in batches.enumerate() {
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
@@ -640,6 +707,7 @@ impl Trainer {
                 self.grad_sync.as_ref(),
             )?;
             totals.add(&loss, &logits, &labels);
+            steps += 1;
             bar.inc(1);
             // A host sync for the bar only now and then, never per step.
             if (i + 1) % 50 == 0 && !self.quiet {
@@ -677,6 +745,8 @@ impl Trainer {
             train_loss,
             train_top1,
             train_top5,
+            train_images: Some(train_images),
+            steps: Some(steps),
             val_loss: eval.as_ref().map(|r| r.loss),
             val_top1: eval.as_ref().map(|r| r.top1),
             val_top5: eval.as_ref().map(|r| r.top5),
@@ -757,7 +827,7 @@ impl Trainer {
             "train",
             metrics.epoch as i64,
             &line,
-            &["epoch"],
+            &["epoch", "train_images", "steps"],
         )
     }
 
@@ -846,29 +916,48 @@ mod tests {
 
     #[test]
     fn label_smoothing_matches_a_direct_computation() {
-        let logits = Tensor::from_slice(&[2f32, -1.0, 0.5, 0.0, 3.0, 1.0]).reshape([2, 3]);
-        let labels = Tensor::from_slice(&[0i64, 2]);
-        let eps = 0.1;
-        // -Σ_k q_k log p_k with q = (1-ε)·onehot + ε/K, averaged over the batch.
-        let mut expected = 0.0;
-        let rows: [[f64; 3]; 2] = [[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]];
-        for (row, label) in rows.iter().zip([0usize, 2]) {
-            let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
-            for (k, v) in row.iter().enumerate() {
-                let q = eps / 3.0 + if k == label { 1.0 - eps } else { 0.0 };
-                expected -= q * (v - lse);
+        let rows: [[f64; 4]; 3] = [[2.0, -1.0, 0.5, 0.25], [0.0, 3.0, 1.0, -2.0], [1.5, 1.5, -0.5, 4.0]];
+        let labels = [0usize, 2, 3];
+        let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+        let logits = Tensor::from_slice(&flat).reshape([3, 4]);
+        let label_tensor = Tensor::from_slice(&labels.map(|l| l as i64));
+        // The released LabelSmoothCrossEntropyLoss: target 1-ε on the label and ε/(K-1) on each
+        // other class, loss -Σ_k target_k·log_softmax_k, averaged over the batch.
+        let released = |eps: f64| {
+            let mut total = 0.0;
+            for (row, &label) in rows.iter().zip(&labels) {
+                let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+                for (k, v) in row.iter().enumerate() {
+                    let target = if k == label { 1.0 - eps } else { eps / 3.0 };
+                    total -= target * (v - lse);
+                }
             }
+            total / 3.0
+        };
+        for eps in [0.0, 0.1, 0.3] {
+            let got = classification_loss(&logits, &label_tensor, eps).double_value(&[]);
+            let want = released(eps);
+            assert!((got - want).abs() < 1e-6, "ε {eps}: {got} vs {want}");
         }
-        expected /= 2.0;
-        let got = classification_loss(&logits, &labels, eps).double_value(&[]);
-        assert!((got - expected).abs() < 1e-6, "{got} vs {expected}");
-        // bf16 logits still give an fp32 loss.
-        let half = classification_loss(&logits.to_kind(Kind::BFloat16), &labels, 0.0);
-        assert_eq!(half.kind(), Kind::Float);
+        // Not PyTorch's label_smoothing (ε/K on every class): the two differ.
+        let pytorch = logits
+            .cross_entropy_loss::<Tensor>(&label_tensor, None, Reduction::Mean, -100, 0.1)
+            .double_value(&[]);
+        assert!((pytorch - released(0.1)).abs() > 1e-3, "{pytorch} vs {}", released(0.1));
+        // bf16 logits still give an fp32 loss, with or without smoothing; gradients flow.
+        for eps in [0.0, 0.1] {
+            let half = classification_loss(&logits.to_kind(Kind::BFloat16), &label_tensor, eps);
+            assert_eq!(half.kind(), Kind::Float);
+        }
+        let x = logits.copy().set_requires_grad(true);
+        classification_loss(&x, &label_tensor, 0.1).backward();
+        // d loss / d logits = (softmax - target) / N: each row sums to 0.
+        let row_sums = x.grad().sum_dim_intlist(-1, false, Kind::Float);
+        assert!(row_sums.abs().max().double_value(&[]) < 1e-6);
     }
 
     #[test]
-    fn no_bias_decay_spares_biases_and_batchnorm_only() {
+    fn no_bias_decay_spares_exactly_the_parameters_named_bias() {
         let vs = nn::VarStore::new(Device::Cpu);
         let config = NetworkConfig {
             init_channels: 8,
@@ -878,31 +967,38 @@ mod tests {
         let _net = Network::new(&vs.root(), config).unwrap();
         let params: Vec<(String, Tensor)> =
             vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        let exempt: Vec<&String> =
-            params.iter().filter(|(_, t)| exempt_from_decay(t)).map(|(n, _)| n).collect();
-        assert!(!exempt.is_empty());
-        for (name, t) in &params {
-            let is_bias_or_bn = name.ends_with(".bias") || (name.ends_with(".weight") && t.dim() == 1);
-            assert_eq!(exempt_from_decay(t), is_bias_or_bn, "{name}");
+        for (name, _) in &params {
+            assert_eq!(exempt_from_decay(name), name.contains("bias"), "{name}");
         }
-        assert!(params.iter().any(|(n, t)| n == "classifier.bias" && exempt_from_decay(t)));
-        assert!(params.iter().any(|(n, t)| n == "classifier.weight" && !exempt_from_decay(t)));
+        // BatchNorm: the bias (β) is exempt, the weight (γ) is decayed; so are convolutions.
+        let bn_weights: Vec<&String> =
+            params.iter().filter(|(n, t)| n.ends_with(".weight") && t.dim() == 1).map(|(n, _)| n).collect();
+        assert!(!bn_weights.is_empty());
+        assert!(bn_weights.iter().all(|n| !exempt_from_decay(n)), "{bn_weights:?}");
+        assert!(params.iter().any(|(n, t)| n.ends_with(".bias") && t.dim() == 1 && exempt_from_decay(n)));
+        assert!(params.iter().any(|(n, _)| n == "classifier.bias" && exempt_from_decay(n)));
+        assert!(params.iter().any(|(n, _)| n == "classifier.weight" && !exempt_from_decay(n)));
+        assert!(params.iter().filter(|(_, t)| t.dim() == 4).all(|(n, _)| !exempt_from_decay(n)));
 
-        // With zero gradients only decay moves parameters: the exempt ones stay.
-        let w = Tensor::ones([2, 2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let b = Tensor::ones([2], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        (w.sum(Kind::Float) * 0.0 + b.sum(Kind::Float) * 0.0).backward();
-        let mut sgd = Sgd::new(
-            vec![("w".into(), w.shallow_clone()), ("b".into(), b.shallow_clone())],
-            1.0,
-            0.0,
-            0.1,
-            false,
-        );
-        sgd.exempt_from_decay(|n| n == "b");
+        // One step of the optimizer as the trainer sets it up, every parameter 0.5 and every
+        // gradient 0: only decay moves parameters, so exactly the "bias" ones stay at 0.5.
+        tch::no_grad(|| {
+            for (_, t) in &params {
+                let _ = t.shallow_clone().fill_(0.5);
+            }
+        });
+        for (_, t) in &params {
+            (t.sum(Kind::Float) * 0.0).backward();
+        }
+        let shallow = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        let mut sgd = Sgd::new(shallow, 1.0, 0.0, 0.1, false);
+        sgd.exempt_from_decay(exempt_from_decay);
         sgd.step().unwrap();
-        assert!((w.double_value(&[0, 0]) - 0.9).abs() < 1e-6);
-        assert_eq!(b.double_value(&[0]), 1.0);
+        for (name, t) in &params {
+            let want = if name.contains("bias") { 0.5 } else { 0.45 };
+            let worst = (t.detach() - want).abs().max().double_value(&[]);
+            assert!(worst < 1e-6, "{name}: {worst} away from {want}");
+        }
     }
 
     #[test]
@@ -917,22 +1013,37 @@ mod tests {
         assert!((kept_value - 1.0 / 0.7).abs() < 1e-5);
         let mean = y.mean(Kind::Float).double_value(&[]);
         assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
-        // The probability rises linearly over training: 0 at the first epoch.
+        // The probability rises linearly over training with the 1-based epoch, as the released
+        // code: 0.2·e/T, so 0.02 in the first of 10 epochs and 0.2 in the last.
         let o = TrainOptions { epochs: 10, drop_path_prob: 0.2, ..TrainOptions::paper(DatasetKind::Cifar10) };
-        assert_eq!(o.drop_path_at(0), 0.0);
-        assert!((o.drop_path_at(5) - 0.1).abs() < 1e-12);
-        assert!((o.drop_path_at(9) - 0.18).abs() < 1e-12);
+        assert!((o.drop_path_at(0) - 0.02).abs() < 1e-12);
+        assert!((o.drop_path_at(4) - 0.1).abs() < 1e-12);
+        assert!((o.drop_path_at(9) - 0.2).abs() < 1e-12);
     }
 
     #[test]
     fn paper_recipes_and_option_checks() {
+        // The released commands: CIFAR-10 on 2 GPUs × 64, ImageNet on 4 GPUs × 64 with
+        // --no_bias_decay and without --label_smooth; lr 0.05 both.
         let c = TrainOptions::paper(DatasetKind::Cifar10);
-        assert_eq!((c.init_channels, c.layers, c.epochs, c.batch_size), (36, 20, 600, 64));
+        assert_eq!((c.init_channels, c.layers, c.epochs, c.batch_size), (36, 20, 600, 128));
         assert_eq!((c.lr, c.momentum, c.weight_decay, c.scheduler), (0.05, 0.9, 3e-4, SchedulerKind::Cosine));
         assert_eq!((c.auxiliary_weight, c.drop_path_prob, c.grad_clip), (0.4, 0.2, 5.0));
+        assert_eq!((c.label_smooth, c.no_bias_decay, c.warmup_epochs, c.lr_min), (0.0, false, 0, 0.0));
         let i = TrainOptions::paper(DatasetKind::ImageNet);
         assert_eq!((i.init_channels, i.layers, i.epochs, i.scheduler), (48, 14, 250, SchedulerKind::Linear));
+        assert_eq!((i.batch_size, i.lr, i.label_smooth, i.no_bias_decay), (256, 0.05, 0.0, true));
+        assert_eq!((i.momentum, i.weight_decay, i.auxiliary_weight, i.drop_path_prob), (0.9, 3e-4, 0.4, 0.2));
         assert!(c.validate().is_ok() && i.validate().is_ok());
+        // The batch is global: divided over the ranks, which must share it evenly.
+        assert_eq!(c.per_rank_batch(1).unwrap(), 128);
+        assert_eq!(c.per_rank_batch(2).unwrap(), 64);
+        assert_eq!(i.per_rank_batch(4).unwrap(), 64);
+        let e = c.per_rank_batch(3).unwrap_err();
+        assert!(e.is_user_error() && e.to_string().contains("--batch-size 128"), "{e}");
+        assert!(e.to_string().contains("world size 3"), "{e}");
+        let small = TrainOptions { batch_size: 4, ..c.clone() };
+        assert!(small.per_rank_batch(4).unwrap_err().is_user_error());
         for bad in [
             TrainOptions { epochs: 0, ..c.clone() },
             TrainOptions { batch_size: 1, ..c.clone() },

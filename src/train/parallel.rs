@@ -3,7 +3,8 @@
 //! - every rank builds the same network, then takes rank 0's weights and buffers
 //!   ([`DataParallel::start`]), so they start identical even if their initialisations differ;
 //! - every rank takes its shard of each epoch (the loader's `rank`/`world_size`: rank `r` gets
-//!   positions `r, r + k, …` of the epoch's shuffled order), `--batch-size` images per step;
+//!   positions `r, r + k, …` of the epoch's shuffled order) and its share of the global batch,
+//!   `--batch-size / k` images per step;
 //! - the gradients are averaged over the ranks in flat buckets (25 MiB, `--bucket-mb`), each
 //!   all-reduced as soon as autograd has produced all of its gradients, while the backward pass
 //!   goes on ([`crate::dist::GradSync`]); clipping and the optimizer step then do the same
