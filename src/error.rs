@@ -1,8 +1,8 @@
 //! The library's error type. Every variant says whether it is the user's mistake (bad file,
 //! bad option, bad genotype: the binary exits with code 2) or a failure inside the engine.
+//! The module depends on no other of cnas's: the error types of the genotype space and of
+//! distributed runs live here and are re-exported where they belong.
 use std::path::PathBuf;
-
-use crate::space::SpaceError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -23,10 +23,14 @@ pub enum Error {
     Io { path: PathBuf, error: std::io::Error },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// A failure inside cnas (not the user's doing): a record that cannot be encoded, a worker
+    /// thread that stopped, a state that should not happen. Exit code 1.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A data-parallel run failed: bad launch variables (the user's), or a peer that died,
     /// never connected or diverged.
     #[error(transparent)]
-    Dist(#[from] crate::dist::DistError),
+    Dist(#[from] DistError),
 }
 
 impl Error {
@@ -45,8 +49,8 @@ impl Error {
                     | std::io::ErrorKind::NotADirectory
                     | std::io::ErrorKind::AlreadyExists
             ),
-            Error::Torch(_) => false,
-            Error::Dist(e) => matches!(e, crate::dist::DistError::BadEnv(_)),
+            Error::Torch(_) | Error::Internal(_) => false,
+            Error::Dist(e) => matches!(e, DistError::BadEnv(_)),
         }
     }
 
@@ -60,3 +64,41 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can be wrong with a genotype or its description. Every message is one line
+/// that names the defect (and, for a cell, the cell and edge).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpaceError {
+    /// A structural defect found by [`crate::space::Genotype::validate`] / [`crate::space::Cell::validate`], or a genotype
+    /// that cannot be written in the form asked for.
+    #[error("{0}")]
+    Invalid(String),
+    /// An operation name that is not one of [`crate::space::Primitive::ALL`].
+    #[error("unknown operation '{name}' (valid: {valid})")]
+    UnknownPrimitive { name: String, valid: String },
+    /// JSON that does not parse, or does not describe a genotype.
+    #[error("invalid genotype JSON: {0}")]
+    Json(String),
+    /// DARTS `Genotype(...)` text that does not parse or does not describe a genotype.
+    #[error("invalid DARTS genotype text: {0}")]
+    DartsText(String),
+}
+
+/// Failures of a distributed run.
+#[derive(Debug, thiserror::Error)]
+pub enum DistError {
+    /// The launch variables are missing or contradictory (the user's mistake).
+    #[error("distributed launch: {0}")]
+    BadEnv(String),
+    /// Joining the group failed: the rendezvous or a peer did not answer in time.
+    #[error(
+        "rank {rank} of {world_size} could not join the group at {addr}:{port} within {timeout_s} s: {message}"
+    )]
+    Connect { rank: usize, world_size: usize, addr: String, port: u16, timeout_s: u64, message: String },
+    /// A collective failed: usually another rank died or stopped answering.
+    #[error("rank {rank}: {op} failed (another rank died, stopped answering for {timeout_s} s, or diverged): {message}")]
+    Collective { rank: usize, op: &'static str, timeout_s: u64, message: String },
+    /// The ranks hold different states where they must hold the same.
+    #[error("ranks diverged: {0}")]
+    Diverged(String),
+}

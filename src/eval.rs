@@ -119,10 +119,9 @@ pub fn evaluate(
     for batch in loader.epoch(0) {
         let (images, labels) = batch?;
         let (images, labels) = (to_device(&images, device), to_device(&labels, device));
-        let logits = tch::no_grad(|| {
-            crate::train::amp::autocast(device, amp, || network.forward_t(&images, false).logits)
-        })?
-        .to_kind(Kind::Float);
+        let logits =
+            tch::no_grad(|| crate::amp::autocast(device, amp, || network.forward_t(&images, false).logits))?
+                .to_kind(Kind::Float);
         let loss = logits.cross_entropy_loss::<Tensor>(&labels, None, Reduction::Mean, -100, 0.0);
         totals.add(&loss, &logits, &labels);
         bar.inc(labels.size()[0] as u64);
@@ -168,39 +167,36 @@ pub struct EvalRequest<'a> {
 /// them on the test split (CIFAR-10's test set, ImageNet's val/).
 pub fn evaluate_weights(request: &EvalRequest<'_>, device: Device, quiet: bool) -> Result<EvalResult> {
     let path = request.weights;
-    let tensors = crate::weights::read(path)?;
-    let metadata = crate::weights::read_metadata(path)?.unwrap_or_default();
     let kind = match request.data.dataset {
         DatasetKind::Cifar10 => NetworkKind::Cifar,
         DatasetKind::ImageNet => NetworkKind::Imagenet,
     };
-    crate::weights::refuse_search_artefacts(path, &metadata, &tensors)?;
-    let from_file = crate::weights::network_from_metadata(path, &metadata)?;
-    let mut config = match (request.arch, from_file) {
-        (None, Some(config)) => config,
-        (arch, _) => {
-            let (_, genotype) = crate::space::resolve_arch(arch.unwrap_or("CNAS"))?;
-            NetworkConfig::paper(kind, genotype)
-        }
-    };
-    if config.kind != kind {
-        return Err(Error::BadOption(format!(
-            "{} holds a {:?} network but --dataset is {}",
-            path.display(),
-            config.kind,
-            request.data.dataset
-        )));
-    }
-    config.init_channels = request.init_channels.unwrap_or(config.init_channels);
-    config.layers = request.layers.unwrap_or(config.layers);
     let data = Data::open(request.data, !quiet)?;
-    config.num_classes = data.info().num_classes as i64;
-    config.auxiliary = crate::weights::has_auxiliary(&tensors);
-    config.check_input_size(data.info().input_size as i64, false)?;
-    let vs = tch::nn::VarStore::new(device);
-    let mut network = Network::new(&vs.root(), config)?;
+    let info = data.info();
+    let crate::weights::OpenedNetwork { vs: _vs, mut network, .. } =
+        crate::weights::open_network(path, device, true, |from_file| {
+            let mut config = match (request.arch, from_file) {
+                (None, Some(config)) => config,
+                (arch, _) => {
+                    let (_, genotype) = crate::space::resolve_arch(arch.unwrap_or("CNAS"))?;
+                    NetworkConfig::paper(kind, genotype)
+                }
+            };
+            if config.kind != kind {
+                return Err(Error::BadOption(format!(
+                    "{} holds a {:?} network but --dataset is {}",
+                    path.display(),
+                    config.kind,
+                    request.data.dataset
+                )));
+            }
+            config.init_channels = request.init_channels.unwrap_or(config.init_channels);
+            config.layers = request.layers.unwrap_or(config.layers);
+            config.num_classes = info.num_classes as i64;
+            config.check_input_size(info.input_size as i64, false)?;
+            Ok(config)
+        })?;
     network.channels_last = crate::ops::channels_last_for(device, request.amp);
-    crate::weights::load_into(&vs, &tensors)?;
     let mut loader = data.loader(Part::Test, &LoaderOptions::eval(request.batch_size).device(device))?;
     if let Some(n) = request.max_images {
         loader = loader.first(n)?;
@@ -218,7 +214,7 @@ pub const CONFUSION_SVG: &str = "confusion.svg";
 /// created if needed.
 pub fn write_result(result: &EvalResult, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let json = serde_json::to_string(result).map_err(|e| Error::BadOption(e.to_string()))?;
+    let json = serde_json::to_string(result).map_err(|e| Error::Internal(e.to_string()))?;
     crate::util::write_atomic(&dir.join("eval.json"), json.as_bytes())?;
     let svg = crate::report::plot::confusion_svg(&result.class_names, &result.confusion);
     crate::util::write_atomic(&dir.join(CONFUSION_SVG), svg.as_bytes())
@@ -243,6 +239,31 @@ impl std::fmt::Display for EvalResult {
         }
         Ok(())
     }
+}
+
+/// One rank's evaluation of its shard, combined into the evaluation of all shards.
+pub fn reduce_over_ranks(parallel: &crate::dist::DataParallel, r: EvalResult) -> Result<EvalResult> {
+    let n = r.images as f64;
+    let k = r.confusion.len();
+    let mut values = vec![r.loss * n, r.top1 * n, r.top5 * n, n, r.images_per_sec];
+    values.extend(r.confusion.iter().flatten().map(|&v| v as f64));
+    let s = parallel.group().sum_f64(&values)?;
+    let total = s[3].max(1.0);
+    let confusion: Vec<Vec<u64>> = if k == 0 {
+        Vec::new()
+    } else {
+        s[5..].chunks(k).map(|row| row.iter().map(|&v| v as u64).collect()).collect()
+    };
+    Ok(EvalResult {
+        loss: s[0] / total,
+        top1: s[1] / total,
+        top5: s[2] / total,
+        images: s[3] as usize,
+        images_per_sec: s[4],
+        per_class_accuracy: per_class_accuracy(&confusion),
+        confusion,
+        class_names: r.class_names,
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! [`data`] (data sets and the loader), [`weights`] (state_dict I/O), [`profile`] and
 //! [`report`] (parameter and multiply-add counts), [`predict`], [`device`] (`--device`),
 //! [`export`] (`.pth`, safetensors and ONNX out), [`dist`] (collectives of data-parallel runs).
+pub mod amp;
 pub mod controller;
 pub mod data;
 pub mod device;
@@ -21,6 +22,7 @@ pub mod optim;
 pub mod predict;
 pub mod profile;
 pub mod report;
+pub mod run;
 pub mod search;
 pub mod space;
 pub mod supernet;

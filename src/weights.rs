@@ -351,6 +351,56 @@ fn network_name(name: &str) -> &str {
     name.strip_prefix("module.").unwrap_or(name)
 }
 
+/// Reads a weights file and builds the trained network it holds, on `device`: what `cnas eval`,
+/// `cnas predict` and `cnas export` share. Search artefacts (supernets, controllers, search
+/// checkpoints) are refused. `choose` gets the network the file describes (cnas's own files;
+/// `None` for a plain `state_dict`) and returns the one to build (the user's options may
+/// override it). The auxiliary head is built and loaded when the file has one and
+/// `keep_auxiliary` is set; otherwise its tensors are left out. Weights that do not fit are
+/// the user's error, naming the file (and, when the file did not say which network it holds,
+/// the options that do).
+pub fn open_network(
+    path: &Path,
+    device: tch::Device,
+    keep_auxiliary: bool,
+    choose: impl FnOnce(Option<crate::model::NetworkConfig>) -> Result<crate::model::NetworkConfig>,
+) -> Result<OpenedNetwork> {
+    let metadata = read_metadata(path)?.unwrap_or_default();
+    let tensors = read(path)?;
+    refuse_search_artefacts(path, &metadata, &tensors)?;
+    let described = network_from_metadata(path, &metadata)?;
+    let guessed = described.is_none();
+    let mut config = choose(described)?;
+    config.auxiliary = keep_auxiliary && has_auxiliary(&tensors);
+    let tensors: NamedTensors = if config.auxiliary {
+        tensors
+    } else {
+        tensors.into_iter().filter(|(n, _)| !network_name(n).starts_with("auxiliary_head.")).collect()
+    };
+    let vs = nn::VarStore::new(device);
+    let network = crate::model::Network::new(&vs.root(), config)?;
+    load_into(&vs, &tensors).map_err(|e| match e {
+        Error::WeightMismatch(m) if guessed => Error::bad_file(
+            path,
+            format!(
+                "{m} (the file does not say which network it holds: give --arch, --dataset, \
+                 --init-channels, --layers and --classes)"
+            ),
+        ),
+        Error::WeightMismatch(m) => Error::bad_file(path, m),
+        other => other,
+    })?;
+    Ok(OpenedNetwork { vs, network, tensors })
+}
+
+/// What [`open_network`] gives: the network, the store of its variables, and the file's tensors
+/// it was loaded from (those of the auxiliary head left out unless it was kept).
+pub struct OpenedNetwork {
+    pub vs: nn::VarStore,
+    pub network: crate::model::Network,
+    pub tensors: NamedTensors,
+}
+
 /// True when the weights carry an auxiliary head, so the network to load them into needs one.
 pub fn has_auxiliary(tensors: &NamedTensors) -> bool {
     tensors.iter().any(|(n, _)| network_name(n).starts_with("auxiliary_head."))

@@ -16,15 +16,6 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A user mistake: exit code 2 and exactly one line on stderr that contains `needle`.
-fn assert_user_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit code 2, stderr: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
-    assert!(err.contains(needle), "expected '{needle}' in: {err}");
-}
-
 #[test]
 fn info_reports_the_published_cnas_size() {
     let out = run(&["info", "--arch", "CNAS"]);
@@ -165,16 +156,16 @@ fn bad_inputs_give_one_clear_line_and_exit_code_2() {
 
     let bad_json = dir.path().join("bad.json");
     common::write(&bad_json, "{\"normal\": {\"edges\": [[\"sep_conv_3x3\", 0, 2]");
-    assert_user_error(&run(&["info", "--arch", bad_json.to_str().unwrap()]), "invalid genotype JSON");
+    common::assert_user_error(&run(&["info", "--arch", bad_json.to_str().unwrap()]), "invalid genotype JSON");
 
     let bad_op = dir.path().join("bad_op.json");
     let text =
         cnas::space::published("CNAS").unwrap().to_json_pretty().replacen("dil_conv_3x3", "dil_conv_9x9", 1);
     common::write(&bad_op, &text);
-    assert_user_error(&run(&["info", "--arch", bad_op.to_str().unwrap()]), "dil_conv_9x9");
+    common::assert_user_error(&run(&["info", "--arch", bad_op.to_str().unwrap()]), "dil_conv_9x9");
 
-    assert_user_error(&run(&["info", "--arch", "NoSuchNet"]), "unknown architecture 'NoSuchNet'");
-    assert_user_error(&run(&["info", "--init-channels", "7"]), "init channels");
+    common::assert_user_error(&run(&["info", "--arch", "NoSuchNet"]), "unknown architecture 'NoSuchNet'");
+    common::assert_user_error(&run(&["info", "--init-channels", "7"]), "init channels");
 
     let png = dir.path().join("x.png");
     image::RgbImage::new(32, 32).save(&png).unwrap();
@@ -183,10 +174,10 @@ fn bad_inputs_give_one_clear_line_and_exit_code_2() {
     // Weights for another shape: names the tensors that do not fit.
     let out =
         run(&["predict", "--weights", w, "--arch", "CNAS", "--init-channels", "12", "--layers", "5", p]);
-    assert_user_error(&out, "wrong shape");
+    common::assert_user_error(&out, "wrong shape");
     let out =
         run(&["predict", "--weights", w, "--arch", "DARTS_V2", "--init-channels", "8", "--layers", "5", p]);
-    assert_user_error(&out, "weights do not fit this network");
+    common::assert_user_error(&out, "weights do not fit this network");
 
     let truncated = dir.path().join("truncated.pth");
     let bytes = std::fs::read(&weights).unwrap();
@@ -194,30 +185,30 @@ fn bad_inputs_give_one_clear_line_and_exit_code_2() {
     let mut args = vec!["predict", "--weights", truncated.to_str().unwrap()];
     args.extend(SMALL);
     args.push(p);
-    assert_user_error(&run(&args), "truncated.pth");
+    common::assert_user_error(&run(&args), "truncated.pth");
 
     let not_image = dir.path().join("notes.png");
     common::write(&not_image, "this is not an image");
     let mut args = vec!["predict", "--weights", w];
     args.extend(SMALL);
     args.push(not_image.to_str().unwrap());
-    assert_user_error(&run(&args), "not a readable PNG or JPEG image");
+    common::assert_user_error(&run(&args), "not a readable PNG or JPEG image");
 
     let bad_bin = dir.path().join("short.bin");
     std::fs::write(&bad_bin, vec![0u8; 3000]).unwrap();
     let mut args = vec!["predict", "--weights", w];
     args.extend(SMALL);
     args.push(bad_bin.to_str().unwrap());
-    assert_user_error(&run(&args), "short.bin");
+    common::assert_user_error(&run(&args), "short.bin");
 
     let mut args = vec!["predict", "--weights", "/nonexistent/w.pth"];
     args.extend(SMALL);
     args.push(p);
-    assert_user_error(&run(&args), "/nonexistent/w.pth");
+    common::assert_user_error(&run(&args), "/nonexistent/w.pth");
 
     if tch::Cuda::device_count() == 0 {
         let out = common::cnas().args(["--device", "cuda:0", "info"]).output().unwrap();
-        assert_user_error(&out, "no CUDA device");
+        common::assert_user_error(&out, "no CUDA device");
     }
 }
 

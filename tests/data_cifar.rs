@@ -1,9 +1,9 @@
 //! CIFAR-10 on the real copy in `../shared/data/cifar10`, plus error cases on generated files.
+mod common;
 use std::path::{Path, PathBuf};
 
 use cnas::data::cifar10::{self, Cifar10, Location, IMAGE_BYTES, RECORD_BYTES};
 use cnas::data::{split_indices, Data, DataArgs, DatasetKind, LoaderOptions, Part, CIFAR10_MEAN};
-use cnas::Error;
 
 fn shared() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10")
@@ -102,18 +102,12 @@ fn archive_and_its_parent_are_accepted() {
     }
 }
 
-fn assert_user_error_naming(err: Error, what: &str) {
-    let text = err.to_string();
-    assert!(err.is_user_error(), "not a user error: {text}");
-    assert!(text.contains(what), "'{text}' does not name '{what}'");
-}
-
 #[test]
 fn bad_files_are_user_errors_naming_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let odd = tmp.path().join("odd.bin");
     std::fs::write(&odd, vec![0u8; RECORD_BYTES + 1]).unwrap();
-    assert_user_error_naming(cifar10::read_records(&odd).unwrap_err(), "odd.bin");
+    common::assert_user_error_naming(cifar10::read_records(&odd).unwrap_err(), "odd.bin");
 
     let label = tmp.path().join("label.bin");
     let mut bytes = records(2);
@@ -122,24 +116,27 @@ fn bad_files_are_user_errors_naming_the_file() {
     let err = cifar10::read_records(&label).unwrap_err();
     assert!(err.to_string().contains("record 1 has label 42"), "{err}");
 
-    assert_user_error_naming(cifar10::read_records(&tmp.path().join("nope.bin")).unwrap_err(), "nope.bin");
+    common::assert_user_error_naming(
+        cifar10::read_records(&tmp.path().join("nope.bin")).unwrap_err(),
+        "nope.bin",
+    );
 
     // A batches folder missing one file names that file.
     let dir = tmp.path().join("cifar-10-batches-bin");
     write_batches(&dir, 1);
     std::fs::remove_file(dir.join("test_batch.bin")).unwrap();
-    assert_user_error_naming(Cifar10::open(tmp.path()).unwrap_err(), "test_batch.bin");
+    common::assert_user_error_naming(Cifar10::open(tmp.path()).unwrap_err(), "test_batch.bin");
 
     // Something that is not CIFAR at all.
     let other = tmp.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "hello").unwrap();
-    assert_user_error_naming(Cifar10::open(&other).unwrap_err(), "no CIFAR-10 here");
+    common::assert_user_error_naming(Cifar10::open(&other).unwrap_err(), "no CIFAR-10 here");
     let args = DataArgs { data: other.clone(), ..Default::default() };
-    assert_user_error_naming(Data::open(&args, false).unwrap_err(), "other");
+    common::assert_user_error_naming(Data::open(&args, false).unwrap_err(), "other");
 
     // A file that is not a tar.gz.
-    assert_user_error_naming(Cifar10::open(&other.join("notes.txt")).unwrap_err(), "notes.txt");
+    common::assert_user_error_naming(Cifar10::open(&other.join("notes.txt")).unwrap_err(), "notes.txt");
 }
 
 #[test]

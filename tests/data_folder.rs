@@ -1,10 +1,10 @@
 //! ImageNet-style folders, generated in a temporary directory: layouts, label files, non-RGB
 //! inputs, corrupt files.
+mod common;
 use std::path::{Path, PathBuf};
 
 use cnas::data::folder::{decode_rgb, ImageFolder, ImageNet};
 use cnas::data::{Data, DataArgs, DatasetKind, LoaderOptions, Part};
-use cnas::Error;
 use image::{GrayImage, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 
 fn rgb(w: u32, h: u32, colour: [u8; 3]) -> RgbImage {
@@ -53,12 +53,6 @@ fn args(root: &Path) -> DataArgs {
         image_size: Some(16),
         ..Default::default()
     }
-}
-
-fn assert_user_error_naming(err: Error, what: &str) {
-    let text = err.to_string();
-    assert!(err.is_user_error(), "not a user error: {text}");
-    assert!(text.contains(what), "'{text}' does not name '{what}'");
 }
 
 #[test]
@@ -128,12 +122,12 @@ fn corrupt_images_fail_by_name_or_are_skipped() {
     let good = std::fs::read(tmp.path().join("train/eel/e1.JPEG")).unwrap();
     std::fs::write(&truncated, &good[..good.len() / 3]).unwrap();
 
-    assert_user_error_naming(decode_rgb(&bad).unwrap_err(), "broken.JPEG");
+    common::assert_user_error_naming(decode_rgb(&bad).unwrap_err(), "broken.JPEG");
 
     let data = Data::open(&args(tmp.path()), false).unwrap();
     let loader = data.loader(Part::Train, &LoaderOptions::eval(8)).unwrap();
     let err = loader.epoch(0).find_map(|b| b.err()).expect("an error");
-    assert_user_error_naming(err, "broken.JPEG");
+    common::assert_user_error_naming(err, "broken.JPEG");
 
     let lenient = Data::open(&DataArgs { skip_bad_images: true, ..args(tmp.path()) }, false).unwrap();
     let loader = lenient.loader(Part::Train, &LoaderOptions::eval(8)).unwrap();
@@ -154,21 +148,24 @@ fn layout_mistakes_are_named() {
     make_tree(tmp.path());
     std::fs::create_dir_all(tmp.path().join("train/fox")).unwrap();
     std::fs::write(tmp.path().join("train/fox/readme.txt"), "no images").unwrap();
-    assert_user_error_naming(ImageNet::open(tmp.path(), None).unwrap_err(), "fox");
+    common::assert_user_error_naming(ImageNet::open(tmp.path(), None).unwrap_err(), "fox");
 
     let missing = tmp.path().join("nowhere");
-    assert_user_error_naming(Data::open(&args(&missing), false).unwrap_err(), "nowhere");
+    common::assert_user_error_naming(Data::open(&args(&missing), false).unwrap_err(), "nowhere");
 
     let empty = tempfile::tempdir().unwrap();
-    assert_user_error_naming(ImageNet::open(empty.path(), None).unwrap_err(), "neither train/ nor val/");
+    common::assert_user_error_naming(
+        ImageNet::open(empty.path(), None).unwrap_err(),
+        "neither train/ nor val/",
+    );
     std::fs::create_dir_all(empty.path().join("train")).unwrap();
-    assert_user_error_naming(ImageNet::open(empty.path(), None).unwrap_err(), "no class folders");
+    common::assert_user_error_naming(ImageNet::open(empty.path(), None).unwrap_err(), "no class folders");
 
     // A val class the training set does not have.
     let odd = tempfile::tempdir().unwrap();
     make_tree(odd.path());
     save_jpeg(&rgb(8, 8, [1, 2, 3]), &odd.path().join("val/yak/y.JPEG"));
-    assert_user_error_naming(ImageNet::open(odd.path(), None).unwrap_err(), "yak");
+    common::assert_user_error_naming(ImageNet::open(odd.path(), None).unwrap_err(), "yak");
 
     // A training folder alone is fine for training; asking for val/ names it.
     let only_train = tempfile::tempdir().unwrap();
@@ -176,7 +173,7 @@ fn layout_mistakes_are_named() {
     std::fs::remove_dir_all(only_train.path().join("val")).unwrap();
     let data = Data::open(&args(only_train.path()), false).unwrap();
     assert!(data.loader(Part::Train, &LoaderOptions::eval(2)).is_ok());
-    assert_user_error_naming(data.loader(Part::Test, &LoaderOptions::eval(2)).unwrap_err(), "val");
+    common::assert_user_error_naming(data.loader(Part::Test, &LoaderOptions::eval(2)).unwrap_err(), "val");
 }
 
 /// A flat val/ with images a.JPEG, b.JPEG, c.JPEG (file-name order).
@@ -200,7 +197,7 @@ fn flat_val_with_label_files() {
     let classes: Vec<String> = ["cat", "dog", "eel"].map(String::from).to_vec();
 
     // Without a label file: a clear error that says how to give one.
-    assert_user_error_naming(ImageNet::open(tmp.path(), None).unwrap_err(), "--val-labels");
+    common::assert_user_error_naming(ImageNet::open(tmp.path(), None).unwrap_err(), "--val-labels");
 
     // One label per line, names and numbers mixed, comments and blank lines ignored; found by
     // its default name beside val/.
@@ -223,20 +220,23 @@ fn flat_val_with_label_files() {
     // Wrong count, unknown class, missing file line: each named.
     let short = tmp.path().join("short.txt");
     std::fs::write(&short, "cat\ndog\n").unwrap();
-    assert_user_error_naming(
+    common::assert_user_error_naming(
         ImageFolder::open_flat(&val, &short, &classes).unwrap_err(),
         "2 labels for 3 images",
     );
     let unknown = tmp.path().join("unknown.txt");
     std::fs::write(&unknown, "cat\nwolf\n7\n").unwrap();
-    assert_user_error_naming(ImageFolder::open_flat(&val, &unknown, &classes).unwrap_err(), "line 2: 'wolf'");
+    common::assert_user_error_naming(
+        ImageFolder::open_flat(&val, &unknown, &classes).unwrap_err(),
+        "line 2: 'wolf'",
+    );
     let partial = tmp.path().join("partial.csv");
     std::fs::write(&partial, "a,cat\nb,dog\n").unwrap();
-    assert_user_error_naming(
+    common::assert_user_error_naming(
         ImageFolder::open_flat(&val, &partial, &classes).unwrap_err(),
         "no label for c.JPEG",
     );
-    assert_user_error_naming(
+    common::assert_user_error_naming(
         ImageFolder::open_flat(&val, &tmp.path().join("absent.txt"), &classes).unwrap_err(),
         "absent.txt",
     );

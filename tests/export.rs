@@ -158,15 +158,6 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Every edge reads a cell input, so in the reduction cell every op runs at stride 2.
-fn every_op_genotype(normal_ops: &[Primitive], reduce_ops: &[Primitive]) -> Genotype {
-    let cell = |ops: &[Primitive]| Cell {
-        edges: ops.iter().enumerate().map(|(i, &op)| Edge { op, from: i % 2, to: 2 + i / 2 }).collect(),
-        concat: (2..2 + ops.len() / 2).collect(),
-    };
-    Genotype { normal: cell(normal_ops), reduce: cell(reduce_ops) }
-}
-
 /// A cell with a node whose both edges are `none` (all zeros, still concatenated) and a node
 /// that sums a `none` edge and a skip.
 fn zero_node_genotype() -> Genotype {
@@ -210,8 +201,8 @@ fn onnx_every_operation_at_stride_one_and_two() {
     let x = cifar_images(5);
     let (darts, wider) = Primitive::ALL.split_at(8);
     let cases = [
-        ("DARTS ops normal", every_op_genotype(darts, wider)),
-        ("wider ops normal", every_op_genotype(wider, darts)),
+        ("DARTS ops normal", common::every_op_genotype(darts, wider)),
+        ("wider ops normal", common::every_op_genotype(wider, darts)),
         ("zero nodes", zero_node_genotype()),
     ];
     for (seed, (name, genotype)) in cases.into_iter().enumerate() {
@@ -314,7 +305,7 @@ fn pth_of_every_operation_and_of_an_imagenet_network() {
     let dir = tempfile::tempdir().unwrap();
     let (darts, wider) = Primitive::ALL.split_at(8);
     let x = cifar_images(2);
-    let model = trained(config(NetworkKind::Cifar, every_op_genotype(wider, darts), 4, 3, false), 5);
+    let model = trained(config(NetworkKind::Cifar, common::every_op_genotype(wider, darts), 4, 3, false), 5);
     let weights = dir.path().join("w.safetensors");
     model.save_checkpoint(&weights);
     let pth = dir.path().join("every.pth");
@@ -374,15 +365,6 @@ fn safetensors_from_a_pytorch_file_describes_its_network() {
     assert_eq!(exported.config.genotype, genotype);
 }
 
-/// A user mistake: exit code 2 and exactly one line on stderr that contains `needle`.
-fn assert_user_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit code 2, stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
-    assert!(err.contains(needle), "expected '{needle}' in: {err}");
-}
-
 #[test]
 fn user_mistakes_get_one_line_and_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
@@ -393,32 +375,32 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
     let onnx = d.join("out.onnx");
 
     let absent = d.join("absent.pth");
-    assert_user_error(&run(&["export", "--weights", p(&absent), "-o", p(&onnx)]), "absent.pth");
+    common::assert_user_error(&run(&["export", "--weights", p(&absent), "-o", p(&onnx)]), "absent.pth");
     let text = d.join("notes.pth");
     common::write(&text, "not weights at all");
-    assert_user_error(&run(&["export", "--weights", p(&text), "-o", p(&onnx)]), "not a weights file");
+    common::assert_user_error(&run(&["export", "--weights", p(&text), "-o", p(&onnx)]), "not a weights file");
     // A PyTorch file says nothing of its network: the paper's CNAS is assumed, and the error
     // says what to give.
     let pth = d.join("small.pth");
     assert!(run(&["export", "--weights", p(&weights), "-o", p(&pth)]).status.success());
-    assert_user_error(&run(&["export", "--weights", p(&pth), "-o", p(&onnx)]), "give --arch");
+    common::assert_user_error(&run(&["export", "--weights", p(&pth), "-o", p(&onnx)]), "give --arch");
     let empty = d.join("empty.pth");
     common::write(&empty, "");
-    assert_user_error(&run(&["export", "--weights", p(&empty), "-o", p(&onnx)]), "empty file");
-    assert_user_error(
+    common::assert_user_error(&run(&["export", "--weights", p(&empty), "-o", p(&onnx)]), "empty file");
+    common::assert_user_error(
         &run(&["export", "--weights", p(&weights), "-o", p(&d.join("out.bin"))]),
         "give --format onnx, pth or safetensors",
     );
-    assert_user_error(&run(&["export", "--weights", p(&weights), "-o", p(d)]), "is a folder");
+    common::assert_user_error(&run(&["export", "--weights", p(&weights), "-o", p(d)]), "is a folder");
     let unwritable = d.join("no/such/folder/out.onnx");
-    assert_user_error(&run(&["export", "--weights", p(&weights), "-o", p(&unwritable)]), "out.onnx");
+    common::assert_user_error(&run(&["export", "--weights", p(&weights), "-o", p(&unwritable)]), "out.onnx");
     assert!(!unwritable.exists());
-    assert_user_error(
+    common::assert_user_error(
         &run(&["export", "--weights", p(&weights), "-o", p(&onnx), "--image-size", "30"]),
         "30×30 inputs do not fit",
     );
     // Weights of another network.
-    assert_user_error(
+    common::assert_user_error(
         &run(&[
             "export",
             "--weights",
@@ -441,11 +423,14 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
     let tensors = vec![("cells.0.edges.0.weight".to_string(), t.shallow_clone())];
     let meta = BTreeMap::from([("format".to_string(), "cnas-supernet".to_string())]);
     cnas::weights::save_tensors(&tensors, &supernet, meta).unwrap();
-    assert_user_error(&run(&["export", "--weights", p(&supernet), "-o", p(&onnx)]), "is a search supernet");
+    common::assert_user_error(
+        &run(&["export", "--weights", p(&supernet), "-o", p(&onnx)]),
+        "is a search supernet",
+    );
     let checkpoint = d.join("checkpoint.safetensors");
     let tensors = vec![("supernet/stem.0.weight".to_string(), t)];
     cnas::weights::save_tensors(&tensors, &checkpoint, BTreeMap::new()).unwrap();
-    assert_user_error(
+    common::assert_user_error(
         &run(&["export", "--weights", p(&checkpoint), "-o", p(&onnx)]),
         "not a trained network",
     );

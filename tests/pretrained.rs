@@ -93,14 +93,6 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// A user mistake: exit code 2 and one line on stderr containing `needle`.
-fn assert_user_error(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "expected exit code 2, stderr: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
-    assert!(err.contains(needle), "expected '{needle}' in: {err}");
-}
-
 #[test]
 fn published_layout_downloads_resumes_verifies_and_predicts_like_pytorch() {
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +164,7 @@ fn a_file_whose_hash_does_not_match_its_name_is_deleted() {
     let wrong = if sha256_hex(&body).starts_with("00") { "11111111" } else { "00000000" };
     let (url, _) = serve(&format!("cnas-imagenet-{wrong}.pth"), body, false, 1);
     let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", &url]);
-    assert_user_error(&out, &format!("expected one starting with {wrong}"));
+    common::assert_user_error(&out, &format!("expected one starting with {wrong}"));
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }
 
@@ -193,7 +185,7 @@ fn a_missing_file_is_one_clear_line() {
         }
     });
     let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", &url]);
-    assert_user_error(&out, "404");
+    common::assert_user_error(&out, "404");
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use cnas::model::{Network, NetworkConfig, NetworkKind};
-use cnas::space::{Cell, Edge, Genotype, Primitive};
+use cnas::space::{Genotype, Primitive};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 const TOL: f64 = 1e-4;
@@ -183,15 +183,6 @@ fn compare(name: &str, case: &Case, out: &Path, channels_last: bool) {
     }
 }
 
-fn every_op_genotype(normal_ops: &[Primitive], reduce_ops: &[Primitive]) -> Genotype {
-    // Every edge reads a cell input, so in the reduction cell every op runs at stride 2.
-    let cell = |ops: &[Primitive]| Cell {
-        edges: ops.iter().enumerate().map(|(i, &op)| Edge { op, from: i % 2, to: 2 + i / 2 }).collect(),
-        concat: (2..2 + ops.len() / 2).collect(),
-    };
-    Genotype { normal: cell(normal_ops), reduce: cell(reduce_ops) }
-}
-
 #[test]
 fn cnas_cifar_with_auxiliary_head_and_drop_path() {
     let genotype = cnas::space::published("CNAS").unwrap();
@@ -248,7 +239,7 @@ fn every_operation_at_stride_one_and_two() {
     let (darts, wider) = Primitive::ALL.split_at(8);
     for (name, normal, reduce) in [("DARTS ops normal", darts, wider), ("wider ops normal", wider, darts)] {
         let case = Case {
-            genotype: every_op_genotype(normal, reduce),
+            genotype: common::every_op_genotype(normal, reduce),
             kind: NetworkKind::Cifar,
             channels: 4,
             layers: 3,

@@ -1,9 +1,57 @@
 //! `--dataset/--data/--workers/--train-portion/--cutout/--seed/…`, shared by every command that
 //! trains or evaluates: `#[command(flatten)] data: DataArgs`, then [`super::Data::open`].
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use super::dataset::DatasetKind;
+use super::cifar10::CIFAR10_CLASSES;
 use crate::error::{Error, Result};
+
+/// Which kind of data set (`--dataset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum DatasetKind {
+    /// CIFAR-10: 32×32 images, 10 classes.
+    #[default]
+    #[value(name = "cifar10", alias = "cifar-10")]
+    Cifar10,
+    /// ImageNet or any folder of class folders: 224×224 crops, classes from the folders.
+    #[value(name = "imagenet", alias = "image-folder")]
+    ImageNet,
+}
+
+impl DatasetKind {
+    /// Side of the square network input.
+    pub fn input_size(self) -> usize {
+        match self {
+            DatasetKind::Cifar10 => 32,
+            DatasetKind::ImageNet => 224,
+        }
+    }
+
+    /// Number of classes when the kind fixes it (`None`: read from the folders).
+    pub fn num_classes(self) -> Option<usize> {
+        match self {
+            DatasetKind::Cifar10 => Some(CIFAR10_CLASSES.len()),
+            DatasetKind::ImageNet => None,
+        }
+    }
+}
+
+impl FromStr for DatasetKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| format!("unknown data set '{s}' (expected cifar10 or imagenet)"))
+    }
+}
+
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::ImageNet => "imagenet",
+        })
+    }
+}
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct DataArgs {

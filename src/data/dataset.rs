@@ -1,11 +1,10 @@
 //! The data set a command works on, opened from [`DataArgs`], and the loaders it hands out.
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use tch::Device;
 
-use super::args::DataArgs;
+use super::args::{DataArgs, DatasetKind};
 use super::cifar10::{self, Cifar10, CifarSource, CIFAR10_CLASSES};
 use super::download;
 use super::folder::{FolderSource, ImageFolder, ImageNet};
@@ -13,53 +12,6 @@ use super::loader::{default_workers, Loader, LoaderConfig, Source};
 use super::rng;
 use super::transforms::{CifarAugment, FolderAugment, FolderTransform};
 use crate::error::{Error, Result};
-
-/// Which kind of data set (`--dataset`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
-pub enum DatasetKind {
-    /// CIFAR-10: 32×32 images, 10 classes.
-    #[default]
-    #[value(name = "cifar10", alias = "cifar-10")]
-    Cifar10,
-    /// ImageNet or any folder of class folders: 224×224 crops, classes from the folders.
-    #[value(name = "imagenet", alias = "image-folder")]
-    ImageNet,
-}
-
-impl DatasetKind {
-    /// Side of the square network input.
-    pub fn input_size(self) -> usize {
-        match self {
-            DatasetKind::Cifar10 => 32,
-            DatasetKind::ImageNet => 224,
-        }
-    }
-
-    /// Number of classes when the kind fixes it (`None`: read from the folders).
-    pub fn num_classes(self) -> Option<usize> {
-        match self {
-            DatasetKind::Cifar10 => Some(CIFAR10_CLASSES.len()),
-            DatasetKind::ImageNet => None,
-        }
-    }
-}
-
-impl FromStr for DatasetKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        <Self as clap::ValueEnum>::from_str(s.trim(), true)
-            .map_err(|_| format!("unknown data set '{s}' (expected cifar10 or imagenet)"))
-    }
-}
-
-impl std::fmt::Display for DatasetKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DatasetKind::Cifar10 => "cifar10",
-            DatasetKind::ImageNet => "imagenet",
-        })
-    }
-}
 
 /// What a network needs to know about an opened data set.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,9 +60,9 @@ pub mod normalize;
 pub mod rng;
 pub mod transforms;
 
-pub use args::{DataArgs, DataConfig};
+pub use args::{DataArgs, DataConfig, DatasetKind};
 pub use cifar10::{read_records, CIFAR10_CLASSES};
-pub use dataset::{split_indices, Data, DatasetInfo, DatasetKind, LoaderOptions, Part};
+pub use dataset::{split_indices, Data, DatasetInfo, LoaderOptions, Part};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, Source};
 pub use normalize::{CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD};
 pub use rng::{sample_rng, SampleRng};

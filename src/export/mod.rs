@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{Network, NetworkConfig, NetworkKind};
+use crate::model::{NetworkConfig, NetworkKind};
 use crate::weights::{self, NamedTensors};
 
 pub mod onnx;
@@ -111,45 +111,22 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
             )))
         }
     };
-    let metadata = weights::read_metadata(input)?.unwrap_or_default();
-    let tensors = weights::read(input)?;
-    weights::refuse_search_artefacts(input, &metadata, &tensors)?;
-
-    let described = weights::network_from_metadata(input, &metadata)?;
-    // Guessed: neither the file nor the user said which network the weights belong to.
-    let guessed = described.is_none() && !options.network_given;
-    let mut config = match described {
-        Some(config) if !options.network_given => config,
-        _ => options.network.clone(),
-    };
-    let keep_auxiliary =
-        weights::has_auxiliary(&tensors) && !options.drop_auxiliary && format != ExportFormat::Onnx;
-    config.auxiliary = keep_auxiliary;
-    let tensors: NamedTensors = if keep_auxiliary {
-        tensors
-    } else {
-        tensors.into_iter().filter(|(n, _)| !is_auxiliary(n)).collect()
-    };
-    let image_size = options.image_size.unwrap_or_else(|| config.kind.default_image_size());
-    if format == ExportFormat::Onnx {
-        config.check_input_size(image_size, false)?;
-    }
-
-    let vs = nn::VarStore::new(Device::Cpu);
-    let mut network = Network::new(&vs.root(), config.clone())?;
+    let keep_auxiliary = !options.drop_auxiliary && format != ExportFormat::Onnx;
+    let image_size = std::cell::Cell::new(0);
+    let weights::OpenedNetwork { vs, mut network, tensors } =
+        weights::open_network(input, Device::Cpu, keep_auxiliary, |described| {
+            let config = match described {
+                Some(config) if !options.network_given => config,
+                _ => options.network.clone(),
+            };
+            image_size.set(options.image_size.unwrap_or_else(|| config.kind.default_image_size()));
+            if format == ExportFormat::Onnx {
+                config.check_input_size(image_size.get(), false)?;
+            }
+            Ok(config)
+        })?;
     network.channels_last = false;
-    weights::load_into(&vs, &tensors).map_err(|e| match e {
-        Error::WeightMismatch(m) if guessed => Error::bad_file(
-            input,
-            format!(
-                "{m} (the file does not say which network it holds: give --arch, --dataset, \
-                 --init-channels, --layers and --classes)"
-            ),
-        ),
-        Error::WeightMismatch(m) => Error::bad_file(input, m),
-        other => other,
-    })?;
-
+    let (config, image_size) = (network.config().clone(), image_size.get());
     let items = match format {
         ExportFormat::Safetensors => {
             let metadata = BTreeMap::from([
@@ -184,10 +161,6 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
         }
     };
     Ok(Exported { path: output.to_path_buf(), format, config, items })
-}
-
-fn is_auxiliary(name: &str) -> bool {
-    name.strip_prefix("module.").unwrap_or(name).starts_with("auxiliary_head.")
 }
 
 fn network_json(config: &NetworkConfig) -> Result<String> {

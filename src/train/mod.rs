@@ -19,28 +19,27 @@
 //! of every epoch. The learning rate is a closed form of `e`. A run resumed after epoch `e`
 //! therefore replays exactly what the uninterrupted run did; on the CPU the two end
 //! bit-identical.
-pub mod amp;
-pub mod parallel;
+
+mod options;
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
 use crate::data::{to_device, Data, DataArgs, DataConfig, DatasetKind, LoaderOptions, Part};
+use crate::dist::DataParallel;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult, Totals};
 use crate::model::{Network, NetworkConfig, NetworkKind};
 use crate::optim::{clip_grad_norm, Sgd};
 use crate::space::Genotype;
-pub use parallel::DataParallel;
+pub use options::TrainOptions;
 pub use schedule::{Schedule, SchedulerKind};
 
 /// Cross-entropy of `logits` against `labels`, in fp32 whatever the logits' dtype, with label
@@ -68,172 +67,6 @@ pub fn exempt_from_decay(name: &str) -> bool {
     name.contains("bias")
 }
 
-/// Every number of a training run. [`TrainOptions::paper`] is the paper's recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainOptions {
-    pub init_channels: i64,
-    pub layers: i64,
-    pub epochs: usize,
-    /// The global batch: a data-parallel run of world size k takes `batch_size / k` images per
-    /// rank and step (see [`TrainOptions::per_rank_batch`]).
-    pub batch_size: usize,
-    pub lr: f64,
-    pub lr_min: f64,
-    pub momentum: f64,
-    pub weight_decay: f64,
-    /// No weight decay on the parameters whose name contains "bias" ([`exempt_from_decay`]).
-    pub no_bias_decay: bool,
-    pub scheduler: SchedulerKind,
-    pub warmup_epochs: usize,
-    /// For `--scheduler step`: every `step_size` epochs multiply by `gamma`.
-    pub step_size: usize,
-    pub gamma: f64,
-    pub label_smooth: f64,
-    /// Weight of the auxiliary head's loss; 0 builds no auxiliary head.
-    pub auxiliary_weight: f64,
-    /// Drop-path probability reached at the last epoch (it rises linearly from 0).
-    pub drop_path_prob: f64,
-    pub grad_clip: f64,
-    /// bf16 autocast for the forward pass (the loss in fp32).
-    pub amp: bool,
-    /// Train on at most this many images of the training set (None: all).
-    pub max_images: Option<usize>,
-    /// Validate on at most this many test images (None: all).
-    pub max_eval_images: Option<usize>,
-    /// Validate every this many epochs (and always after the last).
-    pub eval_every: usize,
-    pub seed: u64,
-    /// Data-parallel runs: BatchNorm statistics over the global batch instead of per rank
-    /// (no effect in a single process).
-    #[serde(default)]
-    pub sync_bn: bool,
-}
-
-impl TrainOptions {
-    /// The paper's recipe for a data set, as the released code ran it (CIFAR-10: 36×20, 600
-    /// epochs, cosine, global batch 128 = 2 GPUs × 64; ImageNet: 48×14, 250 epochs, linear decay,
-    /// global batch 256 = 4 GPUs × 64, no weight decay on biases, no label smoothing; lr 0.05).
-    pub fn paper(dataset: DatasetKind) -> Self {
-        let cifar = TrainOptions {
-            init_channels: 36,
-            layers: 20,
-            epochs: 600,
-            batch_size: 128,
-            lr: 0.05,
-            lr_min: 0.0,
-            momentum: 0.9,
-            weight_decay: 3e-4,
-            no_bias_decay: false,
-            scheduler: SchedulerKind::Cosine,
-            warmup_epochs: 0,
-            step_size: 1,
-            gamma: 0.97,
-            label_smooth: 0.0,
-            auxiliary_weight: 0.4,
-            drop_path_prob: 0.2,
-            grad_clip: 5.0,
-            amp: false,
-            max_images: None,
-            max_eval_images: None,
-            eval_every: 1,
-            seed: 0,
-            sync_bn: false,
-        };
-        match dataset {
-            DatasetKind::Cifar10 => cifar,
-            DatasetKind::ImageNet => TrainOptions {
-                init_channels: 48,
-                layers: 14,
-                epochs: 250,
-                batch_size: 256,
-                scheduler: SchedulerKind::Linear,
-                no_bias_decay: true,
-                ..cifar
-            },
-        }
-    }
-
-    pub fn schedule(&self) -> Schedule {
-        Schedule {
-            kind: self.scheduler,
-            lr: self.lr,
-            lr_min: self.lr_min,
-            epochs: self.epochs,
-            warmup_epochs: self.warmup_epochs,
-            step_size: self.step_size,
-            gamma: self.gamma,
-        }
-    }
-
-    /// Drop-path probability during epoch `epoch` (0-based), as the released code:
-    /// `drop_path_prob · e / epochs` with `e = epoch + 1` the 1-based epoch, so the first epoch
-    /// already drops a little and the last one runs at `drop_path_prob`.
-    pub fn drop_path_at(&self, epoch: usize) -> f64 {
-        self.drop_path_prob * (epoch + 1) as f64 / self.epochs.max(1) as f64
-    }
-
-    /// Images per rank and step at world size `world_size`: the global `--batch-size` divided
-    /// over the ranks. A user error when it does not divide, or leaves a rank fewer than two
-    /// images (BatchNorm needs two).
-    pub fn per_rank_batch(&self, world_size: usize) -> Result<usize> {
-        let k = world_size.max(1);
-        if self.batch_size % k != 0 {
-            return Err(Error::BadOption(format!(
-                "--batch-size {} is the global batch and must be divisible by the world size {k} \
-                 (WORLD_SIZE): each rank takes --batch-size / {k} images",
-                self.batch_size
-            )));
-        }
-        let per_rank = self.batch_size / k;
-        if per_rank < 2 {
-            return Err(Error::BadOption(format!(
-                "--batch-size {} over world size {k} leaves {per_rank} image per rank; BatchNorm \
-                 needs at least two (use --batch-size {} or more)",
-                self.batch_size,
-                2 * k
-            )));
-        }
-        Ok(per_rank)
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::BadOption(m));
-        if self.epochs == 0 {
-            return bad("--epochs must be at least 1".into());
-        }
-        if self.batch_size < 2 {
-            return bad("--batch-size must be at least 2 (BatchNorm needs two samples)".into());
-        }
-        if !(0.0..1.0).contains(&self.drop_path_prob) {
-            return bad(format!("--drop-path-prob {} must be in [0, 1)", self.drop_path_prob));
-        }
-        if !(0.0..1.0).contains(&self.label_smooth) {
-            return bad(format!("--label-smooth {} must be in [0, 1)", self.label_smooth));
-        }
-        let non_negative = |v: f64| v >= 0.0; // false for NaN too
-        if !non_negative(self.auxiliary_weight)
-            || !non_negative(self.momentum)
-            || !self.grad_clip.is_finite()
-            || self.grad_clip <= 0.0
-        {
-            return bad("--auxiliary-weight and --momentum must be ≥ 0, --grad-clip > 0".into());
-        }
-        if !non_negative(self.weight_decay) {
-            return bad(format!("--weight-decay {} must be ≥ 0", self.weight_decay));
-        }
-        if self.eval_every == 0 {
-            return bad("--eval-every must be at least 1".into());
-        }
-        if self.max_images.is_some_and(|n| n < self.batch_size) {
-            return bad(format!(
-                "--max-images must hold at least one batch of --batch-size {}",
-                self.batch_size
-            ));
-        }
-        self.schedule().validate()
-    }
-}
-
 /// What `cnas train` writes into config.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -248,7 +81,7 @@ pub struct TrainConfig {
 }
 
 /// How a training run is started.
-pub use crate::search::StartMode;
+pub use crate::run::StartMode;
 
 /// The position and bests a checkpoint records (in its metadata).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -319,17 +152,15 @@ impl std::fmt::Display for TrainSummary {
     }
 }
 
-const CONFIG: &str = "config.json";
-const METRICS: &str = "metrics.jsonl";
+use crate::run::{self, CONFIG, METRICS, TENSORBOARD};
 const LAST: &str = "last.safetensors";
 const BEST: &str = "best.safetensors";
 const EVAL: &str = "eval.json";
-const TENSORBOARD: &str = "tb";
 /// Files whose presence means a directory holds a run.
 const RUN_FILES: [&str; 5] = [CONFIG, METRICS, LAST, BEST, EVAL];
 
 fn json_error(e: serde_json::Error) -> Error {
-    Error::BadOption(e.to_string())
+    Error::Internal(e.to_string())
 }
 
 /// A new training run: its architecture (name, genotype), options and data.
@@ -369,9 +200,7 @@ pub fn train(
     let mut data_args = DataArgs { workers, ..DataArgs::default() };
     config.data.apply(&mut data_args)?;
     let mut run = Trainer::new(config, &data_args, run_dir, device, quiet || !main, start, parallel)?;
-    let result = run.run(stop_after);
-    crate::dist::set_sync_batch_norm(None);
-    result
+    run.run(stop_after)
 }
 
 /// The run's configuration; `writer` (rank 0 or a single process) also checks and prepares
@@ -382,16 +211,10 @@ fn prepare_run_dir(
     start: StartMode,
     writer: bool,
 ) -> Result<TrainConfig> {
-    let config_path = run_dir.join(CONFIG);
     if start == StartMode::Resume {
-        if !config_path.is_file() {
-            return Err(Error::bad_file(run_dir, "no training run to resume here (config.json is missing)"));
-        }
-        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-        let config: TrainConfig = serde_json::from_str(&text)
-            .map_err(|e| Error::bad_file(&config_path, format!("not a cnas training config: {e}")))?;
+        let config: TrainConfig = run::read_config(run_dir, "training run")?;
         if config.kind != "train" {
-            return Err(Error::bad_file(&config_path, "not a cnas training run"));
+            return Err(Error::bad_file(run_dir.join(CONFIG), "not a cnas training run"));
         }
         return Ok(config);
     }
@@ -399,20 +222,9 @@ fn prepare_run_dir(
         request.ok_or_else(|| Error::BadOption("a new training run needs an architecture".into()))?;
     request.options.validate()?;
     request.data.validate()?;
-    let occupied = writer && RUN_FILES.iter().any(|f| run_dir.join(f).exists());
-    if occupied && start == StartMode::New {
-        return Err(Error::BadOption(format!(
-            "{} holds another run: use --resume to continue it or --force to start over",
-            run_dir.display()
-        )));
-    }
     if writer {
-        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
-        for f in RUN_FILES {
-            let _ = std::fs::remove_file(run_dir.join(f));
-        }
+        run::claim(run_dir, start, &RUN_FILES, &[])?;
         let _ = std::fs::remove_file(run_dir.join(crate::eval::CONFUSION_SVG));
-        let _ = std::fs::remove_dir_all(run_dir.join(TENSORBOARD));
     }
     let kind = match request.data.dataset {
         DatasetKind::Cifar10 => NetworkKind::Cifar,
@@ -444,8 +256,7 @@ fn prepare_run_dir(
 }
 
 fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
-    let json = serde_json::to_string_pretty(config).map_err(json_error)?;
-    crate::util::write_atomic(&run_dir.join(CONFIG), json.as_bytes())
+    run::write_config(run_dir, config)
 }
 
 /// The stream of epoch `epoch`'s libtorch draws (drop-path masks): a hash of (seed, epoch).
@@ -475,6 +286,8 @@ struct Trainer {
     parallel: Option<DataParallel>,
     /// Data-parallel runs: the gradient all-reduce hooked into the backward pass.
     grad_sync: Option<crate::dist::GradSync>,
+    /// Synchronised BatchNorm for as long as the run lives (`--sync-bn`).
+    sync_bn: Option<crate::dist::SyncBatchNormScope>,
 }
 
 impl Trainer {
@@ -560,6 +373,7 @@ impl Trainer {
             tensorboard: None,
             parallel,
             grad_sync: None,
+            sync_bn: None,
         };
         // Other ranks of a new run start from scratch (rank 0 may be clearing an old run in
         // the same directory meanwhile); start() checks they all agree on where they are.
@@ -570,7 +384,7 @@ impl Trainer {
             let optimizer: Vec<Tensor> = trainer.sgd.state().into_iter().map(|(_, t)| t).collect();
             p.start(&trainer.vs, &optimizer, trainer.state.epoch)?;
             if o.sync_bn {
-                crate::dist::set_sync_batch_norm(Some(Arc::clone(p.group())));
+                trainer.sync_bn = Some(crate::dist::SyncBatchNormScope::new(Arc::clone(p.group())));
             }
             let sync =
                 crate::dist::GradSync::new(Arc::clone(p.group()), trainer.sgd.params(), p.bucket_bytes())?;
@@ -585,7 +399,7 @@ impl Trainer {
         let path = self.run_dir.join(LAST);
         if !path.is_file() {
             if writer {
-                truncate_lines(&self.run_dir.join(METRICS), 0)?;
+                run::truncate_lines(&self.run_dir.join(METRICS), 0)?;
             }
             return Ok(());
         }
@@ -608,7 +422,7 @@ impl Trainer {
         self.sgd.load_state(&optimizer)?;
         self.state = state;
         if writer {
-            truncate_lines(&self.run_dir.join(METRICS), state.metrics_lines)?;
+            run::truncate_lines(&self.run_dir.join(METRICS), state.metrics_lines)?;
         }
         tracing::info!("resuming after epoch {} of {}", state.epoch, self.config.options.epochs);
         Ok(())
@@ -653,17 +467,7 @@ impl Trainer {
     }
 
     fn progress(&self, len: u64, prefix: String) -> ProgressBar {
-        if self.quiet {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(len);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({per_sec}, eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(prefix);
-        bar
+        run::progress_bar(self.quiet, len, prefix, "{per_sec}, ")
     }
 
     fn run(&mut self, stop_after: Option<usize>) -> Result<Option<TrainSummary>> {
@@ -797,7 +601,7 @@ impl Trainer {
         let r = evaluate(&self.network, &self.eval_loader, &self.class_names, self.device, amp, &bar)?;
         bar.finish_and_clear();
         match &self.parallel {
-            Some(p) => p.reduce_eval(r),
+            Some(p) => crate::eval::reduce_over_ranks(p, r),
             None => Ok(r),
         }
     }
@@ -806,11 +610,7 @@ impl Trainer {
         if !self.is_main() {
             return Ok(());
         }
-        let path = self.run_dir.join(METRICS);
-        let line = serde_json::to_string(metrics).map_err(json_error)?;
-        let mut f =
-            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+        run::append_line(&self.run_dir.join(METRICS), metrics)?;
         self.state.metrics_lines += 1;
         self.log_tensorboard(metrics)
     }
@@ -872,7 +672,7 @@ pub fn train_step(
     sync: Option<&crate::dist::GradSync>,
 ) -> Result<(Tensor, Tensor)> {
     sgd.zero_grad()?;
-    let out = amp::autocast(device, options.amp, || network.forward_t(images, true))?;
+    let out = crate::amp::autocast(device, options.amp, || network.forward_t(images, true))?;
     let mut loss = classification_loss(&out.logits, labels, options.label_smooth);
     if let Some(aux) = &out.auxiliary {
         loss += classification_loss(aux, labels, options.label_smooth) * options.auxiliary_weight;
@@ -892,202 +692,5 @@ pub fn train_step(
     Ok((loss.detach(), out.logits.detach().to_kind(Kind::Float)))
 }
 
-/// Keeps the first `lines` lines of a text file (creating it empty when absent).
-fn truncate_lines(path: &Path, lines: usize) -> Result<()> {
-    let kept: Vec<String> = match std::fs::File::open(path) {
-        Ok(f) => BufReader::new(f)
-            .lines()
-            .take(lines)
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| Error::io(path, e))?,
-        Err(_) => Vec::new(),
-    };
-    let mut text = kept.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    crate::util::write_atomic(path, text.as_bytes())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tch::{nn, Device, Kind};
-
-    #[test]
-    fn label_smoothing_matches_a_direct_computation() {
-        let rows: [[f64; 4]; 3] = [[2.0, -1.0, 0.5, 0.25], [0.0, 3.0, 1.0, -2.0], [1.5, 1.5, -0.5, 4.0]];
-        let labels = [0usize, 2, 3];
-        let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
-        let logits = Tensor::from_slice(&flat).reshape([3, 4]);
-        let label_tensor = Tensor::from_slice(&labels.map(|l| l as i64));
-        // The released LabelSmoothCrossEntropyLoss: target 1-ε on the label and ε/(K-1) on each
-        // other class, loss -Σ_k target_k·log_softmax_k, averaged over the batch.
-        let released = |eps: f64| {
-            let mut total = 0.0;
-            for (row, &label) in rows.iter().zip(&labels) {
-                let lse = row.iter().map(|v| v.exp()).sum::<f64>().ln();
-                for (k, v) in row.iter().enumerate() {
-                    let target = if k == label { 1.0 - eps } else { eps / 3.0 };
-                    total -= target * (v - lse);
-                }
-            }
-            total / 3.0
-        };
-        for eps in [0.0, 0.1, 0.3] {
-            let got = classification_loss(&logits, &label_tensor, eps).double_value(&[]);
-            let want = released(eps);
-            assert!((got - want).abs() < 1e-6, "ε {eps}: {got} vs {want}");
-        }
-        // Not PyTorch's label_smoothing (ε/K on every class): the two differ.
-        let pytorch = logits
-            .cross_entropy_loss::<Tensor>(&label_tensor, None, Reduction::Mean, -100, 0.1)
-            .double_value(&[]);
-        assert!((pytorch - released(0.1)).abs() > 1e-3, "{pytorch} vs {}", released(0.1));
-        // bf16 logits still give an fp32 loss, with or without smoothing; gradients flow.
-        for eps in [0.0, 0.1] {
-            let half = classification_loss(&logits.to_kind(Kind::BFloat16), &label_tensor, eps);
-            assert_eq!(half.kind(), Kind::Float);
-        }
-        let x = logits.copy().set_requires_grad(true);
-        classification_loss(&x, &label_tensor, 0.1).backward();
-        // d loss / d logits = (softmax - target) / N: each row sums to 0.
-        let row_sums = x.grad().sum_dim_intlist(-1, false, Kind::Float);
-        assert!(row_sums.abs().max().double_value(&[]) < 1e-6);
-    }
-
-    #[test]
-    fn no_bias_decay_spares_exactly_the_parameters_named_bias() {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let config = NetworkConfig {
-            init_channels: 8,
-            layers: 3,
-            ..NetworkConfig::paper(NetworkKind::Cifar, crate::space::published("CNAS").unwrap())
-        };
-        let _net = Network::new(&vs.root(), config).unwrap();
-        let params: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        for (name, _) in &params {
-            assert_eq!(exempt_from_decay(name), name.contains("bias"), "{name}");
-        }
-        // BatchNorm: the bias (β) is exempt, the weight (γ) is decayed; so are convolutions.
-        let bn_weights: Vec<&String> =
-            params.iter().filter(|(n, t)| n.ends_with(".weight") && t.dim() == 1).map(|(n, _)| n).collect();
-        assert!(!bn_weights.is_empty());
-        assert!(bn_weights.iter().all(|n| !exempt_from_decay(n)), "{bn_weights:?}");
-        assert!(params.iter().any(|(n, t)| n.ends_with(".bias") && t.dim() == 1 && exempt_from_decay(n)));
-        assert!(params.iter().any(|(n, _)| n == "classifier.bias" && exempt_from_decay(n)));
-        assert!(params.iter().any(|(n, _)| n == "classifier.weight" && !exempt_from_decay(n)));
-        assert!(params.iter().filter(|(_, t)| t.dim() == 4).all(|(n, _)| !exempt_from_decay(n)));
-
-        // One step of the optimizer as the trainer sets it up, every parameter 0.5 and every
-        // gradient 0: only decay moves parameters, so exactly the "bias" ones stay at 0.5.
-        tch::no_grad(|| {
-            for (_, t) in &params {
-                let _ = t.shallow_clone().fill_(0.5);
-            }
-        });
-        for (_, t) in &params {
-            (t.sum(Kind::Float) * 0.0).backward();
-        }
-        let shallow = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
-        let mut sgd = Sgd::new(shallow, 1.0, 0.0, 0.1, false);
-        sgd.exempt_from_decay(exempt_from_decay);
-        sgd.step().unwrap();
-        for (name, t) in &params {
-            let want = if name.contains("bias") { 0.5 } else { 0.45 };
-            let worst = (t.detach() - want).abs().max().double_value(&[]);
-            assert!(worst < 1e-6, "{name}: {worst} away from {want}");
-        }
-    }
-
-    #[test]
-    fn drop_path_drops_the_asked_share_and_keeps_the_mean() {
-        tch::manual_seed(3);
-        let x = Tensor::ones([20000, 1, 2, 2], (Kind::Float, Device::Cpu));
-        let y = crate::ops::drop_path(&x, 0.3);
-        let per_sample = y.mean_dim(&[1i64, 2, 3][..], false, Kind::Float);
-        let dropped = per_sample.eq(0.0).to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
-        assert!((dropped - 0.3).abs() < 0.015, "dropped share {dropped}");
-        let kept_value = per_sample.max().double_value(&[]);
-        assert!((kept_value - 1.0 / 0.7).abs() < 1e-5);
-        let mean = y.mean(Kind::Float).double_value(&[]);
-        assert!((mean - 1.0).abs() < 0.02, "mean {mean}");
-        // The probability rises linearly over training with the 1-based epoch, as the released
-        // code: 0.2·e/T, so 0.02 in the first of 10 epochs and 0.2 in the last.
-        let o = TrainOptions { epochs: 10, drop_path_prob: 0.2, ..TrainOptions::paper(DatasetKind::Cifar10) };
-        assert!((o.drop_path_at(0) - 0.02).abs() < 1e-12);
-        assert!((o.drop_path_at(4) - 0.1).abs() < 1e-12);
-        assert!((o.drop_path_at(9) - 0.2).abs() < 1e-12);
-    }
-
-    #[test]
-    fn paper_recipes_and_option_checks() {
-        // The released commands: CIFAR-10 on 2 GPUs × 64, ImageNet on 4 GPUs × 64 with
-        // --no_bias_decay and without --label_smooth; lr 0.05 both.
-        let c = TrainOptions::paper(DatasetKind::Cifar10);
-        assert_eq!((c.init_channels, c.layers, c.epochs, c.batch_size), (36, 20, 600, 128));
-        assert_eq!((c.lr, c.momentum, c.weight_decay, c.scheduler), (0.05, 0.9, 3e-4, SchedulerKind::Cosine));
-        assert_eq!((c.auxiliary_weight, c.drop_path_prob, c.grad_clip), (0.4, 0.2, 5.0));
-        assert_eq!((c.label_smooth, c.no_bias_decay, c.warmup_epochs, c.lr_min), (0.0, false, 0, 0.0));
-        let i = TrainOptions::paper(DatasetKind::ImageNet);
-        assert_eq!((i.init_channels, i.layers, i.epochs, i.scheduler), (48, 14, 250, SchedulerKind::Linear));
-        assert_eq!((i.batch_size, i.lr, i.label_smooth, i.no_bias_decay), (256, 0.05, 0.0, true));
-        assert_eq!((i.momentum, i.weight_decay, i.auxiliary_weight, i.drop_path_prob), (0.9, 3e-4, 0.4, 0.2));
-        assert!(c.validate().is_ok() && i.validate().is_ok());
-        // The batch is global: divided over the ranks, which must share it evenly.
-        assert_eq!(c.per_rank_batch(1).unwrap(), 128);
-        assert_eq!(c.per_rank_batch(2).unwrap(), 64);
-        assert_eq!(i.per_rank_batch(4).unwrap(), 64);
-        let e = c.per_rank_batch(3).unwrap_err();
-        assert!(e.is_user_error() && e.to_string().contains("--batch-size 128"), "{e}");
-        assert!(e.to_string().contains("world size 3"), "{e}");
-        let small = TrainOptions { batch_size: 4, ..c.clone() };
-        assert!(small.per_rank_batch(4).unwrap_err().is_user_error());
-        for bad in [
-            TrainOptions { epochs: 0, ..c.clone() },
-            TrainOptions { batch_size: 1, ..c.clone() },
-            TrainOptions { drop_path_prob: 1.0, ..c.clone() },
-            TrainOptions { label_smooth: -0.1, ..c.clone() },
-            TrainOptions { warmup_epochs: 600, ..c.clone() },
-            TrainOptions { lr: f64::NAN, ..c.clone() },
-        ] {
-            assert!(bad.validate().unwrap_err().is_user_error());
-        }
-    }
-
-    #[test]
-    fn amp_step_runs_in_bf16_and_stays_close_to_fp32() {
-        // Other tests draw from libtorch's global generator concurrently: copy the weights
-        // instead of relying on the same seed.
-        let build = || {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let config = NetworkConfig {
-                init_channels: 8,
-                layers: 3,
-                ..NetworkConfig::paper(NetworkKind::Cifar, crate::space::published("CNAS").unwrap())
-            };
-            let net = Network::new(&vs.root(), config).unwrap();
-            let params: Vec<(String, Tensor)> =
-                vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-            (vs, net, params)
-        };
-        let (reference, _, _) = build();
-        let images = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let labels = Tensor::from_slice(&[1i64, 2, 3, 4]);
-        let mut losses = Vec::new();
-        for amp in [false, true] {
-            let (mut vs, net, params) = build();
-            vs.copy(&reference).unwrap();
-            let mut sgd = Sgd::new(params, 0.05, 0.9, 3e-4, false);
-            let o = TrainOptions { amp, drop_path_prob: 0.0, ..TrainOptions::paper(DatasetKind::Cifar10) };
-            let (loss, logits) = train_step(&net, &mut sgd, &images, &labels, &o, Device::Cpu, None).unwrap();
-            assert_eq!(logits.kind(), Kind::Float);
-            losses.push(loss.double_value(&[]));
-            let inside = amp::autocast(Device::Cpu, amp, || net.forward_t(&images, false).logits).unwrap();
-            assert_eq!(inside.kind(), if amp { Kind::BFloat16 } else { Kind::Float });
-        }
-        assert!(losses.iter().all(|l| l.is_finite()));
-        assert!((losses[0] - losses[1]).abs() < 0.05 * losses[0].abs(), "{losses:?}");
-    }
-}
+mod tests;

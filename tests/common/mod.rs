@@ -58,3 +58,34 @@ print(json.dumps({t: [[e.step, e.value] for e in acc.Scalars(t)] for t in acc.Ta
     assert!(out.status.success(), "EventAccumulator failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A user mistake: exit code 2, no panic, and exactly one line on stderr that contains
+/// `needle`.
+pub fn assert_user_error(out: &std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "expected exit code 2, stderr: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "expected one line, got: {err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+}
+
+/// A library error that is the user's and names `what`.
+pub fn assert_user_error_naming(err: cnas::Error, what: &str) {
+    let text = err.to_string();
+    assert!(err.is_user_error(), "not a user error: {text}");
+    assert!(text.contains(what), "'{text}' does not name '{what}'");
+}
+
+/// A genotype whose edges all read a cell input, one per listed op, so in the reduction cell
+/// every op runs at stride 2.
+pub fn every_op_genotype(
+    normal_ops: &[cnas::space::Primitive],
+    reduce_ops: &[cnas::space::Primitive],
+) -> cnas::space::Genotype {
+    use cnas::space::{Cell, Edge, Genotype};
+    let cell = |ops: &[cnas::space::Primitive]| Cell {
+        edges: ops.iter().enumerate().map(|(i, &op)| Edge { op, from: i % 2, to: 2 + i / 2 }).collect(),
+        concat: (2..2 + ops.len() / 2).collect(),
+    };
+    Genotype { normal: cell(normal_ops), reduce: cell(reduce_ops) }
+}

@@ -1,4 +1,5 @@
-//! Data-parallel training over the ranks of a [`ProcessGroup`] (DDP's recipe, by hand):
+//! Data-parallel training and search over the ranks of a [`ProcessGroup`] (DDP's recipe, by
+//! hand):
 //!
 //! - every rank builds the same network, then takes rank 0's weights and buffers
 //!   ([`DataParallel::start`]), so they start identical even if their initialisations differ;
@@ -19,9 +20,8 @@ use std::sync::Arc;
 
 use tch::{nn, Tensor};
 
-use crate::dist::ProcessGroup;
+use super::ProcessGroup;
 use crate::error::Result;
-use crate::eval::{per_class_accuracy, EvalResult};
 
 /// Bytes per gradient bucket by default (PyTorch DDP's 25 MiB).
 pub const BUCKET_BYTES: usize = 25 << 20;
@@ -108,31 +108,6 @@ impl DataParallel {
         let s = self.group.sum_f64(&[loss * n, top1 * n, top5 * n, n])?;
         let total = s[3].max(1.0);
         Ok(((s[0] / total, s[1] / total, s[2] / total), s[3] as usize))
-    }
-
-    /// One rank's evaluation of its shard, combined into the evaluation of all shards.
-    pub fn reduce_eval(&self, r: EvalResult) -> Result<EvalResult> {
-        let n = r.images as f64;
-        let k = r.confusion.len();
-        let mut values = vec![r.loss * n, r.top1 * n, r.top5 * n, n, r.images_per_sec];
-        values.extend(r.confusion.iter().flatten().map(|&v| v as f64));
-        let s = self.group.sum_f64(&values)?;
-        let total = s[3].max(1.0);
-        let confusion: Vec<Vec<u64>> = if k == 0 {
-            Vec::new()
-        } else {
-            s[5..].chunks(k).map(|row| row.iter().map(|&v| v as u64).collect()).collect()
-        };
-        Ok(EvalResult {
-            loss: s[0] / total,
-            top1: s[1] / total,
-            top5: s[2] / total,
-            images: s[3] as usize,
-            images_per_sec: s[4],
-            per_class_accuracy: per_class_accuracy(&confusion),
-            confusion,
-            class_names: r.class_names,
-        })
     }
 }
 

@@ -35,7 +35,7 @@ pub fn autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> Resu
     // SAFETY: as above.
     let previous = unsafe { cnas_autocast_enter_bf16(cuda) };
     if previous < 0 {
-        return Err(Error::BadOption("this libtorch refuses bf16 autocast on this device".into()));
+        return Err(Error::Internal("this libtorch refuses bf16 autocast on this device".into()));
     }
     let _region = Region { cuda, previous };
     Ok(f())

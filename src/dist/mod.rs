@@ -50,24 +50,10 @@ extern "C" {
     fn cnas_dist_grad_sync_buckets(sync: *mut c_void) -> c_int;
 }
 
-/// Failures of a distributed run.
-#[derive(Debug, thiserror::Error)]
-pub enum DistError {
-    /// The launch variables are missing or contradictory (the user's mistake).
-    #[error("distributed launch: {0}")]
-    BadEnv(String),
-    /// Joining the group failed: the rendezvous or a peer did not answer in time.
-    #[error(
-        "rank {rank} of {world_size} could not join the group at {addr}:{port} within {timeout_s} s: {message}"
-    )]
-    Connect { rank: usize, world_size: usize, addr: String, port: u16, timeout_s: u64, message: String },
-    /// A collective failed: usually another rank died or stopped answering.
-    #[error("rank {rank}: {op} failed (another rank died, stopped answering for {timeout_s} s, or diverged): {message}")]
-    Collective { rank: usize, op: &'static str, timeout_s: u64, message: String },
-    /// The ranks hold different states where they must hold the same.
-    #[error("ranks diverged: {0}")]
-    Diverged(String),
-}
+mod parallel;
+pub use parallel::{sorted_variables, DataParallel};
+
+pub use crate::error::DistError;
 
 /// Where this process sits in a distributed run, from torchrun's environment variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -478,9 +464,29 @@ static SYNC_BN_ERROR: Mutex<Option<DistError>> = Mutex::new(None);
 
 /// Makes training-mode BatchNorm compute its statistics over every rank's batch (`Some`), or
 /// per rank again (`None`).
-pub fn set_sync_batch_norm(group: Option<Arc<ProcessGroup>>) {
+fn set_sync_batch_norm(group: Option<Arc<ProcessGroup>>) {
     if let Ok(mut slot) = SYNC_BN.write() {
         *slot = group;
+    }
+}
+
+/// While it lives, training-mode BatchNorm computes its statistics over every rank's batch
+/// (`--sync-bn`); dropping it (also on an early error) returns to per-rank statistics. A run
+/// keeps its scope beside its network.
+#[must_use = "synchronised BatchNorm ends when the scope is dropped"]
+pub struct SyncBatchNormScope(());
+
+impl SyncBatchNormScope {
+    pub fn new(group: Arc<ProcessGroup>) -> Self {
+        let _ = take_sync_batch_norm_error();
+        set_sync_batch_norm(Some(group));
+        SyncBatchNormScope(())
+    }
+}
+
+impl Drop for SyncBatchNormScope {
+    fn drop(&mut self) {
+        set_sync_batch_norm(None);
     }
 }
 
@@ -489,7 +495,7 @@ pub fn take_sync_batch_norm_error() -> Option<DistError> {
     SYNC_BN_ERROR.lock().ok().and_then(|mut e| e.take())
 }
 
-/// Training-mode BatchNorm over every rank's batch, when [`set_sync_batch_norm`] installed a
+/// Training-mode BatchNorm over every rank's batch, when a [`SyncBatchNormScope`] installed a
 /// group; `None` otherwise (the caller runs the ordinary per-process BatchNorm). On a failed
 /// collective the error is kept for [`take_sync_batch_norm_error`] and `None` is returned.
 pub fn sync_batch_norm(

@@ -1,0 +1,218 @@
+//! The end of a stage: candidates sampled from the controllers, scored on un-augmented
+//! held-out images, and the picks.
+use super::*;
+
+/// A derived architecture and its score.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Candidate {
+    pub stage: usize,
+    pub round: usize,
+    /// Its place in the round (1-based).
+    #[serde(default)]
+    pub sample: usize,
+    pub genotype: Genotype,
+    /// Top-1 accuracy on the derivation images (un-augmented held-out images).
+    pub score: f64,
+    /// Standard error of `score`, `sqrt(score·(1 - score)/images)`.
+    #[serde(default)]
+    pub std_error: f64,
+    /// Images the score was measured on.
+    #[serde(default)]
+    pub images: usize,
+    /// Log-probability of the pair under the controllers, and their entropies summed.
+    pub log_prob: f64,
+    pub entropy: f64,
+    /// The best of its round (the first of the highest scores, as released).
+    #[serde(default)]
+    pub round_best: bool,
+}
+
+/// Standard error of an accuracy `p` measured on `n` images.
+pub fn std_error(p: f64, n: usize) -> f64 {
+    if n == 0 {
+        return 0.0;
+    }
+    (p * (1.0 - p) / n as f64).sqrt()
+}
+
+/// The highest-scoring candidate (the earliest on ties).
+pub(super) fn best_of(candidates: Vec<Candidate>) -> Option<Candidate> {
+    candidates.into_iter().reduce(|best, c| if c.score > best.score { c } else { best })
+}
+
+/// Index of the highest score (the earliest on ties, as the released `if acc > best_acc`).
+pub(super) fn best_index(candidates: &[Candidate]) -> Option<usize> {
+    (0..candidates.len())
+        .reduce(|best, i| if candidates[i].score > candidates[best].score { i } else { best })
+}
+
+impl Search {
+    /// End of a stage: save supernet and controllers, derive and save candidates.
+    pub(super) fn finish_stage(&mut self) -> Result<Candidate> {
+        let stage_index = self.position.stage;
+        let dir = self.stage_dir(stage_index);
+        let main = self.is_main();
+        if main {
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
+            crate::weights::save(
+                &self.supernet_vs,
+                &dir.join("supernet.safetensors"),
+                meta("cnas-supernet"),
+            )?;
+            crate::weights::save(
+                &self.controller_vs,
+                &dir.join("controllers.safetensors"),
+                meta("cnas-controllers"),
+            )?;
+        }
+
+        let stage = self.stages[stage_index].clone();
+        let mut rng = stream(self.options.seed, stage_index as u64, Phase::Derive.id(), 0);
+        let images = self.derive_images()?;
+        let start = Instant::now();
+        let bar = self.progress(
+            (self.options.derive_rounds * self.options.derive_samples + self.options.derive_uniform) as u64,
+            format!("stage {}/{} derive", stage_index + 1, self.stages.len()),
+        );
+        let mut candidates = Vec::with_capacity(self.options.derive_rounds * self.options.derive_samples);
+        for round in 0..self.options.derive_rounds {
+            let first = candidates.len();
+            for sample in 0..self.options.derive_samples {
+                let (n, r) = tch::no_grad(|| {
+                    let n = self.normal_controller.sample(
+                        &mut rng,
+                        &stage.allowed,
+                        stage.searched_nodes,
+                        &self.primitives,
+                    );
+                    let r = self.reduce_controller.sample(
+                        &mut rng,
+                        &stage.allowed,
+                        stage.searched_nodes,
+                        &self.primitives,
+                    );
+                    (n, r)
+                });
+                let (score, count) = self.score(&images, &n.cell, &r.cell)?;
+                candidates.push(Candidate {
+                    stage: stage_index + 1,
+                    round: round + 1,
+                    sample: sample + 1,
+                    genotype: Genotype { normal: n.cell, reduce: r.cell },
+                    score,
+                    std_error: std_error(score, count),
+                    images: count,
+                    log_prob: n.log_prob.double_value(&[]) + r.log_prob.double_value(&[]),
+                    entropy: [&n.node_entropy, &n.op_entropy, &r.node_entropy, &r.op_entropy]
+                        .iter()
+                        .map(|t| t.double_value(&[]))
+                        .sum(),
+                    round_best: false,
+                });
+                bar.inc(1);
+            }
+            if let Some(i) = best_index(&candidates[first..]) {
+                candidates[first + i].round_best = true;
+            }
+        }
+        // Uniform samples on the same images: does the controller beat chance?
+        let mut uniform_scores = Vec::with_capacity(self.options.derive_uniform);
+        let uniform = self.pair_sampler(true);
+        for _ in 0..self.options.derive_uniform {
+            let (n, r) = uniform.draw(&mut rng);
+            uniform_scores.push(self.score(&images, &n, &r)?.0);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let controller_scores: Vec<f64> = candidates.iter().map(|c| c.score).collect();
+        let text = serde_json::to_string_pretty(&candidates).map_err(|e| Error::Internal(e.to_string()))?;
+        let best =
+            best_of(candidates.clone()).ok_or_else(|| Error::Internal("no candidate derived".into()))?;
+        if main {
+            crate::util::write_atomic(&dir.join("candidates.json"), text.as_bytes())?;
+            crate::util::write_atomic(&dir.join(GENOTYPE), best.genotype.to_json_pretty().as_bytes())?;
+        }
+        let uniform_mean = (!uniform_scores.is_empty()).then(|| mean(&uniform_scores));
+        tracing::info!(
+            "stage {} done: best candidate {:.2}% ± {:.2} on {} held-out images (controller samples {:.2}% on average{})\n{}",
+            stage_index + 1,
+            best.score * 100.0,
+            best.std_error * 100.0,
+            best.images,
+            mean(&controller_scores) * 100.0,
+            uniform_mean.map_or(String::new(), |u| format!(", uniform samples {:.2}%", u * 100.0)),
+            best.genotype
+        );
+        self.log_metrics(serde_json::json!({
+            "phase": "derive",
+            "candidates": controller_scores,
+            "round_best": candidates.iter().filter(|c| c.round_best).map(|c| c.score).collect::<Vec<_>>(),
+            "best_score": best.score,
+            "best_std_error": best.std_error,
+            "images": best.images,
+            "controller_mean": mean(&controller_scores),
+            "uniform_mean": uniform_mean,
+            "samples": controller_scores.len(),
+            "uniform_samples": uniform_scores.len(),
+            "genotype": best.genotype,
+            "scored_per_s": ((controller_scores.len() + uniform_scores.len()) * best.images) as f64
+                / start.elapsed().as_secs_f64(),
+            "time_s": start.elapsed().as_secs_f64(),
+        }))?;
+        Ok(best)
+    }
+
+    /// The derivation images: on the device, batched, when they fit in a modest budget (scored
+    /// once per candidate, so kept); otherwise `None` and every candidate reads them again.
+    pub(super) fn derive_images(&self) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+        const KEEP_BYTES: usize = 2 << 30;
+        let [c, h, w] = self.derive_loader.image_shape();
+        if self.derive_loader.samples_per_epoch() * c * h * w * 4 > KEEP_BYTES {
+            return Ok(None);
+        }
+        let mut batches = Vec::with_capacity(self.derive_loader.batches_per_epoch());
+        for batch in self.derive_loader.epoch(0) {
+            let (images, labels) = batch?;
+            batches.push((to_device(&images, self.device), to_device(&labels, self.device)));
+        }
+        Ok(Some(batches))
+    }
+
+    /// Top-1 accuracy of the supernet running a pair on the derivation images, and how many
+    /// images that is (over every rank): one host sync per candidate.
+    pub(super) fn score(
+        &self,
+        kept: &Option<Vec<(Tensor, Tensor)>>,
+        normal: &Cell,
+        reduce: &Cell,
+    ) -> Result<(f64, usize)> {
+        let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
+        let mut count = 0usize;
+        let mut add = |images: &Tensor, labels: &Tensor| -> Result<()> {
+            correct += supernet_correct(&self.supernet, (images, labels), (normal, reduce))?;
+            count += labels.size()[0] as usize;
+            Ok(())
+        };
+        match kept {
+            Some(batches) => {
+                for (images, labels) in batches {
+                    add(images, labels)?;
+                }
+            }
+            None => {
+                for batch in self.derive_loader.epoch(0) {
+                    let (images, labels) = batch?;
+                    add(&to_device(&images, self.device), &to_device(&labels, self.device))?;
+                }
+            }
+        }
+        let (mut correct, mut count) = (correct.double_value(&[]), count as f64);
+        if let Some(p) = &self.parallel {
+            let sums = p.group().sum_f64(&[correct, count])?;
+            (correct, count) = (sums[0], sums[1]);
+        }
+        Ok((correct / count.max(1.0), count as usize))
+    }
+}

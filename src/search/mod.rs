@@ -1,0 +1,446 @@
+//! The curriculum architecture search, end to end, as the released CNAS code runs it.
+//!
+//! A search runs stages; each stage allows a set of operations (`--mode op`: the first k of
+//! an order drawn from the seed with `torch.randperm`, sep_conv_3x3 first), a number of
+//! searched nodes (`--mode node`), or everything (`--mode fixed`). A stage is `warmup_epochs`
+//! epochs of weight training with uniformly sampled architectures, then `epochs` epochs of
+//! weight training with the controllers' samples, each followed by a pass of REINFORCE
+//! updates over the held-out batches (or `controller_steps` of them); then candidates are
+//! sampled, scored on un-augmented held-out images, and saved. Supernet and controllers carry
+//! over. See [`weight_step`] for the supernet's update rule (PyTorch 1.5's, by default).
+//!
+//! # Run directory
+//! - `config.json`: every option, the seed, the data options, the operation order, versions;
+//! - `metrics.jsonl`: one line per epoch and phase (and per derive);
+//! - `checkpoint.safetensors`: weights of the supernet and both controllers, both optimizers'
+//!   state, and (in its metadata) the position, the baseline and the metrics line count;
+//!   written atomically after every epoch, so a kill loses at most the epoch in progress;
+//! - `stage-K/`: `supernet.safetensors`, `controllers.safetensors`, `candidates.json` and the
+//!   stage's best `genotype.json`;
+//! - `genotype.json`: the best candidate of the last stage;
+//! - `tb/`: the numbers of metrics.jsonl as TensorBoard scalars, one event file per process.
+//!
+//! # Determinism
+//! Every random draw of a step comes from a stream keyed by (seed, stage, phase, epoch): the
+//! architecture samples (drawn in Rust, not by libtorch), the loader's shuffles and
+//! augmentations. Resuming from a checkpoint therefore replays exactly what an uninterrupted
+//! run does; on the CPU the two end bit-identical.
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Kind, Reduction, Tensor};
+
+use crate::controller::{reinforce_loss, uniform_cell, Baseline, Controller, ControllerConfig};
+use crate::data::{to_device, Data, DataArgs, DataConfig, Loader, LoaderOptions, Part};
+use crate::dist::DataParallel;
+use crate::error::{Error, Result};
+use crate::optim::{clip_grad_norm, Adam, Sgd};
+use crate::space::{Cell, Genotype, Primitive};
+use crate::supernet::{ParamUse, Supernet, SupernetConfig};
+
+mod checkpoint;
+mod curriculum;
+mod derive;
+mod epochs;
+mod options;
+mod pace;
+mod step;
+#[cfg(test)]
+mod tests;
+
+pub use curriculum::*;
+pub use derive::*;
+pub use options::*;
+use pace::*;
+pub use step::*;
+
+/// Where a search stands: the next thing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Warmup,
+    Search,
+    Derive,
+}
+
+impl Phase {
+    fn id(self) -> u64 {
+        match self {
+            Phase::Warmup => 1,
+            Phase::Search => 2,
+            Phase::Derive => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    stage: usize,
+    phase: Phase,
+    epoch: usize,
+}
+
+/// What a checkpoint keeps besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    /// The next thing to do.
+    position: Position,
+    baseline: Baseline,
+    /// Lines of metrics.jsonl that belong to the work done so far.
+    metrics_lines: usize,
+}
+
+/// What `cnas search` writes into config.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub search: SearchOptions,
+    pub data: DataConfig,
+    /// The curriculum's operation order.
+    pub op_order: Vec<String>,
+    pub versions: BTreeMap<String, String>,
+}
+
+pub use crate::run::StartMode;
+
+/// The result of a finished search.
+#[derive(Debug, Clone)]
+pub struct SearchOutcome {
+    pub best: Candidate,
+    pub run_dir: PathBuf,
+}
+
+use crate::run::{self, CONFIG, METRICS, TENSORBOARD};
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const GENOTYPE: &str = "genotype.json";
+
+/// Runs (or resumes) a search in `run_dir`. `stop_after` ends the process's work after that
+/// many epochs (counting every phase) as if it had been interrupted: for tests of resume.
+/// `parallel`: this process's part in a data-parallel run (`None`: a single process). The
+/// supernet's gradients are averaged over the ranks, every rank samples the same architectures
+/// (the same seeded streams and identical controllers), rewards and candidate scores are
+/// averaged over the ranks' held-out batches before they are used, and checksums of supernet
+/// and controllers must agree after every epoch. Only rank 0 writes into `run_dir`.
+#[allow(clippy::too_many_arguments)]
+pub fn search(
+    options: &SearchOptions,
+    data_args: &DataArgs,
+    run_dir: &Path,
+    start: StartMode,
+    device: Device,
+    quiet: bool,
+    stop_after: Option<usize>,
+    parallel: Option<DataParallel>,
+) -> Result<Option<SearchOutcome>> {
+    let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+    let (options, data_args) = prepare_run_dir(options, data_args, run_dir, start, main)?;
+    options.validate()?;
+    Search::new(options, &data_args, run_dir, device, quiet || !main, start, parallel)
+        .and_then(|mut search| search.run(stop_after))
+}
+
+/// Checks and sets up the run directory; on resume returns the options the run was started with.
+fn prepare_run_dir(
+    options: &SearchOptions,
+    data_args: &DataArgs,
+    run_dir: &Path,
+    start: StartMode,
+    writer: bool,
+) -> Result<(SearchOptions, DataArgs)> {
+    if start == StartMode::Resume {
+        let config: RunConfig = run::read_config(run_dir, "search")?;
+        let mut args = data_args.clone();
+        config.data.apply(&mut args)?;
+        return Ok((config.search, args));
+    }
+    options.validate()?;
+    // Other ranks of a new run leave the directory to rank 0.
+    if writer {
+        run::claim(run_dir, start, &[CONFIG, METRICS, CHECKPOINT, GENOTYPE], &["stage-*"])?;
+        let order = options.resolved_op_order()?;
+        let config = RunConfig {
+            search: options.clone(),
+            data: DataConfig::from_args(data_args),
+            op_order: order.iter().map(|p| p.name().to_string()).collect(),
+            versions: crate::util::versions(),
+        };
+        run::write_config(run_dir, &config)?;
+    }
+    Ok((options.clone(), data_args.clone()))
+}
+
+struct Search {
+    options: SearchOptions,
+    run_dir: PathBuf,
+    device: Device,
+    quiet: bool,
+    primitives: Vec<Primitive>,
+    stages: Vec<Stage>,
+    weights_loader: Loader,
+    heldout_loader: Loader,
+    /// The un-augmented held-out images candidates are scored on.
+    derive_loader: Loader,
+    supernet_vs: nn::VarStore,
+    supernet: Supernet,
+    controller_vs: nn::VarStore,
+    normal_controller: Controller,
+    reduce_controller: Controller,
+    sgd: Sgd,
+    adam: Adam,
+    /// Which SGD parameters an architecture pair uses.
+    param_use: ParamUse,
+    baseline: Baseline,
+    metrics_lines: usize,
+    position: Position,
+    /// TensorBoard scalars of every metrics line, opened at the first line this process logs.
+    tensorboard: Option<crate::tensorboard::EventWriter>,
+    /// This process's part in a data-parallel run (None: a single process).
+    parallel: Option<DataParallel>,
+    /// Synchronised BatchNorm for as long as the search lives (`--sync-bn`).
+    sync_bn: Option<crate::dist::SyncBatchNormScope>,
+}
+
+/// A loader restricted to its first `max_images` images (the split's order is already drawn
+/// from the seed, so these are a seeded subset).
+fn limit(loader: Loader, max_images: Option<usize>) -> Result<Loader> {
+    match max_images {
+        None => Ok(loader),
+        Some(n) => loader.limited(n),
+    }
+}
+
+impl Search {
+    fn new(
+        options: SearchOptions,
+        data_args: &DataArgs,
+        run_dir: &Path,
+        device: Device,
+        quiet: bool,
+        start: StartMode,
+        parallel: Option<DataParallel>,
+    ) -> Result<Self> {
+        let data = Data::open(data_args, !quiet)?;
+        if device.is_cuda() {
+            // A supernet has few distinct convolution shapes, each met many times.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
+        let (rank, world_size) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
+        let loader_opts =
+            LoaderOptions::train(options.batch_size).device(device).drop_last(true).shard(rank, world_size);
+        let weights_loader = limit(data.loader(Part::SearchWeights, &loader_opts)?, options.max_images)?;
+        let heldout_loader = limit(data.loader(Part::SearchHeldOut, &loader_opts)?, options.max_images)?;
+        // Candidates are scored on the first `derive_images` of the same held-out images, in
+        // order and without augmentation; sharded, the ranks together score each image once.
+        let derive_opts = LoaderOptions::eval(options.derive_batch()).device(device).shard(rank, world_size);
+        let derive_loader = limit(data.loader(Part::SearchHeldOut, &derive_opts)?, options.max_images)?
+            .first(options.derive_images)?;
+        for (loader, what) in [(&weights_loader, "weight-training"), (&heldout_loader, "held-out")] {
+            if loader.batches_per_epoch() == 0 {
+                return Err(Error::BadOption(format!(
+                    "the {what} split has fewer images than one batch of {}",
+                    options.batch_size
+                )));
+            }
+        }
+        let primitives = Primitive::DARTS.to_vec();
+        let order = options.resolved_op_order()?;
+        let stages = curriculum(options.mode, &primitives, &order, options.nodes);
+
+        tch::manual_seed(options.seed as i64);
+        let supernet_vs = nn::VarStore::new(device);
+        let config = SupernetConfig {
+            primitives: primitives.clone(),
+            init_channels: options.init_channels,
+            layers: options.layers,
+            nodes: options.nodes,
+            num_classes: data.info().num_classes as i64,
+        };
+        let supernet = Supernet::new(&supernet_vs.root(), config)?;
+        // The controllers stay on the CPU: sampling a tiny LSTM step by step is launch-bound
+        // on a GPU, and the samples are needed on the host anyway.
+        let controller_vs = nn::VarStore::new(Device::Cpu);
+        let controller_config = ControllerConfig {
+            nodes: options.nodes,
+            num_ops: primitives.len(),
+            hidden: options.controller_hidden,
+            temperature: options.temperature,
+            tanh_constant: options.tanh_constant,
+        };
+        let normal_controller =
+            Controller::try_new(&(controller_vs.root() / "normal"), controller_config.clone())?;
+        let reduce_controller = Controller::try_new(&(controller_vs.root() / "reduce"), controller_config)?;
+
+        let mut supernet_params: Vec<(String, Tensor)> =
+            supernet_vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        supernet_params.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&String> = supernet_params.iter().map(|(n, _)| n).collect();
+        let param_use = ParamUse::new(&names, supernet.config());
+        let sgd = Sgd::new(supernet_params, options.lr, options.momentum, options.weight_decay, true);
+        let mut controller_params: Vec<(String, Tensor)> =
+            controller_vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        controller_params.sort_by(|a, b| a.0.cmp(&b.0));
+        let adam = Adam::new(controller_params, options.controller_lr, options.controller_weight_decay);
+
+        let mut search = Search {
+            baseline: Baseline::new(options.baseline_decay),
+            options,
+            run_dir: run_dir.to_path_buf(),
+            device,
+            quiet,
+            primitives,
+            stages,
+            weights_loader,
+            heldout_loader,
+            derive_loader,
+            supernet_vs,
+            supernet,
+            controller_vs,
+            normal_controller,
+            reduce_controller,
+            sgd,
+            adam,
+            param_use,
+            metrics_lines: 0,
+            position: Position { stage: 0, phase: Phase::Warmup, epoch: 0 },
+            tensorboard: None,
+            parallel,
+            sync_bn: None,
+        };
+        // Other ranks of a new run start from scratch (rank 0 may be clearing an old run).
+        if search.is_main() || start == StartMode::Resume {
+            search.restore()?;
+        }
+        if let Some(p) = &search.parallel {
+            let p = p.clone();
+            let mut optimizers: Vec<Tensor> = search.sgd.state().into_iter().map(|(_, t)| t).collect();
+            optimizers.extend(search.adam.state().into_iter().map(|(_, t)| t));
+            let position = search.loader_epoch(search.position.phase) as i64;
+            p.group().check_same(
+                "the search position (every rank must see the same run directory and checkpoint)",
+                &[position, search.position.stage as i64, search.metrics_lines as i64],
+            )?;
+            p.start(&search.supernet_vs, &optimizers, 0)?;
+            p.start(&search.controller_vs, &[], 0)?;
+            if search.options.sync_bn {
+                search.sync_bn = Some(crate::dist::SyncBatchNormScope::new(std::sync::Arc::clone(p.group())));
+            }
+        }
+        Ok(search)
+    }
+
+    /// Only rank 0 (or a single process) writes files.
+    fn is_main(&self) -> bool {
+        run::is_writer(self.parallel.as_ref())
+    }
+
+    /// Data-parallel runs, after an epoch: rank 0's supernet buffers everywhere, and the
+    /// supernet's weights and the controllers must be bit-identical on every rank.
+    fn check_replicas(&self, what: &str) -> Result<()> {
+        let Some(p) = &self.parallel else { return Ok(()) };
+        p.end_epoch(&self.supernet_vs, self.position.epoch + 1)?;
+        let controllers = crate::dist::sorted_variables(&self.controller_vs);
+        let crc = crate::dist::checksum(&controllers);
+        tracing::info!("rank {} {what}: controllers checksum {crc:08x}", p.rank());
+        p.group().check_same(&format!("the controllers after {what}"), &[i64::from(crc)])?;
+        Ok(())
+    }
+
+    fn progress(&self, len: u64, what: String) -> ProgressBar {
+        run::progress_bar(self.quiet, len, what, "")
+    }
+
+    /// The loaders' epoch number for (stage, phase, epoch): distinct shuffles everywhere.
+    fn loader_epoch(&self, phase: Phase) -> u64 {
+        let p = self.position;
+        ((p.stage as u64) << 40) | (phase.id() << 32) | p.epoch as u64
+    }
+
+    fn run(&mut self, stop_after: Option<usize>) -> Result<Option<SearchOutcome>> {
+        let mut epochs_done = 0usize;
+        let mut last: Option<Candidate> = None;
+        let mut pace = Pace::default();
+        while self.position.stage < self.stages.len() {
+            if stop_after.is_some_and(|n| epochs_done >= n) {
+                tracing::info!("stopping after {epochs_done} epochs as asked; resume with --resume");
+                return Ok(None);
+            }
+            let p = self.position;
+            match p.phase {
+                Phase::Warmup if p.epoch >= self.options.warmup_epochs => {
+                    self.position = Position { phase: Phase::Search, epoch: 0, ..p };
+                }
+                Phase::Search if p.epoch >= self.options.epochs => {
+                    self.position = Position { phase: Phase::Derive, epoch: 0, ..p };
+                }
+                Phase::Warmup => {
+                    let start = Instant::now();
+                    self.train_weights(true)?;
+                    self.position.epoch += 1;
+                    self.save_checkpoint()?;
+                    epochs_done += 1;
+                    pace.warmup.add(start.elapsed().as_secs_f64());
+                    self.log_time_left(&pace);
+                }
+                Phase::Search => {
+                    let start = Instant::now();
+                    self.train_weights(false)?;
+                    self.train_controllers()?;
+                    self.position.epoch += 1;
+                    self.save_checkpoint()?;
+                    epochs_done += 1;
+                    pace.search.add(start.elapsed().as_secs_f64());
+                    self.log_time_left(&pace);
+                }
+                Phase::Derive => {
+                    last = Some(self.finish_stage()?);
+                    self.position = Position { stage: p.stage + 1, phase: Phase::Warmup, epoch: 0 };
+                    self.save_checkpoint()?;
+                }
+            }
+        }
+        let best = match last {
+            Some(best) => best,
+            // Resumed after the last stage had finished: read its result back.
+            None => self.read_stage_best(self.stages.len() - 1)?,
+        };
+        let mut json = best.genotype.to_json();
+        if let Some(obj) = json.as_object_mut() {
+            obj.insert("name".into(), "cnas-search".into());
+            obj.insert(
+                "source".into(),
+                format!(
+                    "cnas search, seed {}, stage {}, held-out score {:.4}",
+                    self.options.seed, best.stage, best.score
+                )
+                .into(),
+            );
+        }
+        let text = serde_json::to_string_pretty(&json).map_err(|e| Error::Internal(e.to_string()))?;
+        if self.is_main() {
+            crate::util::write_atomic(&self.run_dir.join(GENOTYPE), text.as_bytes())?;
+        }
+        Ok(Some(SearchOutcome { best, run_dir: self.run_dir.clone() }))
+    }
+
+    /// Logs how long the rest of the search should take at this process's pace so far.
+    fn log_time_left(&self, pace: &Pace) {
+        let o = &self.options;
+        let (warmup, search) = epochs_left(self.position, self.stages.len(), o.warmup_epochs, o.epochs);
+        if let Some(secs) = pace.time_left(warmup, search) {
+            let mins = (secs / 60.0).round() as u64;
+            tracing::info!(
+                "{warmup} warm-up and {search} search epochs left: about {}h{:02}m at this pace",
+                mins / 60,
+                mins % 60
+            );
+        }
+    }
+
+    fn stage_dir(&self, stage: usize) -> PathBuf {
+        self.run_dir.join(format!("stage-{}", stage + 1))
+    }
+}
