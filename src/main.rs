@@ -179,7 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search(args) => {
             let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "RUN_DIR")?;
             let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
-            let main = parallel.as_ref().is_none_or(cnas::dist::DataParallel::is_main);
+            let main = cnas::run::is_writer(parallel.as_ref());
             let outcome = cnas::search::search(
                 &args.options()?,
                 &args.data,
@@ -216,7 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => None,
             };
             let (parallel, device) = join_run(device, cli.dist_timeout, cli.bucket_mb)?;
-            let main = parallel.as_ref().is_none_or(cnas::dist::DataParallel::is_main);
+            let main = cnas::run::is_writer(parallel.as_ref());
             let summary = cnas::train::train(
                 request,
                 args.data.workers,

@@ -64,10 +64,15 @@ pub fn set_grads_to_none(params: &[Tensor]) -> Result<()> {
 /// a resume). One multi-tensor kernel on a GPU.
 pub fn zero_grads_in_place(params: &[Tensor], materialize: &[bool]) -> Result<()> {
     let mut ptrs = pointers(params);
-    let flags: Vec<c_int> =
-        (0..params.len()).map(|i| c_int::from(materialize.get(i).copied().unwrap_or(false))).collect();
-    // SAFETY: the pointers are live tch tensors and `flags` has one entry per pointer.
-    let rc = unsafe { cnas_grads_zero(ptrs.as_mut_ptr(), ptrs.len() as c_int, flags.as_ptr()) };
+    // No flags (a null pointer) in the usual case, where nothing is to be materialized.
+    let flags: Vec<c_int> = if materialize.iter().any(|&m| m) {
+        (0..params.len()).map(|i| c_int::from(materialize.get(i).copied().unwrap_or(false))).collect()
+    } else {
+        Vec::new()
+    };
+    let flags_ptr = if flags.is_empty() { std::ptr::null() } else { flags.as_ptr() };
+    // SAFETY: the pointers are live tch tensors; `flags` is null or has one entry per pointer.
+    let rc = unsafe { cnas_grads_zero(ptrs.as_mut_ptr(), ptrs.len() as c_int, flags_ptr) };
     if rc != 0 {
         return Err(shim_error("zeroing gradients"));
     }
@@ -98,6 +103,9 @@ pub struct Sgd {
     momentum_buffers: Vec<Option<Tensor>>,
     /// Per parameter: whether a step has updated it (it has had a gradient).
     stepped: Vec<bool>,
+    /// Set by [`Sgd::load_state`]: the next in-place zeroing gives the stepped parameters back
+    /// the (zero) gradients they had before the checkpoint.
+    restore_grads: bool,
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
@@ -120,6 +128,7 @@ impl Sgd {
             decay: vec![true; n],
             momentum_buffers: (0..n).map(|_| None).collect(),
             stepped: vec![false; n],
+            restore_grads: false,
             lr,
             momentum,
             weight_decay,
@@ -152,7 +161,8 @@ impl Sgd {
     /// gradient is updated, as under PyTorch 1.5. After [`Sgd::load_state`] the parameters
     /// stepped before the checkpoint get their zero gradients back here.
     pub fn zero_grad_in_place(&mut self) -> Result<()> {
-        zero_grads_in_place(&self.params, &self.stepped)
+        let restore = std::mem::take(&mut self.restore_grads);
+        zero_grads_in_place(&self.params, if restore { &self.stepped } else { &[] })
     }
 
     /// Updates every parameter that has a gradient.
@@ -236,6 +246,7 @@ impl Sgd {
             self.stepped[i] =
                 self.momentum_buffers[i].is_some() || state.contains_key(&format!("stepped.{name}"));
         }
+        self.restore_grads = true;
         Ok(())
     }
 }

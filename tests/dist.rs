@@ -93,6 +93,13 @@ fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
     a
 }
 
+/// Runs `args` on `world` ranks; every rank must succeed.
+fn search_ranks_ok(world: usize, args: &[String]) {
+    for o in &run_ranks(world, args) {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
 /// A tiny search (one stage, one warm-up epoch, one derive round) on a few images: `extra`
 /// adds the rest.
 fn search_args(out: &Path, extra: &[&str]) -> Vec<String> {
@@ -437,10 +444,7 @@ fn search_step_with_sync_bn_on_two_ranks_equals_the_concatenated_batch() {
             ],
         );
         args.extend(strings(extra));
-        let outputs = run_ranks(world, &args);
-        for o in &outputs {
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        }
+        search_ranks_ok(world, &args);
         f32_tensors(&out.join("checkpoint.safetensors"))
     };
     let single = run("ws1", 1, &["--batch-size", "16"]);
@@ -585,9 +589,7 @@ fn a_two_rank_search_through_a_controller_epoch_equals_one_process_on_the_joined
             ],
         );
         args.extend(strings(extra));
-        for o in &run_ranks(world, &args) {
-            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        }
+        search_ranks_ok(world, &args);
         let metrics: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
             .unwrap()
             .lines()

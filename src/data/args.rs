@@ -6,6 +6,9 @@ use std::str::FromStr;
 use super::cifar10::CIFAR10_CLASSES;
 use crate::error::{Error, Result};
 
+/// The seed of a run unless `--seed` says otherwise: the released CNAS code's default.
+pub const DEFAULT_SEED: u64 = 2020;
+
 /// Which kind of data set (`--dataset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
 pub enum DatasetKind {
@@ -76,7 +79,7 @@ pub struct DataArgs {
     pub cutout: Option<usize>,
     /// Seed of everything random in a run: weights, data split, shuffling, augmentation, the
     /// search's samples and curriculum order (2020, the released CNAS code's default).
-    #[arg(long, default_value_t = 2020)]
+    #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Leave out unreadable images with a warning instead of stopping.
     #[arg(long)]
@@ -97,7 +100,7 @@ impl Default for DataArgs {
             workers: None,
             train_portion: 0.4,
             cutout: None,
-            seed: 2020,
+            seed: DEFAULT_SEED,
             skip_bad_images: false,
             val_labels: None,
             image_size: None,

@@ -60,7 +60,7 @@ pub mod normalize;
 pub mod rng;
 pub mod transforms;
 
-pub use args::{DataArgs, DataConfig, DatasetKind};
+pub use args::{DataArgs, DataConfig, DatasetKind, DEFAULT_SEED};
 pub use cifar10::{read_records, CIFAR10_CLASSES};
 pub use dataset::{split_indices, Data, DatasetInfo, LoaderOptions, Part};
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, Source};

@@ -136,7 +136,7 @@ pub fn search(
     stop_after: Option<usize>,
     parallel: Option<DataParallel>,
 ) -> Result<Option<SearchOutcome>> {
-    let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+    let main = crate::run::is_writer(parallel.as_ref());
     let (options, data_args) = prepare_run_dir(options, data_args, run_dir, start, main)?;
     options.validate()?;
     Search::new(options, &data_args, run_dir, device, quiet || !main, start, parallel)

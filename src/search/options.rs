@@ -64,8 +64,7 @@ pub struct SearchOptions {
     pub sync_bn: bool,
 }
 
-/// The released code's default seed.
-pub const DEFAULT_SEED: u64 = 2020;
+pub use crate::data::DEFAULT_SEED;
 
 impl Default for SearchOptions {
     fn default() -> Self {

@@ -47,6 +47,11 @@ pub fn weight_step(
     }
     loss.backward();
     sync_batch_norm_ok()?;
+    if !rule.sparse && rule.grad_clip.is_none() && parallel.is_none() {
+        // The released rule in one process needs no list of the pair's parameters.
+        sgd.step()?;
+        return Ok((loss.detach(), logits.detach()));
+    }
     let active = param_use.active(normal, reduce);
     let params: Vec<Tensor> = active.iter().map(|&i| sgd.params()[i].shallow_clone()).collect();
     if let Some(p) = parallel {

@@ -188,7 +188,7 @@ pub fn train(
     stop_after: Option<usize>,
     parallel: Option<DataParallel>,
 ) -> Result<Option<TrainSummary>> {
-    let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+    let main = crate::run::is_writer(parallel.as_ref());
     let world_size = parallel.as_ref().map_or(1, DataParallel::world_size);
     // A global batch the ranks cannot share is refused before a new run touches its directory
     // (a resumed run is checked against its recorded batch in Trainer::new).
@@ -301,7 +301,7 @@ impl Trainer {
         parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let o = config.options.clone();
-        let main = parallel.as_ref().is_none_or(DataParallel::is_main);
+        let main = crate::run::is_writer(parallel.as_ref());
         let (rank, world_size) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
         let data = Data::open(data_args, !quiet)?;
         let num_classes = data.info().num_classes as i64;
@@ -591,7 +591,7 @@ impl Trainer {
 
     /// Only rank 0 (or a single process) writes files.
     fn is_main(&self) -> bool {
-        self.parallel.as_ref().is_none_or(DataParallel::is_main)
+        crate::run::is_writer(self.parallel.as_ref())
     }
 
     /// Evaluates on the validation set (this rank's shard, summed over the ranks).
