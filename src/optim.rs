@@ -356,6 +356,15 @@ impl Adam {
     }
 }
 
+/// The trainable variables of `vs` in name order: the parameter list of an optimizer, the
+/// same on every rank and in every session.
+pub fn trainable_params(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut params: Vec<(String, Tensor)> =
+        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    params
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

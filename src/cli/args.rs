@@ -1,10 +1,115 @@
 //! The argument structs of the subcommands (clap derive) and how they become the library's
 //! options.
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
+
+use cnas::device::DeviceChoice;
 
 use cnas::model::{NetworkConfig, NetworkKind};
+
+#[derive(Parser, Debug)]
+#[command(name = "cnas", version, about = "Curriculum Neural Architecture Search on libtorch")]
+pub(crate) struct Cli {
+    /// Where to compute: auto (CUDA when libtorch sees a GPU), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto")]
+    pub(crate) device: DeviceChoice,
+    /// Logs only: no progress bars.
+    #[arg(long, global = true)]
+    pub(crate) quiet: bool,
+    /// Data-parallel runs (WORLD_SIZE > 1): how long to wait for the other ranks (to connect,
+    /// or in any collective) before failing: seconds, or with a unit (90s, 10m, 1h).
+    #[arg(long, global = true, default_value = "10m", value_parser = cnas::dist::parse_timeout)]
+    pub(crate) dist_timeout: Duration,
+    /// Data-parallel runs: size of the gradient buckets all-reduced together, in MiB.
+    #[arg(long, global = true, default_value_t = 25.0, value_parser = parse_bucket_mb)]
+    pub(crate) bucket_mb: f64,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Curriculum architecture search on CIFAR-10 (resumable); leaves the best genotype in
+    /// RUN_DIR/genotype.json.
+    Search(Box<SearchArgs>),
+    /// Train a genotype from scratch with the paper's recipe (resumable); leaves the best and
+    /// last checkpoints, metrics and the final evaluation in OUT.
+    Train(Box<TrainArgs>),
+    /// Score trained weights on the test split: top-1/top-5, loss, per-class accuracy,
+    /// confusion matrix.
+    Eval(Box<EvalArgs>),
+    /// Show a genotype and the size (params, multiply-adds) of the network built from it.
+    Info(InfoArgs),
+    /// Classify images, CIFAR-10 .bin records or .npy arrays with trained weights.
+    Predict(PredictArgs),
+    /// Draw the cells of a genotype (SVG, PNG or DOT, by the output's extension or --format).
+    Draw(DrawArgs),
+    /// One self-contained HTML page for a search or training run: configuration, curves, cells.
+    Report(ReportArgs),
+    /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
+    Export(Box<ExportArgs>),
+    /// Start N processes of a cnas command on this node as one data-parallel run, like
+    /// `torchrun --nproc-per-node N --no-python cnas ...`: `cnas launch --nproc-per-node 2 --
+    /// train --arch CNAS ...`.
+    Launch(LaunchArgs),
+    /// Fetch a data set or pretrained weights: CIFAR-10's official archive (MD5-checked,
+    /// unpacked in one step) or the published CNAS ImageNet weights (SHA-256-checked); resumable.
+    Download(DownloadArgs),
+}
+
+fn parse_bucket_mb(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of MiB")),
+    }
+}
+
+/// `cnas info`.
+#[derive(Args, Debug)]
+pub(crate) struct InfoArgs {
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `cnas predict`.
+#[derive(Args, Debug)]
+pub(crate) struct PredictArgs {
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+    /// Weights: a PyTorch state_dict (.pth), safetensors, or cnas's own weights file.
+    #[arg(long)]
+    pub(crate) weights: PathBuf,
+    /// How many of the best classes to print per input.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) top: usize,
+    #[arg(long, default_value_t = 64)]
+    pub(crate) batch_size: usize,
+    /// Print one JSON object per input, with the raw logits.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// PNG or JPEG images, CIFAR-10 .bin files, or normalised float32 N×3×H×W .npy arrays.
+    #[arg(required = true)]
+    pub(crate) inputs: Vec<PathBuf>,
+}
+
+/// `cnas download`.
+#[derive(Args, Debug)]
+pub(crate) struct DownloadArgs {
+    /// What to fetch.
+    #[arg(value_enum)]
+    pub(crate) what: cnas::data::download::DownloadTarget,
+    /// Folder to put it in [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+    /// Fetch from this address instead of the official one (a mirror).
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+}
 
 /// `cnas launch`: the environment torchrun would set, for each local process.
 #[derive(Args, Debug)]

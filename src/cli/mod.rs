@@ -1,4 +1,5 @@
-//! The command line: argument structs and `cnas launch`; `main.rs` parses, logs, maps errors to
+//! The command line: argument structs, one function per command, and `cnas launch`; `main.rs` parses, logs, maps errors to
 //! exit codes and dispatches.
 pub(crate) mod args;
+pub(crate) mod commands;
 pub(crate) mod launch;

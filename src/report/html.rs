@@ -17,21 +17,32 @@ use super::ArchInfo;
 use crate::draw::{genotype_svg, Cells, Layout};
 use crate::error::{Error, Result};
 use crate::model::{NetworkConfig, NetworkKind};
+use crate::run;
+use crate::run::metrics::{
+    self, ControllerEpoch, DeriveSummary, EpochMetrics, SearchLine, SearchRecord, WeightsEpoch,
+};
 use crate::space::Genotype;
 
-/// The two kinds of run a report covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunKind {
-    Search,
-    Train,
+/// The metrics lines of a run, by kind of run.
+enum Metrics {
+    Search(Vec<SearchLine>),
+    Train(Vec<EpochMetrics>),
+}
+
+impl Metrics {
+    fn len(&self) -> usize {
+        match self {
+            Metrics::Search(lines) => lines.len(),
+            Metrics::Train(lines) => lines.len(),
+        }
+    }
 }
 
 /// What a run directory holds, read and checked.
 struct Run {
     dir: PathBuf,
-    kind: RunKind,
     config: Value,
-    metrics: Vec<Value>,
+    metrics: Metrics,
 }
 
 fn read_json(path: &Path) -> Result<Value> {
@@ -43,42 +54,36 @@ fn read_run(dir: &Path) -> Result<Run> {
     if !dir.is_dir() {
         return Err(Error::bad_file(dir, "not a run directory"));
     }
-    let config_path = dir.join("config.json");
+    let config_path = dir.join(run::CONFIG);
     if !config_path.is_file() {
         return Err(Error::bad_file(dir, "not a cnas run (config.json is missing)"));
     }
     let config = read_json(&config_path)?;
-    let kind = if config.get("kind").and_then(Value::as_str) == Some("train") {
-        RunKind::Train
+    let metrics_path = dir.join(run::METRICS);
+    let metrics = if config.get("kind").and_then(Value::as_str) == Some("train") {
+        Metrics::Train(metrics::read_lines(&metrics_path)?)
     } else if config.get("search").is_some() {
-        RunKind::Search
+        Metrics::Search(metrics::read_lines(&metrics_path)?)
     } else {
         return Err(Error::bad_file(&config_path, "neither a search nor a training run configuration"));
     };
-    let metrics_path = dir.join("metrics.jsonl");
-    let text = match std::fs::read_to_string(&metrics_path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io(&metrics_path, e)),
-    };
-    let mut metrics = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| Error::bad_file(&metrics_path, format!("line {}: not valid JSON: {e}", i + 1)))?;
-        metrics.push(value);
-    }
-    if metrics.is_empty() {
+    if metrics.len() == 0 {
         return Err(Error::bad_file(dir, "no metrics yet (metrics.jsonl is missing or empty)"));
     }
-    Ok(Run { dir: dir.to_path_buf(), kind, config, metrics })
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    Ok(Run { dir: dir.to_path_buf(), config, metrics })
 }
 
 fn num(v: &Value, key: &str) -> Option<f64> {
     v.get(key).and_then(Value::as_f64)
+}
+
+/// A fraction as a percentage, or a dash.
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "—".into())
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A chart wrapped in a figure (nothing when no series has a point).
@@ -89,128 +94,134 @@ fn figure(out: &mut String, title: &str, x_desc: &str, series: &[Series], bands:
     Ok(())
 }
 
-/// Points of `key` over the metric lines `lines` (each with its x).
-fn series(label: &str, lines: &[(f64, &Value)], key: &str) -> Series {
+/// The points `(x, y(record))` of `records` whose y is a finite number.
+fn series<T>(label: &str, records: &[(f64, &T)], y: impl Fn(&T) -> Option<f64>) -> Series {
     let mut s = Series::new(label);
-    s.points = lines.iter().filter_map(|(x, v)| num(v, key).map(|y| (*x, y))).collect();
+    s.points = records.iter().filter_map(|(x, r)| y(r).filter(|y| y.is_finite()).map(|y| (*x, y))).collect();
     s
 }
 
-/// The search's curves: x counts epochs and derives over all stages (a controller line sits at
-/// the epoch it follows), as the TensorBoard scalars' step does.
-fn search_curves(out: &mut String, metrics: &[Value]) -> Result<Vec<(usize, Vec<String>, usize)>> {
-    let mut step = 0.0;
-    let mut weights = Vec::new();
-    let mut warmup = Vec::new();
-    let mut controller = Vec::new();
-    let mut derive = Vec::new();
-    let mut stages: Vec<(usize, f64, f64, Vec<String>, usize)> = Vec::new();
-    for line in metrics {
-        let phase = line.get("phase").and_then(Value::as_str).unwrap_or("");
-        if matches!(phase, "warmup" | "weights" | "derive") {
-            step += 1.0;
-        }
-        match phase {
-            "warmup" => warmup.push((step, line)),
-            "weights" => weights.push((step, line)),
-            "controller" => controller.push((step, line)),
-            "derive" => derive.push((step, line)),
-            _ => {}
-        }
-        if let Some(stage) = line.get("stage").and_then(Value::as_u64) {
-            let stage = stage as usize;
-            match stages.last_mut() {
-                Some(last) if last.0 == stage => last.2 = step,
-                _ => {
-                    let ops = line
-                        .get("ops")
-                        .and_then(Value::as_array)
-                        .map(|a| a.iter().filter_map(|o| o.as_str().map(String::from)).collect())
-                        .unwrap_or_default();
-                    let nodes = line.get("nodes").and_then(Value::as_u64).unwrap_or(0) as usize;
-                    stages.push((stage, step, step, ops, nodes));
+/// A curriculum stage as the metrics show it: its number, its first and last x, its
+/// operations and searched nodes.
+struct StageSpan {
+    stage: usize,
+    first: f64,
+    last: f64,
+    ops: Vec<String>,
+    nodes: usize,
+}
+
+/// The search's lines by phase, each at its x, and the stages they cover. x counts epochs and
+/// derives over all stages (a controller line sits at the epoch it follows), as the TensorBoard
+/// scalars' step does.
+#[derive(Default)]
+struct SearchPoints<'a> {
+    warmup: Vec<(f64, &'a WeightsEpoch)>,
+    weights: Vec<(f64, &'a WeightsEpoch)>,
+    controller: Vec<(f64, &'a ControllerEpoch)>,
+    derive: Vec<(f64, &'a DeriveSummary)>,
+    stages: Vec<StageSpan>,
+}
+
+impl<'a> SearchPoints<'a> {
+    fn new(lines: &'a [SearchLine]) -> Self {
+        let mut points = SearchPoints::default();
+        let mut x = 0.0;
+        for line in lines {
+            match &line.record {
+                SearchRecord::Warmup(r) => {
+                    x += 1.0;
+                    points.warmup.push((x, r));
                 }
+                SearchRecord::Weights(r) => {
+                    x += 1.0;
+                    points.weights.push((x, r));
+                }
+                SearchRecord::Derive(r) => {
+                    x += 1.0;
+                    points.derive.push((x, r));
+                }
+                SearchRecord::Controller(r) => points.controller.push((x, r)),
+            }
+            match points.stages.last_mut() {
+                Some(last) if last.stage == line.stage => last.last = x,
+                _ => points.stages.push(StageSpan {
+                    stage: line.stage,
+                    first: x,
+                    last: x,
+                    ops: line.ops.clone(),
+                    nodes: line.nodes,
+                }),
             }
         }
+        points
     }
-    let bands: Vec<Band> = stages
+}
+
+/// The search's curves, with the stages shaded; returns the stages.
+fn search_curves(out: &mut String, lines: &[SearchLine]) -> Result<Vec<StageSpan>> {
+    let p = SearchPoints::new(lines);
+    let bands: Vec<Band> = p
+        .stages
         .iter()
-        .map(|(stage, first, last, _, _)| Band {
-            start: first - 0.5,
-            end: last + 0.5,
-            label: format!("S{stage}"),
-        })
+        .map(|s| Band { start: s.first - 0.5, end: s.last + 0.5, label: format!("S{}", s.stage) })
         .collect();
     let x = "epoch (all stages, derives included)";
-    let mut supernet = warmup.clone();
-    supernet.extend_from_slice(&weights);
-    supernet.sort_by(|p, q| p.0.total_cmp(&q.0));
+    let mut supernet = p.warmup.clone();
+    supernet.extend_from_slice(&p.weights);
+    supernet.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let loss = |r: &WeightsEpoch| Some(r.loss);
     figure(
         out,
         "supernet loss",
         x,
-        &[series("warm-up", &warmup, "loss"), series("search", &weights, "loss")],
+        &[series("warm-up", &p.warmup, loss), series("search", &p.weights, loss)],
         &bands,
     )?;
-    figure(
-        out,
-        "accuracy",
-        x,
-        &[
-            series("supernet (train)", &supernet, "acc"),
-            series("best candidate", &derive, "best_score"),
-            series("controller samples", &derive, "controller_mean"),
-            series("uniform samples", &derive, "uniform_mean"),
-        ],
-        &bands,
-    )?;
-    figure(
-        out,
-        "controller reward and baseline",
-        x,
-        &[series("reward", &controller, "reward"), series("baseline", &controller, "baseline")],
-        &bands,
-    )?;
-    figure(
-        out,
-        "controller entropy",
-        x,
-        &[series("nodes", &controller, "node_entropy"), series("operations", &controller, "op_entropy")],
-        &bands,
-    )?;
-    figure(out, "weights learning rate", x, &[series("SGD", &supernet, "lr")], &bands)?;
-    figure(out, "controller learning rate", x, &[series("Adam", &controller, "controller_lr")], &bands)?;
-    figure(
-        out,
-        "images/s",
-        x,
-        &[series("weights", &supernet, "images_per_s"), series("controller", &controller, "images_per_s")],
-        &bands,
-    )?;
-    Ok(stages.into_iter().map(|(stage, _, _, ops, nodes)| (stage, ops, nodes)).collect())
+    let accuracy = [
+        series("supernet (train)", &supernet, |r| Some(r.acc)),
+        series("best candidate", &p.derive, |r| Some(r.best_score)),
+        series("controller samples", &p.derive, |r| Some(r.controller_mean)),
+        series("uniform samples", &p.derive, |r| r.uniform_mean),
+    ];
+    figure(out, "accuracy", x, &accuracy, &bands)?;
+    let reward = [
+        series("reward", &p.controller, |r| Some(r.reward)),
+        series("baseline", &p.controller, |r| r.baseline),
+    ];
+    figure(out, "controller reward and baseline", x, &reward, &bands)?;
+    let entropy = [
+        series("nodes", &p.controller, |r| Some(r.node_entropy)),
+        series("operations", &p.controller, |r| Some(r.op_entropy)),
+    ];
+    figure(out, "controller entropy", x, &entropy, &bands)?;
+    figure(out, "weights learning rate", x, &[series("SGD", &supernet, |r| Some(r.lr))], &bands)?;
+    let adam = [series("Adam", &p.controller, |r| Some(r.controller_lr))];
+    figure(out, "controller learning rate", x, &adam, &bands)?;
+    let speed = [
+        series("weights", &supernet, |r| Some(r.images_per_s)),
+        series("controller", &p.controller, |r| Some(r.images_per_s)),
+    ];
+    figure(out, "images/s", x, &speed, &bands)?;
+    Ok(p.stages)
 }
 
-fn train_curves(out: &mut String, metrics: &[Value]) -> Result<()> {
-    let lines: Vec<(f64, &Value)> =
-        metrics.iter().enumerate().map(|(i, v)| (num(v, "epoch").unwrap_or(i as f64 + 1.0), v)).collect();
+fn train_curves(out: &mut String, metrics: &[EpochMetrics]) -> Result<()> {
+    let lines: Vec<(f64, &EpochMetrics)> = metrics.iter().map(|m| (m.epoch as f64, m)).collect();
     let x = "epoch";
-    let pct = |label: &str, key: &str| {
-        let mut s = series(label, &lines, key);
-        s.points.iter_mut().for_each(|p| p.1 *= 100.0);
-        s
+    let pct = |label: &str, y: fn(&EpochMetrics) -> Option<f64>| {
+        series(label, &lines, move |m| y(m).map(|v| v * 100.0))
     };
-    figure(
-        out,
-        "loss",
-        x,
-        &[series("train", &lines, "train_loss"), series("validation", &lines, "val_loss")],
-        &[],
-    )?;
-    figure(out, "top-1 accuracy (%)", x, &[pct("train", "train_top1"), pct("validation", "val_top1")], &[])?;
-    figure(out, "top-5 accuracy (%)", x, &[pct("train", "train_top5"), pct("validation", "val_top5")], &[])?;
-    figure(out, "learning rate", x, &[series("lr", &lines, "lr")], &[])?;
-    figure(out, "drop-path probability", x, &[series("drop path", &lines, "drop_path_prob")], &[])?;
-    figure(out, "images/s", x, &[series("train", &lines, "images_per_sec")], &[])?;
+    let loss =
+        [series("train", &lines, |m| Some(m.train_loss)), series("validation", &lines, |m| m.val_loss)];
+    figure(out, "loss", x, &loss, &[])?;
+    let top1 = [pct("train", |m| Some(m.train_top1)), pct("validation", |m| m.val_top1)];
+    figure(out, "top-1 accuracy (%)", x, &top1, &[])?;
+    let top5 = [pct("train", |m| Some(m.train_top5)), pct("validation", |m| m.val_top5)];
+    figure(out, "top-5 accuracy (%)", x, &top5, &[])?;
+    figure(out, "learning rate", x, &[series("lr", &lines, |m| Some(m.lr))], &[])?;
+    figure(out, "drop-path probability", x, &[series("drop path", &lines, |m| Some(m.drop_path_prob))], &[])?;
+    figure(out, "images/s", x, &[series("train", &lines, |m| Some(m.images_per_sec))], &[])?;
     Ok(())
 }
 
@@ -270,26 +281,25 @@ th{background:#f4f4f4}.muted{color:#777}";
 pub fn render(dir: &Path, layout: Layout, device: Device) -> Result<String> {
     let run = read_run(dir)?;
     let mut body = String::new();
-    let title = match run.kind {
-        RunKind::Search => "search run",
-        RunKind::Train => "training run",
+    let title = match run.metrics {
+        Metrics::Search(_) => "search run",
+        Metrics::Train(_) => "training run",
     };
     let _ = writeln!(body, "<h1>cnas {title}: {}</h1>", escape(&run.dir.display().to_string()));
     let _ = writeln!(body, "<p class=\"muted\">{} metric lines.</p>", run.metrics.len());
-
-    let _ = writeln!(body, "<h2>Curves</h2>\n<div class=\"plots\">");
-    let stages = match run.kind {
-        RunKind::Search => search_curves(&mut body, &run.metrics)?,
-        RunKind::Train => {
-            train_curves(&mut body, &run.metrics)?;
-            Vec::new()
+    match &run.metrics {
+        Metrics::Search(lines) => {
+            let _ = writeln!(body, "<h2>Curves</h2>\n<div class=\"plots\">");
+            let stages = search_curves(&mut body, lines)?;
+            let _ = writeln!(body, "</div>");
+            search_sections(&mut body, &run, &stages, layout, device)?;
         }
-    };
-    let _ = writeln!(body, "</div>");
-
-    match run.kind {
-        RunKind::Search => search_sections(&mut body, &run, &stages, layout, device)?,
-        RunKind::Train => train_sections(&mut body, &run, layout, device)?,
+        Metrics::Train(lines) => {
+            let _ = writeln!(body, "<h2>Curves</h2>\n<div class=\"plots\">");
+            train_curves(&mut body, lines)?;
+            let _ = writeln!(body, "</div>");
+            train_sections(&mut body, &run, lines, layout, device)?;
+        }
     }
 
     let config = serde_json::to_string_pretty(&run.config).unwrap_or_default();
@@ -303,7 +313,7 @@ pub fn render(dir: &Path, layout: Layout, device: Device) -> Result<String> {
 fn search_sections(
     body: &mut String,
     run: &Run,
-    stages: &[(usize, Vec<String>, usize)],
+    stages: &[StageSpan],
     layout: Layout,
     device: Device,
 ) -> Result<()> {
@@ -323,7 +333,7 @@ fn search_sections(
         body,
         "<table><tr><th>stage</th><th>operations</th><th>searched nodes</th><th>best held-out score</th></tr>"
     );
-    for (stage, ops, nodes) in stages {
+    for StageSpan { stage, ops, nodes, .. } in stages {
         let score = read_json(&run.dir.join(format!("stage-{stage}/candidates.json")))
             .ok()
             .and_then(|c| {
@@ -341,11 +351,11 @@ fn search_sections(
         );
     }
     let _ = writeln!(body, "</table>");
-    for (i, (stage, ops, nodes)) in stages.iter().enumerate() {
+    for (i, StageSpan { stage, ops, nodes, .. }) in stages.iter().enumerate() {
         let path = run.dir.join(format!("stage-{stage}/genotype.json"));
         if path.is_file() {
             // What this stage brought: an operation (op curriculum) or searched nodes (node).
-            let added: Vec<&String> = match i.checked_sub(1).map(|p| &stages[p].1) {
+            let added: Vec<&String> = match i.checked_sub(1).map(|p| &stages[p].ops) {
                 Some(previous) => ops.iter().filter(|o| !previous.contains(o)).collect(),
                 None if ops.len() == 1 => ops.iter().collect(),
                 None => Vec::new(),
@@ -361,7 +371,13 @@ fn search_sections(
     Ok(())
 }
 
-fn train_sections(body: &mut String, run: &Run, layout: Layout, device: Device) -> Result<()> {
+fn train_sections(
+    body: &mut String,
+    run: &Run,
+    metrics: &[EpochMetrics],
+    layout: Layout,
+    device: Device,
+) -> Result<()> {
     let _ = writeln!(body, "<h2>Network</h2>");
     let network = run.config.get("network").cloned().map(serde_json::from_value::<NetworkConfig>);
     match network {
@@ -378,27 +394,29 @@ fn train_sections(body: &mut String, run: &Run, layout: Layout, device: Device) 
             let _ = writeln!(body, "<p class=\"muted\">config.json describes no network.</p>");
         }
     }
-    let last = run.metrics.last().cloned().unwrap_or(Value::Null);
-    let best = run
-        .metrics
+    let best = metrics
         .iter()
-        .filter_map(|m| num(m, "val_top1"))
+        .filter_map(|m| m.val_top1)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    let pct = |v: Option<f64>| v.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "—".into());
+    let last = metrics.last();
     let _ = writeln!(
         body,
         "<table class=\"kv\"><tr><th>epochs</th><td>{}</td></tr><tr><th>last train top-1</th><td>{}</td></tr>\
          <tr><th>last validation top-1</th><td>{}</td></tr><tr><th>best validation top-1</th><td>{}</td></tr></table>",
-        run.metrics.len(),
-        pct(num(&last, "train_top1")),
-        pct(num(&last, "val_top1")),
+        metrics.len(),
+        pct(last.map(|m| m.train_top1)),
+        pct(last.and_then(|m| m.val_top1)),
         pct(best)
     );
 
-    let eval_path = run.dir.join("eval.json");
+    eval_section(body, &run.dir.join("eval.json"))
+}
+
+/// The evaluation's numbers, confusion matrix and per-class accuracy, when eval.json exists.
+fn eval_section(body: &mut String, eval_path: &Path) -> Result<()> {
     if eval_path.is_file() {
-        let eval = read_json(&eval_path)?;
-        let bad = |m: &str| Error::bad_file(&eval_path, m.to_string());
+        let eval = read_json(eval_path)?;
+        let bad = |m: &str| Error::bad_file(eval_path, m.to_string());
         let names: Vec<String> = eval
             .get("class_names")
             .and_then(Value::as_array)

@@ -56,19 +56,22 @@ impl Search {
         Ok(())
     }
 
-    pub(super) fn log_metrics(&mut self, mut line: serde_json::Value) -> Result<()> {
+    pub(super) fn log_metrics(&mut self, record: SearchRecord) -> Result<()> {
         if !self.is_main() {
             // Counted all the same: every rank's checkpoint position agrees.
             self.metrics_lines += 1;
             return Ok(());
         }
-        let p = self.position;
-        let stage = &self.stages[p.stage];
-        if let Some(obj) = line.as_object_mut() {
-            obj.insert("stage".into(), (p.stage + 1).into());
-            obj.insert("ops".into(), serde_json::json!(stage.ops));
-            obj.insert("nodes".into(), stage.searched_nodes.into());
-        }
+        let stage = &self.stages[self.position.stage];
+        let line = SearchLine {
+            record,
+            stage: self.position.stage + 1,
+            ops: stage.ops.clone(),
+            nodes: stage.searched_nodes,
+        };
+        // Through a JSON value, whose keys are sorted: the lines read the same as ever.
+        let line =
+            serde_json::to_value(&line).map_err(|e| Error::Internal(format!("a metrics line: {e}")))?;
         run::append_line(&self.run_dir.join(METRICS), &line)?;
         self.metrics_lines += 1;
         self.log_tensorboard(&line)

@@ -51,71 +51,18 @@ impl Search {
     pub(super) fn finish_stage(&mut self) -> Result<Candidate> {
         let stage_index = self.position.stage;
         let dir = self.stage_dir(stage_index);
-        let main = self.is_main();
-        if main {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
-            crate::weights::save(
-                &self.supernet_vs,
-                &dir.join("supernet.safetensors"),
-                meta("cnas-supernet"),
-            )?;
-            crate::weights::save(
-                &self.controller_vs,
-                &dir.join("controllers.safetensors"),
-                meta("cnas-controllers"),
-            )?;
+        if self.is_main() {
+            self.save_stage_models(&dir)?;
         }
-
-        let stage = self.stages[stage_index].clone();
         let mut rng = stream(self.options.seed, stage_index as u64, Phase::Derive.id(), 0);
         let images = self.derive_images()?;
         let start = Instant::now();
+        let o = &self.options;
         let bar = self.progress(
-            (self.options.derive_rounds * self.options.derive_samples + self.options.derive_uniform) as u64,
+            (o.derive_rounds * o.derive_samples + o.derive_uniform) as u64,
             format!("stage {}/{} derive", stage_index + 1, self.stages.len()),
         );
-        let mut candidates = Vec::with_capacity(self.options.derive_rounds * self.options.derive_samples);
-        for round in 0..self.options.derive_rounds {
-            let first = candidates.len();
-            for sample in 0..self.options.derive_samples {
-                let (n, r) = tch::no_grad(|| {
-                    let n = self.normal_controller.sample(
-                        &mut rng,
-                        &stage.allowed,
-                        stage.searched_nodes,
-                        &self.primitives,
-                    );
-                    let r = self.reduce_controller.sample(
-                        &mut rng,
-                        &stage.allowed,
-                        stage.searched_nodes,
-                        &self.primitives,
-                    );
-                    (n, r)
-                });
-                let (score, count) = self.score(&images, &n.cell, &r.cell)?;
-                candidates.push(Candidate {
-                    stage: stage_index + 1,
-                    round: round + 1,
-                    sample: sample + 1,
-                    genotype: Genotype { normal: n.cell, reduce: r.cell },
-                    score,
-                    std_error: std_error(score, count),
-                    images: count,
-                    log_prob: n.log_prob.double_value(&[]) + r.log_prob.double_value(&[]),
-                    entropy: [&n.node_entropy, &n.op_entropy, &r.node_entropy, &r.op_entropy]
-                        .iter()
-                        .map(|t| t.double_value(&[]))
-                        .sum(),
-                    round_best: false,
-                });
-                bar.inc(1);
-            }
-            if let Some(i) = best_index(&candidates[first..]) {
-                candidates[first + i].round_best = true;
-            }
-        }
+        let candidates = self.sample_candidates(&mut rng, &images, &bar)?;
         // Uniform samples on the same images: does the controller beat chance?
         let mut uniform_scores = Vec::with_capacity(self.options.derive_uniform);
         let uniform = self.pair_sampler(true);
@@ -125,19 +72,81 @@ impl Search {
             bar.inc(1);
         }
         bar.finish_and_clear();
+        self.record_derivation(&dir, &candidates, &uniform_scores, start.elapsed().as_secs_f64())
+    }
+
+    /// The stage's supernet and controllers, as they are when it ends.
+    fn save_stage_models(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
+        crate::weights::save(&self.supernet_vs, &dir.join("supernet.safetensors"), meta("cnas-supernet"))?;
+        crate::weights::save(
+            &self.controller_vs,
+            &dir.join("controllers.safetensors"),
+            meta("cnas-controllers"),
+        )
+    }
+
+    /// `--derive-rounds` rounds of `--derive-samples` pairs from the controllers, each scored;
+    /// the best of each round is marked.
+    fn sample_candidates(
+        &self,
+        rng: &mut ChaCha8Rng,
+        images: &Option<Vec<(Tensor, Tensor)>>,
+        bar: &ProgressBar,
+    ) -> Result<Vec<Candidate>> {
+        let stage_index = self.position.stage;
+        let stage = &self.stages[stage_index];
+        let mut candidates = Vec::with_capacity(self.options.derive_rounds * self.options.derive_samples);
+        for round in 0..self.options.derive_rounds {
+            let first = candidates.len();
+            for sample in 0..self.options.derive_samples {
+                let controllers = [&self.normal_controller, &self.reduce_controller];
+                let (n, r) = tch::no_grad(|| sample_pair(controllers, rng, stage, &self.primitives));
+                let (score, count) = self.score(images, &n.cell, &r.cell)?;
+                let entropies = [&n.node_entropy, &n.op_entropy, &r.node_entropy, &r.op_entropy];
+                candidates.push(Candidate {
+                    stage: stage_index + 1,
+                    round: round + 1,
+                    sample: sample + 1,
+                    log_prob: n.log_prob.double_value(&[]) + r.log_prob.double_value(&[]),
+                    entropy: entropies.iter().map(|t| t.double_value(&[])).sum(),
+                    genotype: Genotype { normal: n.cell, reduce: r.cell },
+                    score,
+                    std_error: std_error(score, count),
+                    images: count,
+                    round_best: false,
+                });
+                bar.inc(1);
+            }
+            if let Some(i) = best_index(&candidates[first..]) {
+                candidates[first + i].round_best = true;
+            }
+        }
+        Ok(candidates)
+    }
+
+    /// Writes the stage's candidates and pick (rank 0), logs them and returns the pick.
+    fn record_derivation(
+        &mut self,
+        dir: &Path,
+        candidates: &[Candidate],
+        uniform_scores: &[f64],
+        secs: f64,
+    ) -> Result<Candidate> {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         let controller_scores: Vec<f64> = candidates.iter().map(|c| c.score).collect();
-        let text = serde_json::to_string_pretty(&candidates).map_err(|e| Error::Internal(e.to_string()))?;
+        let text = serde_json::to_string_pretty(candidates).map_err(|e| Error::Internal(e.to_string()))?;
         let best =
-            best_of(candidates.clone()).ok_or_else(|| Error::Internal("no candidate derived".into()))?;
-        if main {
+            best_of(candidates.to_vec()).ok_or_else(|| Error::Internal("no candidate derived".into()))?;
+        if self.is_main() {
             crate::util::write_atomic(&dir.join("candidates.json"), text.as_bytes())?;
             crate::util::write_atomic(&dir.join(GENOTYPE), best.genotype.to_json_pretty().as_bytes())?;
         }
-        let uniform_mean = (!uniform_scores.is_empty()).then(|| mean(&uniform_scores));
+        let uniform_mean = (!uniform_scores.is_empty()).then(|| mean(uniform_scores));
         tracing::info!(
             "stage {} done: best candidate {:.2}% ± {:.2} on {} held-out images (controller samples {:.2}% on average{})\n{}",
-            stage_index + 1,
+            self.position.stage + 1,
             best.score * 100.0,
             best.std_error * 100.0,
             best.images,
@@ -145,21 +154,20 @@ impl Search {
             uniform_mean.map_or(String::new(), |u| format!(", uniform samples {:.2}%", u * 100.0)),
             best.genotype
         );
-        self.log_metrics(serde_json::json!({
-            "phase": "derive",
-            "candidates": controller_scores,
-            "round_best": candidates.iter().filter(|c| c.round_best).map(|c| c.score).collect::<Vec<_>>(),
-            "best_score": best.score,
-            "best_std_error": best.std_error,
-            "images": best.images,
-            "controller_mean": mean(&controller_scores),
-            "uniform_mean": uniform_mean,
-            "samples": controller_scores.len(),
-            "uniform_samples": uniform_scores.len(),
-            "genotype": best.genotype,
-            "scored_per_s": ((controller_scores.len() + uniform_scores.len()) * best.images) as f64
-                / start.elapsed().as_secs_f64(),
-            "time_s": start.elapsed().as_secs_f64(),
+        let scored = (controller_scores.len() + uniform_scores.len()) * best.images;
+        self.log_metrics(SearchRecord::Derive(DeriveSummary {
+            round_best: candidates.iter().filter(|c| c.round_best).map(|c| c.score).collect(),
+            best_score: best.score,
+            best_std_error: best.std_error,
+            images: best.images,
+            controller_mean: mean(&controller_scores),
+            uniform_mean,
+            samples: controller_scores.len(),
+            uniform_samples: uniform_scores.len(),
+            genotype: best.genotype.clone(),
+            scored_per_s: scored as f64 / secs,
+            time_s: secs,
+            candidates: controller_scores,
         }))?;
         Ok(best)
     }

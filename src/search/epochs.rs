@@ -18,11 +18,10 @@ impl PairSampler {
         let (allowed, nodes, prims) = (&self.stage.allowed, self.stage.searched_nodes, &self.primitives);
         match &self.controllers {
             None => (uniform_cell(rng, allowed, nodes, prims), uniform_cell(rng, allowed, nodes, prims)),
-            Some([normal, reduce]) => tch::no_grad(|| {
-                let n = normal.sample(rng, allowed, nodes, prims);
-                let r = reduce.sample(rng, allowed, nodes, prims);
+            Some([normal, reduce]) => {
+                let (n, r) = tch::no_grad(|| sample_pair([normal, reduce], rng, &self.stage, prims));
                 (n.cell, r.cell)
-            }),
+            }
         }
     }
 
@@ -153,16 +152,16 @@ impl Search {
             p.epoch + 1,
             acc * 100.0
         );
-        self.log_metrics(serde_json::json!({
-            "phase": if uniform { "warmup" } else { "weights" },
-            "epoch": p.epoch + 1,
-            "loss": loss,
-            "acc": acc,
-            "lr": self.sgd.lr,
-            "images": images,
-            "images_per_s": images as f64 / secs,
-            "time_s": secs,
-        }))
+        let epoch = WeightsEpoch {
+            epoch: p.epoch + 1,
+            loss,
+            acc,
+            lr: self.sgd.lr,
+            images,
+            images_per_s: images as f64 / secs,
+            time_s: secs,
+        };
+        self.log_metrics(if uniform { SearchRecord::Warmup(epoch) } else { SearchRecord::Weights(epoch) })
     }
 
     /// REINFORCE updates per search epoch: `--controller-steps`, or one per held-out batch.
@@ -176,36 +175,21 @@ impl Search {
         let mut rng = stream(self.options.seed, p.stage as u64, 4, p.epoch as u64);
         let stage = self.stages[p.stage].clone();
         let steps = self.controller_steps();
-        let bar = self.progress(
-            steps as u64,
-            format!(
-                "stage {}/{} controller {}/{}",
-                p.stage + 1,
-                self.stages.len(),
-                p.epoch + 1,
-                self.options.epochs
-            ),
+        let what = format!(
+            "stage {}/{} controller {}/{}",
+            p.stage + 1,
+            self.stages.len(),
+            p.epoch + 1,
+            self.options.epochs
         );
+        let bar = self.progress(steps as u64, what);
         let start = Instant::now();
-        let (mut reward_sum, mut loss_sum, mut node_ent, mut op_ent) = (0.0, 0.0, 0.0, 0.0);
+        let mut sums = ControllerSums::default();
         let mut pass = 0u64;
         let mut batches = self.heldout_loader.epoch(self.loader_epoch(Phase::Search));
-        let mut images_seen = 0usize;
         for _ in 0..steps {
-            let batch = match batches.next() {
-                Some(b) => b,
-                None => {
-                    // More steps than held-out batches: walk the split again, reshuffled.
-                    pass += 1;
-                    batches = self.heldout_loader.epoch(self.loader_epoch(Phase::Search) | (pass << 24));
-                    batches
-                        .next()
-                        .ok_or_else(|| Error::BadOption("the held-out split yields no batch".into()))?
-                }
-            };
-            let (images, labels) = batch?;
-            let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
-            images_seen += labels.size()[0] as usize;
+            let (images, labels) = self.next_heldout_batch(&mut batches, &mut pass)?;
+            sums.images += labels.size()[0] as usize;
             let step = controller_step(
                 &self.supernet,
                 [&self.normal_controller, &self.reduce_controller],
@@ -219,42 +203,75 @@ impl Search {
                 self.options.controller_grad_clip,
                 self.parallel.as_ref(),
             )?;
-            reward_sum += step.reward;
-            loss_sum += step.loss;
-            node_ent += step.node_entropy;
-            op_ent += step.op_entropy;
+            sums.add(&step);
             bar.inc(1);
-            bar.set_message(format!("reward {:.3}", reward_sum / bar.position() as f64));
+            bar.set_message(format!("reward {:.3}", sums.reward / bar.position() as f64));
         }
         bar.finish_and_clear();
         self.check_replicas("a controller epoch")?;
-        let images_seen = match &self.parallel {
-            Some(p) => p.group().sum_f64(&[images_seen as f64])?[0] as usize,
-            None => images_seen,
+        if let Some(p) = &self.parallel {
+            sums.images = p.group().sum_f64(&[sums.images as f64])?[0] as usize;
+        }
+        self.log_controller_epoch(&sums, steps, start.elapsed().as_secs_f64())
+    }
+
+    /// The next held-out batch on the device; past the split's end, the split again,
+    /// reshuffled (more steps than held-out batches).
+    fn next_heldout_batch(&self, batches: &mut Epoch, pass: &mut u64) -> Result<(Tensor, Tensor)> {
+        let batch = match batches.next() {
+            Some(b) => b,
+            None => {
+                *pass += 1;
+                *batches = self.heldout_loader.epoch(self.loader_epoch(Phase::Search) | (*pass << 24));
+                batches.next().ok_or_else(|| Error::BadOption("the held-out split yields no batch".into()))?
+            }
         };
-        let steps = steps.max(1) as f64;
-        let secs = start.elapsed().as_secs_f64();
+        let (images, labels) = batch?;
+        Ok((to_device(&images, self.device), to_device(&labels, self.device)))
+    }
+
+    fn log_controller_epoch(&mut self, sums: &ControllerSums, steps: usize, secs: f64) -> Result<()> {
+        let p = self.position;
+        let n = steps.max(1) as f64;
         tracing::info!(
             "stage {} controller epoch {}: reward {:.4}, baseline {:.4}, entropy {:.3} (nodes) {:.3} (ops)",
             p.stage + 1,
             p.epoch + 1,
-            reward_sum / steps,
+            sums.reward / n,
             self.baseline.value.unwrap_or(0.0),
-            node_ent / steps,
-            op_ent / steps
+            sums.node_entropy / n,
+            sums.op_entropy / n
         );
-        self.log_metrics(serde_json::json!({
-            "phase": "controller",
-            "epoch": p.epoch + 1,
-            "reward": reward_sum / steps,
-            "baseline": self.baseline.value,
-            "controller_loss": loss_sum / steps,
-            "node_entropy": node_ent / steps,
-            "op_entropy": op_ent / steps,
-            "controller_lr": self.adam.lr,
-            "steps": steps as usize,
-            "images_per_s": images_seen as f64 / secs,
-            "time_s": secs,
+        self.log_metrics(SearchRecord::Controller(ControllerEpoch {
+            epoch: p.epoch + 1,
+            reward: sums.reward / n,
+            baseline: self.baseline.value,
+            controller_loss: sums.loss / n,
+            node_entropy: sums.node_entropy / n,
+            op_entropy: sums.op_entropy / n,
+            controller_lr: self.adam.lr,
+            steps: n as usize,
+            images_per_s: sums.images as f64 / secs,
+            time_s: secs,
         }))
+    }
+}
+
+/// Sums over a controller epoch's steps (images over every rank once reduced).
+#[derive(Default)]
+struct ControllerSums {
+    reward: f64,
+    loss: f64,
+    node_entropy: f64,
+    op_entropy: f64,
+    images: usize,
+}
+
+impl ControllerSums {
+    fn add(&mut self, step: &ControllerStep) {
+        self.reward += step.reward;
+        self.loss += step.loss;
+        self.node_entropy += step.node_entropy;
+        self.op_entropy += step.op_entropy;
     }
 }

@@ -35,11 +35,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use crate::controller::{reinforce_loss, uniform_cell, Baseline, Controller, ControllerConfig};
-use crate::data::{to_device, Data, DataArgs, DataConfig, Loader, LoaderOptions, Part};
+use crate::controller::{reinforce_loss, uniform_cell, Baseline, CellSample, Controller, ControllerConfig};
+use crate::data::{to_device, Data, DataArgs, DataConfig, Epoch, Loader, LoaderOptions, Part};
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
-use crate::optim::{clip_grad_norm, Adam, Sgd};
+use crate::optim::{clip_grad_norm, trainable_params, Adam, Sgd};
 use crate::space::{Cell, Genotype, Primitive};
 use crate::supernet::{ParamUse, Supernet, SupernetConfig};
 
@@ -114,6 +114,7 @@ pub struct SearchOutcome {
     pub run_dir: PathBuf,
 }
 
+use crate::run::metrics::{ControllerEpoch, DeriveSummary, SearchLine, SearchRecord, WeightsEpoch};
 use crate::run::{self, CONFIG, METRICS, TENSORBOARD};
 const CHECKPOINT: &str = "checkpoint.safetensors";
 const GENOTYPE: &str = "genotype.json";
@@ -213,6 +214,80 @@ fn limit(loader: Loader, max_images: Option<usize>) -> Result<Loader> {
     }
 }
 
+/// The search's loaders: weight training, held-out (controller rewards) and derivation
+/// (un-augmented held-out images, in order); each rank reads its shard.
+fn open_loaders(
+    options: &SearchOptions,
+    data: &Data,
+    device: Device,
+    parallel: Option<&DataParallel>,
+) -> Result<[Loader; 3]> {
+    let (rank, world_size) = parallel.map_or((0, 1), |p| (p.rank(), p.world_size()));
+    let loader_opts =
+        LoaderOptions::train(options.batch_size).device(device).drop_last(true).shard(rank, world_size);
+    let weights = limit(data.loader(Part::SearchWeights, &loader_opts)?, options.max_images)?;
+    let heldout = limit(data.loader(Part::SearchHeldOut, &loader_opts)?, options.max_images)?;
+    // Candidates are scored on the first `derive_images` of the same held-out images, in
+    // order and without augmentation; sharded, the ranks together score each image once.
+    let derive_opts = LoaderOptions::eval(options.derive_batch()).device(device).shard(rank, world_size);
+    let derive = limit(data.loader(Part::SearchHeldOut, &derive_opts)?, options.max_images)?
+        .first(options.derive_images)?;
+    for (loader, what) in [(&weights, "weight-training"), (&heldout, "held-out")] {
+        if loader.batches_per_epoch() == 0 {
+            return Err(Error::BadOption(format!(
+                "the {what} split has fewer images than one batch of {}",
+                options.batch_size
+            )));
+        }
+    }
+    Ok([weights, heldout, derive])
+}
+
+/// The supernet with its SGD (parameters in name order) and the map of which parameters an
+/// architecture pair uses.
+fn build_supernet(
+    options: &SearchOptions,
+    primitives: &[Primitive],
+    num_classes: i64,
+    device: Device,
+) -> Result<(nn::VarStore, Supernet, ParamUse, Sgd)> {
+    let vs = nn::VarStore::new(device);
+    let config = SupernetConfig {
+        primitives: primitives.to_vec(),
+        init_channels: options.init_channels,
+        layers: options.layers,
+        nodes: options.nodes,
+        num_classes,
+    };
+    let supernet = Supernet::new(&vs.root(), config)?;
+    let params = trainable_params(&vs);
+    let names: Vec<&String> = params.iter().map(|(n, _)| n).collect();
+    let param_use = ParamUse::new(&names, supernet.config());
+    let sgd = Sgd::new(params, options.lr, options.momentum, options.weight_decay, true);
+    Ok((vs, supernet, param_use, sgd))
+}
+
+/// The normal and reduction cells' controllers with their Adam. They stay on the CPU: sampling
+/// a tiny LSTM step by step is launch-bound on a GPU, and the samples are needed on the host
+/// anyway.
+fn build_controllers(
+    options: &SearchOptions,
+    num_ops: usize,
+) -> Result<(nn::VarStore, [Controller; 2], Adam)> {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let config = ControllerConfig {
+        nodes: options.nodes,
+        num_ops,
+        hidden: options.controller_hidden,
+        temperature: options.temperature,
+        tanh_constant: options.tanh_constant,
+    };
+    let normal = Controller::try_new(&(vs.root() / "normal"), config.clone())?;
+    let reduce = Controller::try_new(&(vs.root() / "reduce"), config)?;
+    let adam = Adam::new(trainable_params(&vs), options.controller_lr, options.controller_weight_decay);
+    Ok((vs, [normal, reduce], adam))
+}
+
 impl Search {
     fn new(
         options: SearchOptions,
@@ -228,62 +303,19 @@ impl Search {
             // A supernet has few distinct convolution shapes, each met many times.
             tch::Cuda::cudnn_set_benchmark(true);
         }
-        let (rank, world_size) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
-        let loader_opts =
-            LoaderOptions::train(options.batch_size).device(device).drop_last(true).shard(rank, world_size);
-        let weights_loader = limit(data.loader(Part::SearchWeights, &loader_opts)?, options.max_images)?;
-        let heldout_loader = limit(data.loader(Part::SearchHeldOut, &loader_opts)?, options.max_images)?;
-        // Candidates are scored on the first `derive_images` of the same held-out images, in
-        // order and without augmentation; sharded, the ranks together score each image once.
-        let derive_opts = LoaderOptions::eval(options.derive_batch()).device(device).shard(rank, world_size);
-        let derive_loader = limit(data.loader(Part::SearchHeldOut, &derive_opts)?, options.max_images)?
-            .first(options.derive_images)?;
-        for (loader, what) in [(&weights_loader, "weight-training"), (&heldout_loader, "held-out")] {
-            if loader.batches_per_epoch() == 0 {
-                return Err(Error::BadOption(format!(
-                    "the {what} split has fewer images than one batch of {}",
-                    options.batch_size
-                )));
-            }
-        }
+        let [weights_loader, heldout_loader, derive_loader] =
+            open_loaders(&options, &data, device, parallel.as_ref())?;
         let primitives = Primitive::DARTS.to_vec();
         let order = options.resolved_op_order()?;
         let stages = curriculum(options.mode, &primitives, &order, options.nodes);
 
+        // The seed fixes the supernet's initial weights, then the controllers'.
         tch::manual_seed(options.seed as i64);
-        let supernet_vs = nn::VarStore::new(device);
-        let config = SupernetConfig {
-            primitives: primitives.clone(),
-            init_channels: options.init_channels,
-            layers: options.layers,
-            nodes: options.nodes,
-            num_classes: data.info().num_classes as i64,
-        };
-        let supernet = Supernet::new(&supernet_vs.root(), config)?;
-        // The controllers stay on the CPU: sampling a tiny LSTM step by step is launch-bound
-        // on a GPU, and the samples are needed on the host anyway.
-        let controller_vs = nn::VarStore::new(Device::Cpu);
-        let controller_config = ControllerConfig {
-            nodes: options.nodes,
-            num_ops: primitives.len(),
-            hidden: options.controller_hidden,
-            temperature: options.temperature,
-            tanh_constant: options.tanh_constant,
-        };
-        let normal_controller =
-            Controller::try_new(&(controller_vs.root() / "normal"), controller_config.clone())?;
-        let reduce_controller = Controller::try_new(&(controller_vs.root() / "reduce"), controller_config)?;
-
-        let mut supernet_params: Vec<(String, Tensor)> =
-            supernet_vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        supernet_params.sort_by(|a, b| a.0.cmp(&b.0));
-        let names: Vec<&String> = supernet_params.iter().map(|(n, _)| n).collect();
-        let param_use = ParamUse::new(&names, supernet.config());
-        let sgd = Sgd::new(supernet_params, options.lr, options.momentum, options.weight_decay, true);
-        let mut controller_params: Vec<(String, Tensor)> =
-            controller_vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        controller_params.sort_by(|a, b| a.0.cmp(&b.0));
-        let adam = Adam::new(controller_params, options.controller_lr, options.controller_weight_decay);
+        let num_classes = data.info().num_classes as i64;
+        let (supernet_vs, supernet, param_use, sgd) =
+            build_supernet(&options, &primitives, num_classes, device)?;
+        let (controller_vs, [normal_controller, reduce_controller], adam) =
+            build_controllers(&options, primitives.len())?;
 
         let mut search = Search {
             baseline: Baseline::new(options.baseline_decay),
@@ -314,22 +346,27 @@ impl Search {
         if search.is_main() || start == StartMode::Resume {
             search.restore()?;
         }
-        if let Some(p) = &search.parallel {
-            let p = p.clone();
-            let mut optimizers: Vec<Tensor> = search.sgd.state().into_iter().map(|(_, t)| t).collect();
-            optimizers.extend(search.adam.state().into_iter().map(|(_, t)| t));
-            let position = search.loader_epoch(search.position.phase) as i64;
-            p.group().check_same(
-                "the search position (every rank must see the same run directory and checkpoint)",
-                &[position, search.position.stage as i64, search.metrics_lines as i64],
-            )?;
-            p.start(&search.supernet_vs, &optimizers, 0)?;
-            p.start(&search.controller_vs, &[], 0)?;
-            if search.options.sync_bn {
-                search.sync_bn = Some(crate::dist::SyncBatchNormScope::new(std::sync::Arc::clone(p.group())));
-            }
-        }
+        search.join_ranks()?;
         Ok(search)
+    }
+
+    /// Data-parallel runs: checks that every rank is at the same position, gives every rank
+    /// rank 0's weights and optimizer state, and starts synchronised BatchNorm if asked.
+    fn join_ranks(&mut self) -> Result<()> {
+        let Some(p) = self.parallel.clone() else { return Ok(()) };
+        let mut optimizers: Vec<Tensor> = self.sgd.state().into_iter().map(|(_, t)| t).collect();
+        optimizers.extend(self.adam.state().into_iter().map(|(_, t)| t));
+        let position = self.loader_epoch(self.position.phase) as i64;
+        p.group().check_same(
+            "the search position (every rank must see the same run directory and checkpoint)",
+            &[position, self.position.stage as i64, self.metrics_lines as i64],
+        )?;
+        p.start(&self.supernet_vs, &optimizers, 0)?;
+        p.start(&self.controller_vs, &[], 0)?;
+        if self.options.sync_bn {
+            self.sync_bn = Some(crate::dist::SyncBatchNormScope::new(std::sync::Arc::clone(p.group())));
+        }
+        Ok(())
     }
 
     /// Only rank 0 (or a single process) writes files.

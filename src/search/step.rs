@@ -106,6 +106,19 @@ pub struct ControllerStep {
     pub cells: (Cell, Cell),
 }
 
+/// A pair from the controllers in `stage`: the normal cell's sample, then the reduction
+/// cell's (the order in which they draw from `rng`).
+pub fn sample_pair(
+    [normal, reduce]: [&Controller; 2],
+    rng: &mut ChaCha8Rng,
+    stage: &Stage,
+    primitives: &[Primitive],
+) -> (CellSample, CellSample) {
+    let n = normal.sample(rng, &stage.allowed, stage.searched_nodes, primitives);
+    let r = reduce.sample(rng, &stage.allowed, stage.searched_nodes, primitives);
+    (n, r)
+}
+
 /// One REINFORCE update of both controllers: sample a pair, score it on a held-out batch,
 /// reward minus the moving-average baseline, entropy bonus, optional clipping, Adam. With `parallel`
 /// (one rank of a data-parallel run) the reward is the mean of the
@@ -114,7 +127,7 @@ pub struct ControllerStep {
 #[allow(clippy::too_many_arguments)]
 pub fn controller_step(
     supernet: &Supernet,
-    [normal_controller, reduce_controller]: [&Controller; 2],
+    controllers: [&Controller; 2],
     adam: &mut Adam,
     baseline: &mut Baseline,
     rng: &mut ChaCha8Rng,
@@ -125,8 +138,7 @@ pub fn controller_step(
     grad_clip: Option<f64>,
     parallel: Option<&DataParallel>,
 ) -> Result<ControllerStep> {
-    let n = normal_controller.sample(rng, &stage.allowed, stage.searched_nodes, primitives);
-    let r = reduce_controller.sample(rng, &stage.allowed, stage.searched_nodes, primitives);
+    let (n, r) = sample_pair(controllers, rng, stage, primitives);
     let mut reward = supernet_accuracy(supernet, batch, (&n.cell, &r.cell))?;
     if let Some(p) = parallel {
         reward = p.group().mean_f64(&[reward])?[0];

@@ -32,12 +32,13 @@ use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Reduction, Tensor};
 
-use crate::data::{to_device, Data, DataArgs, DataConfig, DatasetKind, LoaderOptions, Part};
+use crate::data::{to_device, Data, DataArgs, DataConfig, DatasetKind, Loader, LoaderOptions, Part};
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult, Totals};
 use crate::model::{Network, NetworkConfig, NetworkKind};
-use crate::optim::{clip_grad_norm, Sgd};
+use crate::optim::{clip_grad_norm, trainable_params, Sgd};
+pub use crate::run::metrics::EpochMetrics;
 use crate::space::Genotype;
 pub use options::TrainOptions;
 pub use schedule::{Schedule, SchedulerKind};
@@ -94,32 +95,6 @@ struct TrainState {
     metrics_lines: usize,
     /// Seconds spent in epochs so far (over all sessions).
     train_time_s: f64,
-}
-
-/// One line of metrics.jsonl.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    pub epoch: usize,
-    pub lr: f64,
-    pub drop_path_prob: f64,
-    pub train_loss: f64,
-    pub train_top1: f64,
-    pub train_top5: f64,
-    /// Images trained on in the epoch, over all ranks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_images: Option<usize>,
-    /// Optimizer steps in the epoch (every rank takes the same steps, each on its share of
-    /// the global batch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub steps: Option<usize>,
-    pub val_loss: Option<f64>,
-    pub val_top1: Option<f64>,
-    pub val_top5: Option<f64>,
-    /// Images the validation scored (over all ranks in a distributed run).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub val_images: Option<usize>,
-    pub images_per_sec: f64,
-    pub epoch_time_s: f64,
 }
 
 /// The summary a finished run prints (and what a paper table needs).
@@ -290,6 +265,87 @@ struct Trainer {
     sync_bn: Option<crate::dist::SyncBatchNormScope>,
 }
 
+/// The training loader (augmented, cutout 16 by default) and the test loader; each rank reads
+/// its shard of every epoch and takes its share of the global batch (config.json records the
+/// global batch, so a run resumed at another world size keeps it).
+fn open_loaders(
+    o: &TrainOptions,
+    data: &Data,
+    device: Device,
+    parallel: Option<&DataParallel>,
+) -> Result<(Loader, Loader)> {
+    let (rank, world_size) = parallel.map_or((0, 1), |p| (p.rank(), p.world_size()));
+    let batch = o.per_rank_batch(world_size)?;
+    if world_size > 1 {
+        tracing::info!("global batch {} = {world_size} ranks × {batch} images", o.batch_size);
+    }
+    let train_opts =
+        LoaderOptions::train(batch).device(device).drop_last(true).default_cutout(16).shard(rank, world_size);
+    let mut train_loader = data.loader(Part::Train, &train_opts)?;
+    if let Some(n) = o.max_images {
+        train_loader = train_loader.limited(n)?;
+    }
+    if train_loader.batches_per_epoch() == 0 {
+        return Err(Error::BadOption(format!(
+            "the training set has fewer images per rank than one batch of {batch} \
+             (--batch-size {} over {world_size} rank(s))",
+            o.batch_size
+        )));
+    }
+    let eval_batch = (batch * 2).max(64);
+    let eval_opts = LoaderOptions::eval(eval_batch).device(device).shard(rank, world_size);
+    let mut eval_loader = data.loader(Part::Test, &eval_opts)?;
+    if let Some(n) = o.max_eval_images {
+        eval_loader = eval_loader.limited(n)?;
+    }
+    Ok((train_loader, eval_loader))
+}
+
+/// The network, initialised from the seed, and its SGD.
+fn build_network(
+    config: &NetworkConfig,
+    o: &TrainOptions,
+    device: Device,
+) -> Result<(nn::VarStore, Network, Sgd)> {
+    tch::manual_seed(o.seed as i64);
+    let vs = nn::VarStore::new(device);
+    let mut network = Network::new(&vs.root(), config.clone())?;
+    network.channels_last = crate::ops::channels_last_for(device, o.amp);
+    let mut sgd = Sgd::new(trainable_params(&vs), o.lr, o.momentum, o.weight_decay, false);
+    if o.no_bias_decay {
+        sgd.exempt_from_decay(exempt_from_decay);
+    }
+    Ok((vs, network, sgd))
+}
+
+/// What a training pass measured, over every rank.
+struct TrainPass {
+    loss: f64,
+    top1: f64,
+    top5: f64,
+    images: usize,
+    steps: usize,
+}
+
+/// The epoch's line in the log.
+fn log_epoch(m: &EpochMetrics, epochs: usize) {
+    let val = match (m.val_loss, m.val_top1, m.val_top5) {
+        (Some(loss), Some(top1), Some(top5)) => {
+            format!(", val loss {loss:.4} top-1 {:.2}% top-5 {:.2}%", top1 * 100.0, top5 * 100.0)
+        }
+        _ => String::new(),
+    };
+    tracing::info!(
+        "epoch {}/{}: lr {:.5}, train loss {:.4} top-1 {:.2}%{val}, {:.0} images/s",
+        m.epoch,
+        epochs,
+        m.lr,
+        m.train_loss,
+        m.train_top1 * 100.0,
+        m.images_per_sec
+    );
+}
+
 impl Trainer {
     fn new(
         mut config: TrainConfig,
@@ -302,7 +358,6 @@ impl Trainer {
     ) -> Result<Self> {
         let o = config.options.clone();
         let main = crate::run::is_writer(parallel.as_ref());
-        let (rank, world_size) = parallel.as_ref().map_or((0, 1), |p| (p.rank(), p.world_size()));
         let data = Data::open(data_args, !quiet)?;
         let num_classes = data.info().num_classes as i64;
         config.network.check_input_size(data.info().input_size as i64, true)?;
@@ -312,51 +367,11 @@ impl Trainer {
                 write_config(run_dir, &config)?;
             }
         }
-        // Each rank takes its shard of every epoch (and of the validation set) and its share of
-        // the global batch (config.json records the global batch, so a run resumed at another
-        // world size keeps it).
-        let batch = o.per_rank_batch(world_size)?;
-        if world_size > 1 {
-            tracing::info!("global batch {} = {world_size} ranks × {batch} images", o.batch_size);
-        }
-        let train_opts = LoaderOptions::train(batch)
-            .device(device)
-            .drop_last(true)
-            .default_cutout(16)
-            .shard(rank, world_size);
-        let mut train_loader = data.loader(Part::Train, &train_opts)?;
-        if let Some(n) = o.max_images {
-            train_loader = train_loader.limited(n)?;
-        }
-        if train_loader.batches_per_epoch() == 0 {
-            return Err(Error::BadOption(format!(
-                "the training set has fewer images per rank than one batch of {batch} \
-                 (--batch-size {} over {world_size} rank(s))",
-                o.batch_size
-            )));
-        }
-        let eval_batch = (batch * 2).max(64);
-        let eval_opts = LoaderOptions::eval(eval_batch).device(device).shard(rank, world_size);
-        let mut eval_loader = data.loader(Part::Test, &eval_opts)?;
-        if let Some(n) = o.max_eval_images {
-            eval_loader = eval_loader.limited(n)?;
-        }
+        let (train_loader, eval_loader) = open_loaders(&o, &data, device, parallel.as_ref())?;
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
-
-        tch::manual_seed(o.seed as i64);
-        let vs = nn::VarStore::new(device);
-        let mut network = Network::new(&vs.root(), config.network.clone())?;
-        network.channels_last = crate::ops::channels_last_for(device, o.amp);
-        let mut params: Vec<(String, Tensor)> =
-            vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        params.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut sgd = Sgd::new(params, o.lr, o.momentum, o.weight_decay, false);
-        if o.no_bias_decay {
-            sgd.exempt_from_decay(exempt_from_decay);
-        }
-
+        let (vs, network, sgd) = build_network(&config.network, &o, device)?;
         let mut trainer = Trainer {
             class_names: data.info().class_names.clone(),
             config,
@@ -380,17 +395,22 @@ impl Trainer {
         if main || start == StartMode::Resume {
             trainer.restore(main)?;
         }
-        if let Some(p) = &trainer.parallel {
-            let optimizer: Vec<Tensor> = trainer.sgd.state().into_iter().map(|(_, t)| t).collect();
-            p.start(&trainer.vs, &optimizer, trainer.state.epoch)?;
-            if o.sync_bn {
-                trainer.sync_bn = Some(crate::dist::SyncBatchNormScope::new(Arc::clone(p.group())));
-            }
-            let sync =
-                crate::dist::GradSync::new(Arc::clone(p.group()), trainer.sgd.params(), p.bucket_bytes())?;
-            trainer.grad_sync = Some(sync);
-        }
+        trainer.join_ranks()?;
         Ok(trainer)
+    }
+
+    /// Data-parallel runs: every rank takes rank 0's weights and optimizer state, hooks the
+    /// gradient all-reduce into the backward pass and, if asked, synchronises BatchNorm.
+    fn join_ranks(&mut self) -> Result<()> {
+        let Some(p) = self.parallel.clone() else { return Ok(()) };
+        let optimizer: Vec<Tensor> = self.sgd.state().into_iter().map(|(_, t)| t).collect();
+        p.start(&self.vs, &optimizer, self.state.epoch)?;
+        if self.config.options.sync_bn {
+            self.sync_bn = Some(crate::dist::SyncBatchNormScope::new(Arc::clone(p.group())));
+        }
+        self.grad_sync =
+            Some(crate::dist::GradSync::new(Arc::clone(p.group()), self.sgd.params(), p.bucket_bytes())?);
+        Ok(())
     }
 
     /// Loads last.safetensors if there is one, and (`writer`) trims metrics.jsonl to the
@@ -494,48 +514,14 @@ impl Trainer {
         tch::manual_seed(epoch_seed(o.seed, e));
 
         let start = Instant::now();
-        let batches = self.train_loader.epoch(e as u64);
-        let bar = self.progress(batches.batch_count() as u64, format!("epoch {}/{}", e + 1, o.epochs));
-        let mut totals = Totals::new(self.config.network.num_classes, false, self.device);
-        let mut steps = 0;
-        for (i, batch) in batches.enumerate() {
-            let (images, labels) = batch?;
-            let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
-            let (loss, logits) = train_step(
-                &self.network,
-                &mut self.sgd,
-                &images,
-                &labels,
-                &o,
-                self.device,
-                self.grad_sync.as_ref(),
-            )?;
-            totals.add(&loss, &logits, &labels);
-            steps += 1;
-            bar.inc(1);
-            // A host sync for the bar only now and then, never per step.
-            if (i + 1) % 50 == 0 && !self.quiet {
-                let (l, top1, _) = totals.read();
-                bar.set_message(format!("loss {l:.3} top-1 {:.1}%", top1 * 100.0));
-            }
-        }
-        let (mut train_loss, mut train_top1, mut train_top5) = totals.read();
-        let mut train_images = totals.images;
-        if let Some(p) = &self.parallel {
-            ((train_loss, train_top1, train_top5), train_images) =
-                p.reduce_means((train_loss, train_top1, train_top5), totals.images)?;
-            // Rank 0's BatchNorm statistics everywhere, then the weights must agree.
-            p.end_epoch(&self.vs, e + 1)?;
-        }
+        let pass = self.train_pass(&o)?;
         let train_seconds = start.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-        if !train_loss.is_finite() {
+        if !pass.loss.is_finite() {
             return Err(Error::BadOption(format!(
                 "the training loss diverged (not finite) in epoch {}; try a lower --lr",
                 e + 1
             )));
         }
-
         let last = e + 1 == o.epochs;
         let eval =
             if last || (e + 1) % o.eval_every == 0 { Some(self.validate("validation")?) } else { None };
@@ -546,31 +532,19 @@ impl Trainer {
             epoch: e + 1,
             lr,
             drop_path_prob: self.network.drop_path_prob,
-            train_loss,
-            train_top1,
-            train_top5,
-            train_images: Some(train_images),
-            steps: Some(steps),
+            train_loss: pass.loss,
+            train_top1: pass.top1,
+            train_top5: pass.top5,
+            train_images: Some(pass.images),
+            steps: Some(pass.steps),
             val_loss: eval.as_ref().map(|r| r.loss),
             val_top1: eval.as_ref().map(|r| r.top1),
             val_top5: eval.as_ref().map(|r| r.top5),
             val_images: eval.as_ref().map(|r| r.images),
-            images_per_sec: train_images as f64 / train_seconds.max(1e-9),
+            images_per_sec: pass.images as f64 / train_seconds.max(1e-9),
             epoch_time_s: epoch_seconds,
         };
-        let val = match &eval {
-            Some(r) => {
-                format!(", val loss {:.4} top-1 {:.2}% top-5 {:.2}%", r.loss, r.top1 * 100.0, r.top5 * 100.0)
-            }
-            None => String::new(),
-        };
-        tracing::info!(
-            "epoch {}/{}: lr {lr:.5}, train loss {train_loss:.4} top-1 {:.2}%{val}, {:.0} images/s",
-            e + 1,
-            o.epochs,
-            train_top1 * 100.0,
-            metrics.images_per_sec
-        );
+        log_epoch(&metrics, o.epochs);
         self.log_metrics(&metrics)?;
         if let Some(r) = &eval {
             if r.top1 > self.state.best_top1 || self.state.best_epoch == 0 {
@@ -587,6 +561,46 @@ impl Trainer {
             self.save_last()?;
         }
         Ok(())
+    }
+
+    /// One pass over the training shard: a step per batch, then (data-parallel) the means over
+    /// every rank and rank 0's BatchNorm statistics everywhere.
+    fn train_pass(&mut self, o: &TrainOptions) -> Result<TrainPass> {
+        let e = self.state.epoch;
+        let batches = self.train_loader.epoch(e as u64);
+        let bar = self.progress(batches.batch_count() as u64, format!("epoch {}/{}", e + 1, o.epochs));
+        let mut totals = Totals::new(self.config.network.num_classes, false, self.device);
+        let mut steps = 0;
+        for (i, batch) in batches.enumerate() {
+            let (images, labels) = batch?;
+            let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
+            let (loss, logits) = train_step(
+                &self.network,
+                &mut self.sgd,
+                &images,
+                &labels,
+                o,
+                self.device,
+                self.grad_sync.as_ref(),
+            )?;
+            totals.add(&loss, &logits, &labels);
+            steps += 1;
+            bar.inc(1);
+            // A host sync for the bar only now and then, never per step.
+            if (i + 1) % 50 == 0 && !self.quiet {
+                let (l, top1, _) = totals.read();
+                bar.set_message(format!("loss {l:.3} top-1 {:.1}%", top1 * 100.0));
+            }
+        }
+        let (mut means, mut images) = (totals.read(), totals.images);
+        if let Some(p) = &self.parallel {
+            (means, images) = p.reduce_means(means, totals.images)?;
+            // Rank 0's BatchNorm statistics everywhere, then the weights must agree.
+            p.end_epoch(&self.vs, e + 1)?;
+        }
+        bar.finish_and_clear();
+        let (loss, top1, top5) = means;
+        Ok(TrainPass { loss, top1, top5, images, steps })
     }
 
     /// Only rank 0 (or a single process) writes files.

@@ -1,7 +1,8 @@
 //! The run directory that search and training share: how a run claims it (new, forced over an
 //! old run, or resumed), its config file, its metrics lines (appended per epoch, cut back to the
 //! last checkpoint on resume), its TensorBoard folder, and the progress bars its epochs draw.
-//! In a data-parallel run only rank 0 writes here.
+//! In a data-parallel run only rank 0 writes here. [`metrics`] holds the types of the metrics
+//! lines.
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -12,6 +13,8 @@ use serde::Serialize;
 
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
+
+pub mod metrics;
 
 /// Every option of the run, its data options and versions (JSON).
 pub const CONFIG: &str = "config.json";

@@ -1,0 +1,193 @@
+//! The lines of `metrics.jsonl`: one set of types that search and training write and that
+//! `cnas report` reads back.
+//!
+//! A number that was not finite (a diverged loss) is written as `null`, as JSON has no NaN;
+//! reading takes such a `null` back as NaN.
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::{Error, Result};
+use crate::space::Genotype;
+
+/// `null` (a non-finite number written out) read back as NaN.
+fn nan_if_null<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// One line of a search's metrics: what it measured, and where in the curriculum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchLine {
+    #[serde(flatten)]
+    pub record: SearchRecord,
+    /// The curriculum stage, 1-based.
+    pub stage: usize,
+    /// The operations the stage samples from.
+    pub ops: Vec<String>,
+    /// The intermediate nodes the stage searches.
+    pub nodes: usize,
+}
+
+/// A search line by phase (the `phase` key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "lowercase")]
+pub enum SearchRecord {
+    /// An epoch of uniformly sampled weight steps.
+    Warmup(WeightsEpoch),
+    /// An epoch of weight steps on the controllers' samples.
+    Weights(WeightsEpoch),
+    /// The REINFORCE updates that follow a weights epoch.
+    Controller(ControllerEpoch),
+    /// The end of a stage: candidates scored and the best kept.
+    Derive(DeriveSummary),
+}
+
+/// A supernet epoch. Loss and accuracy are means over every rank's images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsEpoch {
+    /// 1-based, within its phase of the stage.
+    pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub acc: f64,
+    pub lr: f64,
+    pub images: usize,
+    pub images_per_s: f64,
+    pub time_s: f64,
+}
+
+/// An epoch of controller updates; means over its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControllerEpoch {
+    pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub reward: f64,
+    /// The moving-average baseline after the epoch (none before its first step).
+    pub baseline: Option<f64>,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub controller_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub node_entropy: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub op_entropy: f64,
+    pub controller_lr: f64,
+    pub steps: usize,
+    pub images_per_s: f64,
+    pub time_s: f64,
+}
+
+/// A stage's derivation, summed up (every candidate is in the stage's `candidates.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeriveSummary {
+    /// The scores of the controllers' candidates, in sampling order.
+    pub candidates: Vec<f64>,
+    /// The score of each round's best.
+    pub round_best: Vec<f64>,
+    pub best_score: f64,
+    pub best_std_error: f64,
+    /// Images each candidate was scored on.
+    pub images: usize,
+    pub controller_mean: f64,
+    /// Mean score of the uniform samples (`--derive-uniform`), if any.
+    pub uniform_mean: Option<f64>,
+    pub samples: usize,
+    pub uniform_samples: usize,
+    /// The stage's pick.
+    pub genotype: Genotype,
+    /// Images scored per second, all candidates together.
+    pub scored_per_s: f64,
+    pub time_s: f64,
+}
+
+/// One line of a training run's metrics: an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub lr: f64,
+    pub drop_path_prob: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub train_loss: f64,
+    pub train_top1: f64,
+    pub train_top5: f64,
+    /// Images trained on in the epoch, over all ranks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_images: Option<usize>,
+    /// Optimizer steps in the epoch (every rank takes the same steps, each on its share of
+    /// the global batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    pub val_loss: Option<f64>,
+    pub val_top1: Option<f64>,
+    pub val_top5: Option<f64>,
+    /// Images the validation scored (over all ranks in a distributed run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_images: Option<usize>,
+    pub images_per_sec: f64,
+    pub epoch_time_s: f64,
+}
+
+/// Every line of a metrics file (none when there is no file yet); a line that is not a `T`
+/// is an error naming the file and the line.
+pub fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    lines
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| Error::bad_file(path, format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights_line() -> SearchLine {
+        SearchLine {
+            record: SearchRecord::Weights(WeightsEpoch {
+                epoch: 2,
+                loss: f64::NAN,
+                acc: 0.25,
+                lr: 0.05,
+                images: 96,
+                images_per_s: 10.0,
+                time_s: 9.6,
+            }),
+            stage: 1,
+            ops: vec!["max_pool_3x3".into()],
+            nodes: 4,
+        }
+    }
+
+    #[test]
+    fn a_search_line_is_flat_json_with_its_phase_and_reads_back() {
+        let line = weights_line();
+        let value = serde_json::to_value(&line).unwrap();
+        assert_eq!(value["phase"], "weights");
+        assert_eq!(value["stage"], 1);
+        assert_eq!(value["epoch"], 2);
+        assert!(value["loss"].is_null(), "a NaN loss is written as null");
+        let back: SearchLine = serde_json::from_value(value).unwrap();
+        let SearchRecord::Weights(w) = &back.record else { panic!("{back:?}") };
+        assert!(w.loss.is_nan() && w.acc == 0.25 && back.ops == line.ops && back.nodes == 4);
+    }
+
+    #[test]
+    fn reading_names_the_line_that_is_not_a_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        assert!(read_lines::<SearchLine>(&path).unwrap().is_empty());
+        let good = serde_json::to_string(&weights_line()).unwrap();
+        std::fs::write(&path, format!("{good}\n\n{{\"phase\":\"weights\",\"partial\":true}}\n")).unwrap();
+        let err = read_lines::<SearchLine>(&path).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        std::fs::write(&path, format!("{good}\n{good}\n")).unwrap();
+        assert_eq!(read_lines::<SearchLine>(&path).unwrap().len(), 2);
+    }
+}
