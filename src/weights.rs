@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
 
+use candle_core::pickle::{Object, Stack, TensorInfo};
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -113,98 +114,136 @@ const LEGACY_MAGIC: [u8; 15] =
 /// order their data follows), then each storage as an 8-byte element count and raw
 /// little-endian data.
 fn read_legacy_pth(path: &Path) -> Result<NamedTensors> {
-    use candle_core::pickle::{Object, Stack};
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |what: &str| Error::bad_file(path, format!("unreadable legacy PyTorch file: {what}"));
-    if !bytes.starts_with(&LEGACY_MAGIC) {
-        return Err(bad("no PyTorch magic number (not a torch.save file?)"));
-    }
-    let mut reader = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
-    let mut next_pickle = |what: &str| -> Result<Object> {
-        let mut stack = Stack::empty();
-        stack
-            .read_loop(&mut reader)
-            .and_then(|_| stack.finalize())
-            .map_err(|e| bad(&format!("{what}: {}", first_line(&e.to_string()))))
-    };
-    match next_pickle("protocol version")? {
-        Object::Int(1001) => {}
-        other => return Err(bad(&format!("protocol version {other:?}, expected 1001"))),
-    }
-    next_pickle("system info")?;
-    let object = next_pickle("contents")?;
-    let keys: Vec<String> = match next_pickle("storage keys")? {
-        Object::List(keys) => keys.into_iter().filter_map(|k| k.unicode().ok()).collect(),
-        other => return Err(bad(&format!("storage keys {other:?}"))),
-    };
-
-    // Element sizes of every storage the contents name, so storages of other parts of a
-    // checkpoint (an optimizer's) can be stepped over.
-    let mut kinds = HashMap::new();
-    collect_storages(&object, &mut kinds);
-    let mut offset = LEGACY_MAGIC.len() + reader.position() as usize;
-    let mut storages: HashMap<String, (Kind, &[u8])> = HashMap::new();
-    for key in keys {
-        let kind = *kinds.get(&key).ok_or_else(|| bad(&format!("storage {key} of unknown type")))?;
-        let count = bytes.get(offset..offset + 8).ok_or_else(|| bad("truncated"))?;
-        let count = u64::from_le_bytes(count.try_into().unwrap_or_default()) as usize;
-        let len = count.checked_mul(kind.elt_size_in_bytes()).ok_or_else(|| bad("storage too large"))?;
-        let data = bytes.get(offset + 8..offset + 8 + len).ok_or_else(|| bad("truncated"))?;
-        storages.insert(key, (kind, data));
-        offset += 8 + len;
-    }
-
-    let dict = |o: Object| match o {
-        Object::Dict(entries) => Some(entries),
-        _ => None,
-    };
-    let entries = dict(object).ok_or_else(|| bad("holds no dict of tensors"))?;
-    // A plain state_dict, or a checkpoint dict holding one under a usual key.
-    let is_tensor = |v: &Object| matches!(v, Object::Reduce { .. });
-    let entries = if entries.iter().any(|(_, v)| is_tensor(v)) {
-        entries
-    } else {
-        CHECKPOINT_KEYS
-            .iter()
-            .find_map(|key| {
-                entries
-                    .iter()
-                    .find(|(k, _)| *k == Object::Unicode(key.to_string()))
-                    .and_then(|(_, v)| dict(v.clone()))
-            })
-            .ok_or_else(|| bad("holds no tensors (expected a state_dict or a checkpoint containing one)"))?
-    };
+    let pickles = LegacyPickles::read(path, &bytes)?;
+    let storages = legacy_storages(path, &bytes, &pickles)?;
+    let entries = state_dict_entries(path, pickles.contents)?;
     let mut out = Vec::with_capacity(entries.len());
     for (name, value) in entries {
         let info = match value.into_tensor_info(name, Path::new("")) {
             Ok(Some(info)) => info,
             _ => continue,
         };
-        let key = info.path.trim_start_matches('/');
-        let &(kind, data) = storages.get(key).ok_or_else(|| bad(&format!("no data for storage {key}")))?;
-        let numel = (data.len() / kind.elt_size_in_bytes()) as i64;
-        let storage = Tensor::f_from_data_size(data, &[numel], kind)?;
-        let layout = &info.layout;
-        let size: Vec<i64> = layout.dims().iter().map(|&d| d as i64).collect();
-        let stride: Vec<i64> = layout.stride().iter().map(|&d| d as i64).collect();
-        let start = (layout.start_offset() / kind.elt_size_in_bytes()) as i64;
-        let t = storage.f_as_strided(&size, &stride, start)?.contiguous();
-        let t = match kind {
-            Kind::Int64 | Kind::Uint8 => t,
-            _ => t.to_kind(Kind::Float),
-        };
+        let t = legacy_tensor(path, &info, &storages)?;
         out.push((info.name, t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     if out.is_empty() {
-        return Err(bad("holds no tensors"));
+        return Err(legacy_error(path, "holds no tensors"));
     }
     Ok(out)
 }
 
+fn legacy_error(path: &Path, what: &str) -> Error {
+    Error::bad_file(path, format!("unreadable legacy PyTorch file: {what}"))
+}
+
+/// What a legacy file's pickles hold, and where the storages' data begins after them.
+struct LegacyPickles {
+    /// The saved object, its storages as persistent ids.
+    contents: Object,
+    /// The storage keys, in the order their data follows.
+    storage_keys: Vec<String>,
+    data_start: usize,
+}
+
+impl LegacyPickles {
+    fn read(path: &Path, bytes: &[u8]) -> Result<Self> {
+        if !bytes.starts_with(&LEGACY_MAGIC) {
+            return Err(legacy_error(path, "no PyTorch magic number (not a torch.save file?)"));
+        }
+        let mut reader = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
+        let mut next_pickle = |what: &str| -> Result<Object> {
+            let mut stack = Stack::empty();
+            stack
+                .read_loop(&mut reader)
+                .and_then(|_| stack.finalize())
+                .map_err(|e| legacy_error(path, &format!("{what}: {}", first_line(&e.to_string()))))
+        };
+        match next_pickle("protocol version")? {
+            Object::Int(1001) => {}
+            other => return Err(legacy_error(path, &format!("protocol version {other:?}, expected 1001"))),
+        }
+        next_pickle("system info")?;
+        let contents = next_pickle("contents")?;
+        let storage_keys = match next_pickle("storage keys")? {
+            Object::List(keys) => keys.into_iter().filter_map(|k| k.unicode().ok()).collect(),
+            other => return Err(legacy_error(path, &format!("storage keys {other:?}"))),
+        };
+        let data_start = LEGACY_MAGIC.len() + reader.position() as usize;
+        Ok(LegacyPickles { contents, storage_keys, data_start })
+    }
+}
+
+/// A legacy file's storages by key: element kind and raw bytes.
+type Storages<'a> = HashMap<String, (Kind, &'a [u8])>;
+
+/// Slices every storage out of `bytes`: each an 8-byte element count, then its data.
+fn legacy_storages<'a>(path: &Path, bytes: &'a [u8], pickles: &LegacyPickles) -> Result<Storages<'a>> {
+    let bad = |what: &str| legacy_error(path, what);
+    // Element sizes of every storage the contents name, so storages of other parts of a
+    // checkpoint (an optimizer's) can be stepped over.
+    let mut kinds = HashMap::new();
+    collect_storages(&pickles.contents, &mut kinds);
+    let mut offset = pickles.data_start;
+    let mut storages = HashMap::new();
+    for key in &pickles.storage_keys {
+        let kind = *kinds.get(key).ok_or_else(|| bad(&format!("storage {key} of unknown type")))?;
+        let count = bytes.get(offset..offset + 8).ok_or_else(|| bad("truncated"))?;
+        let count = u64::from_le_bytes(count.try_into().unwrap_or_default()) as usize;
+        let len = count.checked_mul(kind.elt_size_in_bytes()).ok_or_else(|| bad("storage too large"))?;
+        let data = bytes.get(offset + 8..offset + 8 + len).ok_or_else(|| bad("truncated"))?;
+        storages.insert(key.clone(), (kind, data));
+        offset += 8 + len;
+    }
+    Ok(storages)
+}
+
+/// The entries of the state_dict a legacy file holds: a plain state_dict, or a checkpoint
+/// dict holding one under a usual key.
+fn state_dict_entries(path: &Path, contents: Object) -> Result<Vec<(Object, Object)>> {
+    let dict = |o: Object| match o {
+        Object::Dict(entries) => Some(entries),
+        _ => None,
+    };
+    let entries = dict(contents).ok_or_else(|| legacy_error(path, "holds no dict of tensors"))?;
+    let is_tensor = |v: &Object| matches!(v, Object::Reduce { .. });
+    if entries.iter().any(|(_, v)| is_tensor(v)) {
+        return Ok(entries);
+    }
+    CHECKPOINT_KEYS
+        .iter()
+        .find_map(|key| {
+            entries
+                .iter()
+                .find(|(k, _)| *k == Object::Unicode(key.to_string()))
+                .and_then(|(_, v)| dict(v.clone()))
+        })
+        .ok_or_else(|| {
+            legacy_error(path, "holds no tensors (expected a state_dict or a checkpoint containing one)")
+        })
+}
+
+/// The tensor `info` describes, copied out of its storage; floating point as f32.
+fn legacy_tensor(path: &Path, info: &TensorInfo, storages: &Storages) -> Result<Tensor> {
+    let key = info.path.trim_start_matches('/');
+    let &(kind, data) =
+        storages.get(key).ok_or_else(|| legacy_error(path, &format!("no data for storage {key}")))?;
+    let numel = (data.len() / kind.elt_size_in_bytes()) as i64;
+    let storage = Tensor::f_from_data_size(data, &[numel], kind)?;
+    let layout = &info.layout;
+    let size: Vec<i64> = layout.dims().iter().map(|&d| d as i64).collect();
+    let stride: Vec<i64> = layout.stride().iter().map(|&d| d as i64).collect();
+    let start = (layout.start_offset() / kind.elt_size_in_bytes()) as i64;
+    let t = storage.f_as_strided(&size, &stride, start)?.contiguous();
+    Ok(match kind {
+        Kind::Int64 | Kind::Uint8 => t,
+        _ => t.to_kind(Kind::Float),
+    })
+}
+
 /// Storage key → element kind for every storage persistent id inside `o`.
-fn collect_storages(o: &candle_core::pickle::Object, out: &mut HashMap<String, Kind>) {
-    use candle_core::pickle::Object;
+fn collect_storages(o: &Object, out: &mut HashMap<String, Kind>) {
     match o {
         Object::PersistentLoad(id) => {
             if let Object::Tuple(parts) = id.as_ref() {

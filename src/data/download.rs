@@ -210,86 +210,118 @@ fn net_error(url: &str, err: ureq::Error) -> Error {
 
 /// Streams `url` into `part`, continuing an existing `part` when the server allows it.
 fn fetch(url: &str, part: &Path, label: &str, progress: bool) -> Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .build()
-        .into();
     let have = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
-    let mut request = agent.get(url);
+    let mut request = http_agent().get(url);
     if have > 0 {
         request = request.header("Range", format!("bytes={have}-"));
     }
     let response = request.call().map_err(|e| net_error(url, e))?;
+    let Some((start, total)) = body_placement(url, &response, have)? else {
+        return restart(url, part, label, progress);
+    };
+    let file = if start == 0 { File::create(part) } else { OpenOptions::new().append(true).open(part) }
+        .map_err(|e| Error::io(part, e))?;
+    let bar = progress_bar(progress, label, start, total);
+    let mut sink = PartFile { url, part, file, written: start, total };
+    let outcome = sink.append(response.into_body().into_reader(), &bar);
+    bar.finish_and_clear();
+    sink.close(outcome)
+}
+
+fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// Where the response's body goes in a `.part` already `have` bytes long, and the whole
+/// file's length when known: `(start, total)`. `None` when the `.part` cannot be continued
+/// and must be dropped; an error when the server refused.
+fn body_placement(
+    url: &str,
+    response: &ureq::http::Response<ureq::Body>,
+    have: u64,
+) -> Result<Option<(u64, Option<u64>)>> {
     let status = response.status().as_u16();
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let length: Option<u64> = header("content-length").and_then(|v| v.trim().parse().ok());
-
-    let (start, total) = match status {
+    match status {
         206 => match header("content-range").as_deref().and_then(parse_content_range) {
-            Some((from, total)) if from == have => (have, total.or(length.map(|l| have + l))),
+            Some((from, total)) if from == have => Ok(Some((have, total.or(length.map(|l| have + l))))),
             // A range we did not ask for: do not splice it in.
-            _ => return restart(url, part, label, progress),
+            _ => Ok(None),
         },
-        200 => (0, length),
+        200 => Ok(Some((0, length))),
         // The `.part` is already as long as (or longer than) the file.
-        416 if have > 0 => return restart(url, part, label, progress),
+        416 if have > 0 => Ok(None),
         _ => {
             let reason = response.status().canonical_reason().unwrap_or("");
             let kind =
                 if status == 404 || status == 410 { io::ErrorKind::NotFound } else { io::ErrorKind::Other };
-            return Err(Error::io(
-                url,
-                io::Error::new(kind, format!("the server answered HTTP {status} {reason}")),
-            ));
-        }
-    };
-
-    let mut file = if start == 0 { File::create(part) } else { OpenOptions::new().append(true).open(part) }
-        .map_err(|e| Error::io(part, e))?;
-
-    let bar = if progress {
-        let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(label.to_string());
-        bar.set_position(start);
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-
-    let mut body = response.into_body().into_reader();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut written = start;
-    let outcome = loop {
-        match body.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if let Err(e) = file.write_all(&buf[..n]) {
-                    break Err(Error::io(part, e));
-                }
-                written += n as u64;
-                bar.set_position(written);
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => break Err(interrupted(url, written, total, &e.to_string())),
-        }
-    };
-    bar.finish_and_clear();
-    let flushed = file.sync_all().map_err(|e| Error::io(part, e));
-    outcome?;
-    flushed?;
-    if let Some(total) = total {
-        if written != total {
-            return Err(interrupted(url, written, Some(total), "connection closed early"));
+            Err(Error::io(url, io::Error::new(kind, format!("the server answered HTTP {status} {reason}"))))
         }
     }
-    Ok(())
+}
+
+/// A bar from `start` towards `total` bytes when `progress` is set, else a hidden one.
+fn progress_bar(progress: bool, label: &str, start: u64, total: Option<u64>) -> indicatif::ProgressBar {
+    if !progress {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_string());
+    bar.set_position(start);
+    bar
+}
+
+/// The `.part` file a download writes into, `written` bytes long, `total` when complete.
+struct PartFile<'a> {
+    url: &'a str,
+    part: &'a Path,
+    file: File,
+    written: u64,
+    total: Option<u64>,
+}
+
+impl PartFile<'_> {
+    /// Appends all of `body`, moving `bar` along.
+    fn append(&mut self, mut body: impl Read, bar: &indicatif::ProgressBar) -> Result<()> {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match body.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    self.file.write_all(&buf[..n]).map_err(|e| Error::io(self.part, e))?;
+                    self.written += n as u64;
+                    bar.set_position(self.written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(interrupted(self.url, self.written, self.total, &e.to_string())),
+            }
+        }
+    }
+
+    /// Flushes the file to disk (whatever `outcome` was, so a resume finds what was written),
+    /// then reports `outcome`, or a body shorter than announced.
+    fn close(self, outcome: Result<()>) -> Result<()> {
+        let flushed = self.file.sync_all().map_err(|e| Error::io(self.part, e));
+        outcome?;
+        flushed?;
+        if let Some(total) = self.total {
+            if self.written != total {
+                return Err(interrupted(self.url, self.written, Some(total), "connection closed early"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Drops the `.part` and downloads from the start, once.
