@@ -72,6 +72,8 @@ inline void* give(at::Tensor t) { return new at::Tensor(std::move(t)); }
 }  // namespace cnas
 
 #ifdef CNAS_HAVE_NCCL
+#include <c10/util/intrusive_ptr.h>
+
 // csrc/dist_nccl.cpp (compiled only where the CUDA and NCCL headers exist), for csrc/dist.cpp.
 namespace c10d {
 class Backend;
