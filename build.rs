@@ -3,14 +3,16 @@
 //!    linker drops it and CUDA is silently unavailable at run time;
 //! 2. add an rpath to libtorch's folder so binaries and tests run without LD_LIBRARY_PATH;
 //! 3. compile `csrc/`, the few libtorch C++ calls tch does not expose (bf16 autocast,
-//!    multi-tensor optimizer steps, c10d collectives); the NCCL part only where the CUDA and
-//!    NCCL headers of the nvidia-* wheels are found next to libtorch (see README,
+//!    multi-tensor optimizer steps, c10d collectives, a seeded randperm; they share
+//!    `csrc/cnas.h`, and Rust declares them in `src/sys.rs`); the NCCL part only where the
+//!    CUDA and NCCL headers of the nvidia-* wheels are found next to libtorch (see README,
 //!    "Distributed").
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
+    // The whole folder: the shims, their shared header cnas.h and gloo-decl.
     println!("cargo:rerun-if-changed=csrc");
     let Ok(libtorch) = std::env::var("LIBTORCH") else {
         // torch-sys reports the missing engine itself, with its own instructions.

@@ -1,9 +1,6 @@
 // Collectives for data-parallel cnas: libtorch's own c10d (TCPStore rendezvous, Gloo on the CPU,
-// NCCL on GPUs), behind a small C ABI that src/dist.rs wraps. tch 0.24 exposes none of c10d.
-//
-// Every entry point catches C++ exceptions and returns an error code (or null); the message is
-// kept per thread for cnas_dist_last_error. Tensors cross as `at::Tensor*` (torch-sys's
-// C_tensor), borrowed unless a function says it returns a new one.
+// NCCL on GPUs), behind a small C ABI that src/dist/mod.rs wraps. tch 0.24 exposes none of c10d.
+// Errors and tensors cross the ABI as csrc/cnas.h says.
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -11,23 +8,16 @@
 #include <string>
 #include <vector>
 
-#include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#ifdef CNAS_HAVE_NCCL
-// csrc/dist_nccl.cpp, compiled only where the CUDA and NCCL headers exist.
-c10::intrusive_ptr<c10d::Backend> cnas_make_nccl_backend(
-    const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, std::chrono::milliseconds timeout);
-#endif
+#include "cnas.h"
+
+using cnas::guarded;
 
 namespace {
-
-thread_local std::string last_error;
-
-void set_error(const std::string& what) { last_error = what; }
 
 // One process group: the store keeps the rendezvous alive (rank 0 hosts it), the backend runs
 // the collectives.
@@ -39,33 +29,11 @@ struct Group {
   std::chrono::milliseconds timeout;
 };
 
-template <typename F>
-int guarded(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(e.what());
-  } catch (...) {
-    set_error("unknown C++ exception in the c10d shim");
-  }
-  return -1;
-}
-
 void wait_all(const Group& g, std::vector<c10::intrusive_ptr<c10d::Work>>& works) {
   for (auto& w : works) {
     // Gloo enforces the group's timeout inside each operation; the wait bound is a second net.
     w->wait(g.timeout);
   }
-}
-
-std::vector<at::Tensor> borrow(void** tensors, int n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n);
-  for (int i = 0; i < n; ++i) {
-    out.push_back(*static_cast<at::Tensor*>(tensors[i]));
-  }
-  return out;
 }
 
 // Synchronised BatchNorm (training mode): batch statistics over every rank's batch, so a step
@@ -317,9 +285,6 @@ struct GradSync {
 
 extern "C" {
 
-// The last error of this thread, or an empty string.
-const char* cnas_dist_last_error() { return last_error.c_str(); }
-
 // Joins the group: rank 0 hosts the TCPStore at master_addr:port, everyone connects to it, then
 // the backend (nccl != 0: NCCL, else Gloo) connects the ranks. Every step waits at most
 // timeout_ms. Returns null on failure.
@@ -360,7 +325,7 @@ void cnas_dist_destroy(void* group) {
 int cnas_dist_broadcast(void* group, void** tensors, int n, int root) {
   return guarded([&] {
     auto& g = *static_cast<Group*>(group);
-    auto list = borrow(tensors, n);
+    auto list = cnas::tensors(tensors, n);
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     for (auto& t : list) {
       std::vector<at::Tensor> one = {t};
@@ -377,7 +342,7 @@ int cnas_dist_broadcast(void* group, void** tensors, int n, int root) {
 int cnas_dist_allreduce_sum(void* group, void** tensors, int n) {
   return guarded([&] {
     auto& g = *static_cast<Group*>(group);
-    auto list = borrow(tensors, n);
+    auto list = cnas::tensors(tensors, n);
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     for (auto& t : list) {
       std::vector<at::Tensor> one = {t};
@@ -399,13 +364,13 @@ int cnas_dist_barrier(void* group) {
 // Returns a new tensor (owned by the caller), or null on failure.
 void* cnas_dist_sync_batch_norm(void* group, void* x, void* weight, void* bias, void* running_mean,
                                 void* running_var, double momentum, double eps) {
-  at::Tensor* out = nullptr;
+  void* out = nullptr;
   guarded([&] {
-    const auto& input = *static_cast<at::Tensor*>(x);
-    auto opt = [&](void* p) { return p ? *static_cast<at::Tensor*>(p) : at::empty({0}, input.options()); };
+    const auto& input = cnas::tensor(x);
+    auto opt = [&](void* p) { return p ? cnas::tensor(p) : at::empty({0}, input.options()); };
     auto y = SyncBatchNorm::apply(input, opt(weight), opt(bias), opt(running_mean),
                                   opt(running_var), momentum, eps, reinterpret_cast<int64_t>(group));
-    out = new at::Tensor(y);
+    out = cnas::give(y);
   });
   return out;
 }
@@ -416,7 +381,7 @@ void* cnas_dist_grad_sync_new(void* group, void** params, int n, int64_t bucket_
   guarded([&] {
     auto sync = std::make_unique<GradSync>();
     sync->group = static_cast<Group*>(group);
-    sync->params = borrow(params, n);
+    sync->params = cnas::tensors(params, n);
     sync->cap_bytes = bucket_bytes;
     std::vector<int64_t> reverse;
     for (int i = n - 1; i >= 0; --i) {

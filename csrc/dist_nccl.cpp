@@ -5,6 +5,9 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 
+// Declares cnas_make_nccl_backend, so a definition that drifts from dist.cpp's use fails here.
+#include "cnas.h"
+
 c10::intrusive_ptr<c10d::Backend> cnas_make_nccl_backend(
     const c10::intrusive_ptr<c10d::Store>& store, int rank, int size, std::chrono::milliseconds timeout) {
   auto options = c10d::ProcessGroupNCCL::Options::create();

@@ -2,50 +2,27 @@
 // dropping gradients, none of which tch 0.24 exposes (it skips operators on tensor lists).
 // On a GPU each call is a handful of kernel launches for all parameters instead of several
 // per parameter, which is what a launch-bound supernet step needs; on the CPU the same calls
-// run libtorch's own loops. Tensors cross as `at::Tensor*` (torch-sys's tensor handle).
-#include <ATen/ATen.h>
+// run libtorch's own loops. Errors and tensors cross the ABI as csrc/cnas.h says.
 #include <ATen/core/grad_mode.h>
 
-#include <string>
 #include <vector>
 
-namespace {
+#include "cnas.h"
 
-thread_local std::string last_error;
-
-std::vector<at::Tensor> tensors(void** ptrs, int n) {
-  std::vector<at::Tensor> out;
-  out.reserve(n > 0 ? n : 0);
-  for (int i = 0; i < n; ++i) {
-    out.push_back(*static_cast<at::Tensor*>(ptrs[i]));
-  }
-  return out;
-}
-
-template <typename F>
-int guarded(F f) {
-  try {
-    last_error.clear();
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-    return -1;
-  }
-}
-
-}  // namespace
+using cnas::guarded;
+using cnas::tensors;
 
 extern "C" {
 
-const char* cnas_optim_last_error() { return last_error.c_str(); }
+// The one definition of csrc/cnas.h's entry point (here: every build compiles this file).
+const char* cnas_last_error() { return cnas::last_error().c_str(); }
 
 // Drops the gradients of the parameters (PyTorch's zero_grad(set_to_none=True)): no kernel
 // runs, and the next backward pass allocates fresh ones only for what it reaches.
 int cnas_grads_set_none(void** params, int n) {
   return guarded([&] {
     for (int i = 0; i < n; ++i) {
-      static_cast<at::Tensor*>(params[i])->mutable_grad().reset();
+      cnas::tensor(params[i]).mutable_grad().reset();
     }
   });
 }
@@ -59,11 +36,11 @@ int cnas_grads_zero(void** params, int n, const int* materialize) {
     std::vector<at::Tensor> grads;
     grads.reserve(n > 0 ? n : 0);
     for (int i = 0; i < n; ++i) {
-      auto* p = static_cast<at::Tensor*>(params[i]);
-      if (p->grad().defined()) {
-        grads.push_back(p->grad());
+      auto& p = cnas::tensor(params[i]);
+      if (p.grad().defined()) {
+        grads.push_back(p.grad());
       } else if (materialize != nullptr && materialize[i] != 0) {
-        p->mutable_grad() = at::zeros_like(*p);
+        p.mutable_grad() = at::zeros_like(p);
       }
     }
     at::NoGradGuard no_grad;
@@ -102,7 +79,7 @@ int cnas_fused_sgd(void** params, void** bufs, int n, double weight_decay, doubl
 // one so that their joint L2 norm is at most max_norm, without reading anything back. Returns
 // the norm before clipping as a new 0-dim tensor (null on error).
 void* cnas_clip_grad_norm(void** params, int n, double max_norm) {
-  at::Tensor* out = nullptr;
+  void* out = nullptr;
   guarded([&] {
     std::vector<at::Tensor> grads;
     for (auto& p : tensors(params, n)) {
@@ -112,14 +89,14 @@ void* cnas_clip_grad_norm(void** params, int n, double max_norm) {
     }
     at::NoGradGuard no_grad;
     if (grads.empty()) {
-      out = new at::Tensor(at::zeros({}, at::kFloat));
+      out = cnas::give(at::zeros({}, at::kFloat));
       return;
     }
     auto norms = at::_foreach_norm(grads, 2);
     auto total = at::linalg_vector_norm(at::stack(norms), 2);
     auto coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
     at::_foreach_mul_(grads, coef);
-    out = new at::Tensor(std::move(total));
+    out = cnas::give(std::move(total));
   });
   return out;
 }

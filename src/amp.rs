@@ -6,12 +6,7 @@ use std::os::raw::c_int;
 use tch::Device;
 
 use crate::error::{Error, Result};
-
-extern "C" {
-    fn cnas_autocast_enter_bf16(cuda: c_int) -> c_int;
-    fn cnas_autocast_exit(cuda: c_int, previous: c_int) -> c_int;
-    fn cnas_autocast_enabled(cuda: c_int) -> c_int;
-}
+use crate::sys;
 
 /// Restores the autocast state when dropped, also on a panic inside the region.
 struct Region {
@@ -22,7 +17,7 @@ struct Region {
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: plain C calls into libtorch's thread-local autocast state.
-        unsafe { cnas_autocast_exit(self.cuda, self.previous) };
+        unsafe { sys::cnas_autocast_exit(self.cuda, self.previous) };
     }
 }
 
@@ -33,7 +28,7 @@ pub fn autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> Resu
     }
     let cuda = c_int::from(device.is_cuda());
     // SAFETY: as above.
-    let previous = unsafe { cnas_autocast_enter_bf16(cuda) };
+    let previous = unsafe { sys::cnas_autocast_enter_bf16(cuda) };
     if previous < 0 {
         return Err(Error::Internal("this libtorch refuses bf16 autocast on this device".into()));
     }
@@ -44,7 +39,7 @@ pub fn autocast<T>(device: Device, enabled: bool, f: impl FnOnce() -> T) -> Resu
 /// Whether autocast is on for `device` in this thread.
 pub fn is_enabled(device: Device) -> bool {
     // SAFETY: as above.
-    unsafe { cnas_autocast_enabled(c_int::from(device.is_cuda())) == 1 }
+    unsafe { sys::cnas_autocast_enabled(c_int::from(device.is_cuda())) == 1 }
 }
 
 #[cfg(test)]

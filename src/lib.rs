@@ -6,7 +6,8 @@
 //! [`train`] (retraining a genotype from scratch) and [`eval`] (scoring it), [`optim`],
 //! [`data`] (data sets and the loader), [`weights`] (state_dict I/O), [`profile`] and
 //! [`report`] (parameter and multiply-add counts), [`predict`], [`device`] (`--device`),
-//! [`export`] (`.pth`, safetensors and ONNX out), [`dist`] (collectives of data-parallel runs).
+//! [`export`] (`.pth`, safetensors and ONNX out), [`dist`] (collectives of data-parallel runs);
+//! `sys` is the one door to the C++ shims in `csrc/`.
 pub mod amp;
 pub mod controller;
 pub mod data;
@@ -26,6 +27,7 @@ pub mod run;
 pub mod search;
 pub mod space;
 pub mod supernet;
+mod sys;
 pub mod tensorboard;
 pub mod train;
 pub mod util;

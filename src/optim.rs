@@ -11,37 +11,16 @@
 //! multi-tensor operators through `csrc/optim.cpp`: a few kernel launches per step on a GPU,
 //! whatever the number of parameters.
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::c_int;
 
 use tch::Tensor;
 
 use crate::error::{Error, Result};
-
-extern "C" {
-    fn cnas_optim_last_error() -> *const c_char;
-    fn cnas_grads_set_none(params: *mut *mut c_void, n: c_int) -> c_int;
-    fn cnas_grads_zero(params: *mut *mut c_void, n: c_int, materialize: *const c_int) -> c_int;
-    fn cnas_fused_sgd(
-        params: *mut *mut c_void,
-        bufs: *mut *mut c_void,
-        n: c_int,
-        weight_decay: f64,
-        momentum: f64,
-        lr: f64,
-        nesterov: c_int,
-        first_step: c_int,
-    ) -> c_int;
-    fn cnas_clip_grad_norm(params: *mut *mut c_void, n: c_int, max_norm: f64) -> *mut c_void;
-}
-
-fn pointers<'a>(tensors: impl IntoIterator<Item = &'a Tensor>) -> Vec<*mut c_void> {
-    tensors.into_iter().map(|t| t.as_ptr() as *mut c_void).collect()
-}
+use crate::sys::{self, pointers};
 
 fn shim_error(what: &str) -> Error {
-    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
-    let msg = unsafe { CStr::from_ptr(cnas_optim_last_error()) }.to_string_lossy();
-    let first = msg.lines().next().unwrap_or("").to_string();
+    let msg = sys::last_error();
+    let first = msg.lines().next().unwrap_or("");
     Error::Torch(tch::TchError::Torch(format!("{what}: {first}")))
 }
 
@@ -50,7 +29,7 @@ fn shim_error(what: &str) -> Error {
 pub fn set_grads_to_none(params: &[Tensor]) -> Result<()> {
     let mut ptrs = pointers(params);
     // SAFETY: the pointers are live tch tensors for the duration of the call.
-    let rc = unsafe { cnas_grads_set_none(ptrs.as_mut_ptr(), ptrs.len() as c_int) };
+    let rc = unsafe { sys::cnas_grads_set_none(ptrs.as_mut_ptr(), ptrs.len() as c_int) };
     if rc != 0 {
         return Err(shim_error("dropping gradients"));
     }
@@ -72,7 +51,7 @@ pub fn zero_grads_in_place(params: &[Tensor], materialize: &[bool]) -> Result<()
     };
     let flags_ptr = if flags.is_empty() { std::ptr::null() } else { flags.as_ptr() };
     // SAFETY: the pointers are live tch tensors; `flags` is null or has one entry per pointer.
-    let rc = unsafe { cnas_grads_zero(ptrs.as_mut_ptr(), ptrs.len() as c_int, flags_ptr) };
+    let rc = unsafe { sys::cnas_grads_zero(ptrs.as_mut_ptr(), ptrs.len() as c_int, flags_ptr) };
     if rc != 0 {
         return Err(shim_error("zeroing gradients"));
     }
@@ -85,12 +64,10 @@ pub fn zero_grads_in_place(params: &[Tensor], materialize: &[bool]) -> Result<()
 pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<Tensor> {
     let mut ptrs = pointers(params);
     // SAFETY: live tch tensors; a non-null result is a heap-allocated at::Tensor handed over.
-    let out = unsafe { cnas_clip_grad_norm(ptrs.as_mut_ptr(), ptrs.len() as c_int, max_norm) };
-    if out.is_null() {
-        return Err(shim_error("clipping gradients"));
-    }
-    // SAFETY: see above.
-    Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    let out = unsafe {
+        sys::take_tensor(sys::cnas_clip_grad_norm(ptrs.as_mut_ptr(), ptrs.len() as c_int, max_norm))
+    };
+    out.ok_or_else(|| shim_error("clipping gradients"))
 }
 
 /// Stochastic gradient descent: L2 weight decay, momentum (heavy-ball or Nesterov), as
@@ -204,7 +181,7 @@ impl Sgd {
             };
             // SAFETY: live tch tensors; `bufs` is empty or as long as `params`.
             let rc = unsafe {
-                cnas_fused_sgd(
+                sys::cnas_fused_sgd(
                     params.as_mut_ptr(),
                     bufs.as_mut_ptr(),
                     params.len() as c_int,

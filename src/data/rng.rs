@@ -51,17 +51,13 @@ pub(crate) fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
     }
 }
 
-extern "C" {
-    fn cnas_randperm(n: i64, seed: u64, out: *mut i64) -> std::ffi::c_int;
-}
-
 /// `torch.randperm(n, generator=torch.Generator().manual_seed(seed))`, drawn by libtorch's own
 /// CPU generator: the draws the released CNAS code makes (its search split and its curriculum
 /// order), reproduced for the same seed.
 pub fn torch_randperm(n: usize, seed: u64) -> crate::error::Result<Vec<usize>> {
     let mut out = vec![0i64; n];
     // SAFETY: `out` has room for the n values the shim writes.
-    let rc = unsafe { cnas_randperm(n as i64, seed, out.as_mut_ptr()) };
+    let rc = unsafe { crate::sys::cnas_randperm(n as i64, seed, out.as_mut_ptr()) };
     if rc != 0 {
         return Err(crate::error::Error::Torch(tch::TchError::Torch(format!(
             "randperm({n}) with seed {seed} failed"

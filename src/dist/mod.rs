@@ -6,49 +6,16 @@
 //! with `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); otherwise nothing here runs.
 //! Every collective waits at most the group's timeout (`--dist-timeout`): a rank that dies or
 //! never connects makes the others fail with an error naming the operation, never hang.
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void, CString};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, RwLock};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
 
-extern "C" {
-    fn cnas_dist_last_error() -> *const c_char;
-    fn cnas_dist_init(
-        master_addr: *const c_char,
-        port: c_int,
-        rank: c_int,
-        size: c_int,
-        nccl: c_int,
-        timeout_ms: i64,
-    ) -> *mut c_void;
-    fn cnas_dist_destroy(group: *mut c_void);
-    fn cnas_dist_broadcast(group: *mut c_void, tensors: *mut *mut c_void, n: c_int, root: c_int) -> c_int;
-    fn cnas_dist_allreduce_sum(group: *mut c_void, tensors: *mut *mut c_void, n: c_int) -> c_int;
-    fn cnas_dist_barrier(group: *mut c_void) -> c_int;
-    fn cnas_dist_sync_batch_norm(
-        group: *mut c_void,
-        x: *mut c_void,
-        weight: *mut c_void,
-        bias: *mut c_void,
-        running_mean: *mut c_void,
-        running_var: *mut c_void,
-        momentum: f64,
-        eps: f64,
-    ) -> *mut c_void;
-    fn cnas_dist_has_nccl() -> c_int;
-    fn cnas_dist_grad_sync_new(
-        group: *mut c_void,
-        params: *mut *mut c_void,
-        n: c_int,
-        bucket_bytes: i64,
-    ) -> *mut c_void;
-    fn cnas_dist_grad_sync_prepare(sync: *mut c_void) -> c_int;
-    fn cnas_dist_grad_sync_finish(sync: *mut c_void) -> c_int;
-    fn cnas_dist_grad_sync_free(sync: *mut c_void);
-    fn cnas_dist_grad_sync_buckets(sync: *mut c_void) -> c_int;
-}
+use crate::sys;
 
 mod parallel;
 pub use parallel::{sorted_variables, DataParallel};
@@ -112,7 +79,7 @@ impl DistEnv {
 /// build time).
 pub fn has_nccl() -> bool {
     // SAFETY: a plain C call without arguments.
-    unsafe { cnas_dist_has_nccl() == 1 }
+    unsafe { sys::cnas_dist_has_nccl() == 1 }
 }
 
 /// One process group: this process's handle on the collectives of the run.
@@ -141,11 +108,9 @@ impl std::fmt::Debug for ProcessGroup {
 }
 
 fn last_error() -> String {
-    // SAFETY: the shim returns a pointer to its thread-local, NUL-terminated message.
-    let msg = unsafe { CStr::from_ptr(cnas_dist_last_error()) };
-    let text = msg.to_string_lossy().trim().to_string();
+    let text = sys::last_error();
     // c10d messages carry a C++ backtrace after the first lines; the first line says it.
-    text.lines().take(2).collect::<Vec<_>>().join(" ")
+    text.trim().lines().take(2).collect::<Vec<_>>().join(" ")
 }
 
 impl ProcessGroup {
@@ -172,7 +137,7 @@ impl ProcessGroup {
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
         // SAFETY: `addr` outlives the call; the shim copies it.
         let ptr = unsafe {
-            cnas_dist_init(
+            sys::cnas_dist_init(
                 addr.as_ptr(),
                 c_int::from(env.master_port),
                 env.rank as c_int,
@@ -215,33 +180,30 @@ impl ProcessGroup {
         }
     }
 
-    /// Every tensor must be contiguous and on [`ProcessGroup::device`].
-    fn pointers(tensors: &[Tensor]) -> Vec<*mut c_void> {
-        tensors.iter().map(|t| t.as_ptr() as *mut c_void).collect()
-    }
-
     /// Replaces `tensors` (contiguous, on the group's device) with rank `root`'s, in place.
     pub fn broadcast(&self, tensors: &[Tensor], root: usize) -> Result<(), DistError> {
-        let mut ptrs = Self::pointers(tensors);
+        // Every tensor must be contiguous and on the group's device.
+        let mut ptrs = sys::pointers(tensors);
         // SAFETY: the pointers are live tch tensors for the duration of the call.
         let rc = unsafe {
-            cnas_dist_broadcast(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, root as c_int)
+            sys::cnas_dist_broadcast(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, root as c_int)
         };
         self.check(rc, "broadcast")
     }
 
     /// Sums `tensors` (contiguous, on the group's device) over the ranks, in place.
     pub fn all_reduce_sum(&self, tensors: &[Tensor]) -> Result<(), DistError> {
-        let mut ptrs = Self::pointers(tensors);
+        let mut ptrs = sys::pointers(tensors);
         // SAFETY: as in `broadcast`.
-        let rc =
-            unsafe { cnas_dist_allreduce_sum(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int) };
+        let rc = unsafe {
+            sys::cnas_dist_allreduce_sum(self.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int)
+        };
         self.check(rc, "all-reduce")
     }
 
     pub fn barrier(&self) -> Result<(), DistError> {
         // SAFETY: a live group.
-        let rc = unsafe { cnas_dist_barrier(self.ptr.as_ptr()) };
+        let rc = unsafe { sys::cnas_dist_barrier(self.ptr.as_ptr()) };
         self.check(rc, "barrier")
     }
 
@@ -302,7 +264,7 @@ impl ProcessGroup {
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
         // SAFETY: created by cnas_dist_init, destroyed once.
-        unsafe { cnas_dist_destroy(self.ptr.as_ptr()) }
+        unsafe { sys::cnas_dist_destroy(self.ptr.as_ptr()) }
     }
 }
 
@@ -326,11 +288,11 @@ pub struct GradSync {
 impl GradSync {
     pub fn new(group: Arc<ProcessGroup>, params: &[Tensor], bucket_bytes: usize) -> Result<Self, DistError> {
         let params: Vec<Tensor> = params.iter().map(Tensor::shallow_clone).collect();
-        let mut ptrs = ProcessGroup::pointers(&params);
+        let mut ptrs = sys::pointers(&params);
         let cap = i64::try_from(bucket_bytes).unwrap_or(i64::MAX);
         // SAFETY: live tensors; the shim keeps its own references to them.
         let ptr = unsafe {
-            cnas_dist_grad_sync_new(group.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, cap)
+            sys::cnas_dist_grad_sync_new(group.ptr.as_ptr(), ptrs.as_mut_ptr(), ptrs.len() as c_int, cap)
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| DistError::Collective {
             rank: group.rank,
@@ -345,17 +307,19 @@ impl GradSync {
     /// come; on return every parameter's `.grad` holds the mean over the ranks.
     pub fn backward(&self, backward: impl FnOnce() -> Result<(), tch::TchError>) -> Result<(), crate::Error> {
         // SAFETY: a live GradSync.
-        self.group.check(unsafe { cnas_dist_grad_sync_prepare(self.ptr.as_ptr()) }, "gradient all-reduce")?;
+        self.group
+            .check(unsafe { sys::cnas_dist_grad_sync_prepare(self.ptr.as_ptr()) }, "gradient all-reduce")?;
         let result = backward();
         // Always finish: the other ranks wait for this rank's buckets.
         // SAFETY: as above.
-        let finished =
-            self.group.check(unsafe { cnas_dist_grad_sync_finish(self.ptr.as_ptr()) }, "gradient all-reduce");
+        let finished = self
+            .group
+            .check(unsafe { sys::cnas_dist_grad_sync_finish(self.ptr.as_ptr()) }, "gradient all-reduce");
         result?;
         finished?;
         if !self.reported.replace(true) {
             // SAFETY: as above.
-            let buckets = unsafe { cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) };
+            let buckets = unsafe { sys::cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) };
             tracing::info!("gradients in {buckets} bucket(s), each all-reduced as soon as the backward pass has filled it");
         }
         Ok(())
@@ -364,14 +328,14 @@ impl GradSync {
     /// Buckets of the current layout.
     pub fn buckets(&self) -> usize {
         // SAFETY: a live GradSync.
-        unsafe { cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) as usize }
+        unsafe { sys::cnas_dist_grad_sync_buckets(self.ptr.as_ptr()) as usize }
     }
 }
 
 impl Drop for GradSync {
     fn drop(&mut self) {
         // SAFETY: created by cnas_dist_grad_sync_new, freed once (it removes its hooks).
-        unsafe { cnas_dist_grad_sync_free(self.ptr.as_ptr()) }
+        unsafe { sys::cnas_dist_grad_sync_free(self.ptr.as_ptr()) }
     }
 }
 
@@ -455,49 +419,78 @@ pub fn checksum(tensors: &[Tensor]) -> u32 {
     crc
 }
 
-/// The group BatchNorm layers synchronise over in training mode (see [`sync_batch_norm`]),
-/// when a run asked for synchronised BatchNorm.
-static SYNC_BN: RwLock<Option<Arc<ProcessGroup>>> = RwLock::new(None);
-/// The first error of a synchronised BatchNorm (layers cannot return one), taken by the
-/// training loop after the step.
-static SYNC_BN_ERROR: Mutex<Option<DistError>> = Mutex::new(None);
+/// What a [`SyncBatchNormScope`] shares with the BatchNorm layers of its thread: the group
+/// they synchronise over, and the first error one met (a layer cannot return it).
+struct SyncBatchNormState {
+    group: Arc<ProcessGroup>,
+    error: RefCell<Option<DistError>>,
+}
 
-/// Makes training-mode BatchNorm compute its statistics over every rank's batch (`Some`), or
-/// per rank again (`None`).
-fn set_sync_batch_norm(group: Option<Arc<ProcessGroup>>) {
-    if let Ok(mut slot) = SYNC_BN.write() {
-        *slot = group;
+impl SyncBatchNormState {
+    fn check(&self) -> Result<(), DistError> {
+        self.error.borrow_mut().take().map_or(Ok(()), Err)
     }
 }
 
-/// While it lives, training-mode BatchNorm computes its statistics over every rank's batch
-/// (`--sync-bn`); dropping it (also on an early error) returns to per-rank statistics. A run
-/// keeps its scope beside its network.
+thread_local! {
+    /// The scopes alive on this thread, the newest active. Per thread, not per process: the
+    /// search and training loops run every forward pass on the thread that holds their scope
+    /// (their helper threads load data and sample cells, no BatchNorm), and runs on other
+    /// threads (tests side by side in one binary) keep their own BatchNorm.
+    static SYNC_BATCH_NORM: RefCell<Vec<Rc<SyncBatchNormState>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The state of the scope active on this thread, if any.
+fn active_sync_batch_norm() -> Option<Rc<SyncBatchNormState>> {
+    SYNC_BATCH_NORM.with(|scopes| scopes.borrow().last().cloned())
+}
+
+/// While it lives, training-mode BatchNorm on the thread that created it computes its
+/// statistics over every rank's batch (`--sync-bn`); dropping it (also on an early error)
+/// returns to per-rank statistics. A run keeps its scope beside its network. It holds the
+/// first error a synchronised BatchNorm met, for [`SyncBatchNormScope::check`]. It cannot
+/// leave its thread (not `Send`).
 #[must_use = "synchronised BatchNorm ends when the scope is dropped"]
-pub struct SyncBatchNormScope(());
+pub struct SyncBatchNormScope {
+    state: Rc<SyncBatchNormState>,
+}
 
 impl SyncBatchNormScope {
     pub fn new(group: Arc<ProcessGroup>) -> Self {
-        let _ = take_sync_batch_norm_error();
-        set_sync_batch_norm(Some(group));
-        SyncBatchNormScope(())
+        let state = Rc::new(SyncBatchNormState { group, error: RefCell::new(None) });
+        SYNC_BATCH_NORM.with(|scopes| scopes.borrow_mut().push(Rc::clone(&state)));
+        SyncBatchNormScope { state }
+    }
+
+    /// The first error a synchronised BatchNorm of this scope met since the last call, if any
+    /// (that layer fell back to this rank's statistics).
+    pub fn take_error(&self) -> Option<DistError> {
+        self.state.error.borrow_mut().take()
+    }
+
+    /// [`SyncBatchNormScope::take_error`] as a result.
+    pub fn check(&self) -> Result<(), DistError> {
+        self.state.check()
+    }
+
+    /// [`SyncBatchNormScope::check`] of the scope active on this thread (`Ok` when there is
+    /// none): for steps that run inside a run's scope without holding it.
+    pub fn check_active() -> Result<(), DistError> {
+        active_sync_batch_norm().map_or(Ok(()), |state| state.check())
     }
 }
 
 impl Drop for SyncBatchNormScope {
     fn drop(&mut self) {
-        set_sync_batch_norm(None);
+        // try_with: nothing to undo while the thread's locals are being torn down.
+        let _ =
+            SYNC_BATCH_NORM.try_with(|scopes| scopes.borrow_mut().retain(|s| !Rc::ptr_eq(s, &self.state)));
     }
 }
 
-/// The error a synchronised BatchNorm met since the last call, if any.
-pub fn take_sync_batch_norm_error() -> Option<DistError> {
-    SYNC_BN_ERROR.lock().ok().and_then(|mut e| e.take())
-}
-
-/// Training-mode BatchNorm over every rank's batch, when a [`SyncBatchNormScope`] installed a
-/// group; `None` otherwise (the caller runs the ordinary per-process BatchNorm). On a failed
-/// collective the error is kept for [`take_sync_batch_norm_error`] and `None` is returned.
+/// Training-mode BatchNorm over every rank's batch, when a [`SyncBatchNormScope`] is active on
+/// this thread; `None` otherwise (the caller runs the ordinary per-process BatchNorm). On a
+/// failed collective the error is kept in the scope and `None` is returned.
 pub fn sync_batch_norm(
     x: &Tensor,
     weight: Option<&Tensor>,
@@ -507,36 +500,32 @@ pub fn sync_batch_norm(
     momentum: f64,
     eps: f64,
 ) -> Option<Tensor> {
-    let guard = SYNC_BN.read().ok()?;
-    let group = guard.as_ref()?;
-    let opt = |t: Option<&Tensor>| t.map_or(std::ptr::null_mut(), |t| t.as_ptr() as *mut c_void);
-    // SAFETY: live tensors for the duration of the call; the result is a new tensor we own.
+    let state = active_sync_batch_norm()?;
+    let group = &state.group;
+    // SAFETY: live tensors and group for the duration of the call; the result is null or a new
+    // tensor handed over.
     let out = unsafe {
-        cnas_dist_sync_batch_norm(
+        sys::take_tensor(sys::cnas_dist_sync_batch_norm(
             group.ptr.as_ptr(),
-            x.as_ptr() as *mut c_void,
-            opt(weight),
-            opt(bias),
-            running_mean.as_ptr() as *mut c_void,
-            running_var.as_ptr() as *mut c_void,
+            sys::tensor_ptr(x),
+            sys::optional_ptr(weight),
+            sys::optional_ptr(bias),
+            sys::tensor_ptr(running_mean),
+            sys::tensor_ptr(running_var),
             momentum,
             eps,
-        )
+        ))
     };
-    if out.is_null() {
+    if out.is_none() {
         let err = DistError::Collective {
             rank: group.rank,
             op: "synchronised BatchNorm",
             timeout_s: group.timeout.as_secs(),
             message: last_error(),
         };
-        if let Ok(mut slot) = SYNC_BN_ERROR.lock() {
-            slot.get_or_insert(err);
-        }
-        return None;
+        state.error.borrow_mut().get_or_insert(err);
     }
-    // SAFETY: `out` is a heap-allocated at::Tensor the shim handed over.
-    Some(unsafe { Tensor::from_ptr(out.cast()) })
+    out
 }
 
 /// `--dist-timeout`: a number of seconds, or with a unit `s`, `m` or `h` (`90s`, `10m`).
@@ -592,6 +581,58 @@ mod tests {
         assert_eq!(parse_timeout("90s").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_timeout("10m").unwrap(), Duration::from_secs(600));
         assert!(parse_timeout("0").is_err() && parse_timeout("soon").is_err());
+    }
+
+    /// A group of one process (Gloo on a free local port): enough for the scope's plumbing.
+    fn solo_group() -> Arc<ProcessGroup> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let env = DistEnv {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: port,
+        };
+        Arc::new(ProcessGroup::init(&env, Device::Cpu, Duration::from_secs(30)).unwrap())
+    }
+
+    #[test]
+    fn sync_batch_norm_belongs_to_its_scope_and_thread() {
+        // Training-mode BatchNorm of `x` (channels 3) when synchronised here, None otherwise.
+        fn bn(x: &Tensor) -> Option<Tensor> {
+            let (mean, var) = (
+                Tensor::zeros([3], (Kind::Float, Device::Cpu)),
+                Tensor::ones([3], (Kind::Float, Device::Cpu)),
+            );
+            sync_batch_norm(x, None, None, &mean, &var, 0.1, 1e-5)
+        }
+        let x = Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu));
+        let bad = Tensor::ones([4, 3, 2], (Kind::Float, Device::Cpu));
+        assert!(bn(&x).is_none(), "synchronised outside any scope");
+        let scope = SyncBatchNormScope::new(solo_group());
+        // One rank: the ordinary batch statistics.
+        let y = bn(&x).expect("synchronised inside the scope");
+        let none = None::<Tensor>;
+        let expected = x.batch_norm(none.as_ref(), None, None, None, true, 0.1, 1e-5, false);
+        assert!(y.allclose(&expected, 1e-4, 1e-5, false));
+        // Another thread is outside the scope.
+        std::thread::spawn(|| {
+            assert!(bn(&Tensor::randn([4, 3, 2, 2], (Kind::Float, Device::Cpu))).is_none());
+            assert!(SyncBatchNormScope::check_active().is_ok());
+        })
+        .join()
+        .unwrap();
+        // A failed collective (3-d input) falls back and leaves its error in the scope, once.
+        assert!(bn(&bad).is_none());
+        match scope.take_error() {
+            Some(DistError::Collective { op, .. }) => assert_eq!(op, "synchronised BatchNorm"),
+            other => panic!("expected the BatchNorm's error, got {other:?}"),
+        }
+        assert!(scope.check().is_ok() && SyncBatchNormScope::check_active().is_ok());
+        assert!(bn(&bad).is_none());
+        assert!(SyncBatchNormScope::check_active().is_err() && scope.check().is_ok());
+        drop(scope);
+        assert!(bn(&x).is_none(), "synchronised after the scope ended");
     }
 
     #[test]

@@ -166,10 +166,8 @@ pub fn controller_step(
     })
 }
 
-/// A synchronised BatchNorm's failed collective (a layer cannot return it) as an error.
+/// A synchronised BatchNorm's failed collective (a layer cannot return it) as an error: the
+/// search's scope, active on this thread.
 pub(super) fn sync_batch_norm_ok() -> Result<()> {
-    match crate::dist::take_sync_batch_norm_error() {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    Ok(crate::dist::SyncBatchNormScope::check_active()?)
 }

@@ -694,9 +694,7 @@ pub fn train_step(
     if let Some(sync) = sync {
         let backward = sync.backward(|| loss.f_backward());
         // A synchronised BatchNorm's failed collective surfaces here (a layer returns none).
-        if let Some(e) = crate::dist::take_sync_batch_norm_error() {
-            return Err(e.into());
-        }
+        crate::dist::SyncBatchNormScope::check_active()?;
         backward?;
     } else {
         loss.backward();
