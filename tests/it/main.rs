@@ -9,9 +9,10 @@
 //! - libtorch's random generator: whoever seeds it or draws from it in this process holds
 //!   `common::torch_rng` meanwhile (`common::seed_torch`, `common::with_torch_rng`);
 //! - `tch::set_num_threads(1)` (controller, supernet and search tests) also sets the intra-op
-//!   thread count of test threads started later: it changes only speed and float rounding,
-//!   and every in-process result compared with another computation has a tolerance or is
-//!   counted in whole images;
+//!   thread count of the test threads started after them. Where a result depends on the count
+//!   (gradients compared with PyTorch's: `reference` sets PyTorch's 2, `supernet` the released
+//!   run's 1) the test sets it itself; elsewhere it changes speed and float rounding only, and
+//!   the results have a tolerance or are counted in whole images;
 //! - autocast state is libtorch's thread-local state; the synchronised-BatchNorm group of
 //!   `cnas::dist` is only set by `cnas` processes (the `dist` tests run ranks as processes);
 //! - no test sets environment variables or the working directory in this process, installs
