@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference data from the search supernet of the released CNAS code, for tests/supernet.rs.
+"""Reference data from the search supernet of the released CNAS code, for tests/it/supernet.rs.
 
     python scripts/ref/released_supernet.py SPEC.json OUT_DIR
 

@@ -1,17 +1,12 @@
 //! `cnas draw`, `cnas report` and the search's TensorBoard scalars, end to end: drawings whose
 //! labels do not overlap, reports that headless Chromium renders without errors, event files
 //! that TensorBoard's own reader reads back equal to metrics.jsonl.
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use cnas::draw::{genotype_svg, Cells, Layout};
 
-fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "cnas failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use crate::common::{self, cnas_quiet as cnas, ok};
 
 /// A user error: exit code 2 and one line on stderr naming the problem.
 fn user_error(out: &Output, needle: &str) {
@@ -19,10 +14,6 @@ fn user_error(out: &Output, needle: &str) {
     assert_eq!(out.status.code(), Some(2), "expected exit 2, got {:?}: {err}", out.status.code());
     assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
     assert!(err.contains(needle), "{needle:?} not in {err}");
-}
-
-fn cnas(args: &[&str]) -> Output {
-    common::cnas().args(["--device", "cpu", "--quiet"]).args(args).output().expect("run cnas")
 }
 
 fn layouts() -> Vec<Layout> {
@@ -328,16 +319,15 @@ fn expected_scalars(run: &Path) -> std::collections::BTreeMap<String, Vec<(i64, 
     expected
 }
 
-fn search_run_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("see-search")
-}
-
 /// A tiny search (2 stages of node curriculum) interrupted twice, once as if killed between
 /// writing an epoch's metrics and its checkpoint: TensorBoard must show each epoch once, with
 /// the values of metrics.jsonl; then the report of that run renders.
 #[test]
 fn search_scalars_read_back_by_tensorboard_and_its_report() {
-    let run = search_run_dir();
+    // A folder of its own: a fixed path would be shared by test runs of several checkouts
+    // with one target folder.
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let run = tmp.path().join("see-search");
     let data = common::cifar10_dir();
     let search = |extra: &[&str]| {
         let mut cmd = common::cnas();

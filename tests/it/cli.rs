@@ -1,12 +1,12 @@
 //! The `cnas` binary as a user runs it: info, predict on every input kind with PyTorch
 //! weights, and one clear line with exit code 2 for every kind of bad input.
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use cnas::model::{Network, NetworkConfig, NetworkKind};
 use tch::{nn, Device, Kind, Tensor};
+
+use crate::common;
 
 fn run(args: &[&str]) -> Output {
     common::cnas().args(["--device", "cpu"]).args(args).output().expect("run cnas")
@@ -95,7 +95,7 @@ fn predict_every_input_kind_and_match_a_direct_computation() {
     image::RgbImage::from_raw(32, 32, rgb).unwrap().save(&png).unwrap();
     // Two normalised random images as .npy.
     let npy = dir.path().join("two.npy");
-    let arrays = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let arrays = common::with_torch_rng(|| Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)));
     arrays.write_npy(&npy).unwrap();
 
     let mut args = vec!["predict", "--json", "--weights", weights.to_str().unwrap()];
@@ -126,7 +126,7 @@ fn predict_every_input_kind_and_match_a_direct_computation() {
         auxiliary: true,
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    let net = Network::new(&vs.root(), config).unwrap();
+    let net = common::with_torch_rng(|| Network::new(&vs.root(), config)).unwrap();
     cnas::weights::load_into(&vs, &cnas::weights::read(&weights).unwrap()).unwrap();
     let direct = tch::no_grad(|| net.forward_t(&arrays, false).logits);
     assert!(direct.get(1).allclose(&logits(5), 1e-4, 1e-4, false));

@@ -1,7 +1,6 @@
 //! Data-parallel `cnas train` and `cnas search`: 2 processes on 127.0.0.1 (Gloo, CPU), on the
 //! real CIFAR-10 copy with tiny networks. Each test takes its own free port and temp dirs, so
-//! they run beside other test binaries.
-mod common;
+//! they run beside the other tests.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -10,14 +9,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{cifar10_dir, cnas};
+use crate::common::{cifar10_arg as data_arg, cnas, read_metrics as train_metrics};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn data_arg() -> String {
-    cifar10_dir().to_string_lossy().into_owned()
 }
 
 /// One rank of a run: torchrun's variables, one libtorch thread (two processes share the
@@ -131,12 +126,6 @@ fn search_args(out: &Path, extra: &[&str]) -> Vec<String> {
     ]);
     a.extend(strings(extra));
     a
-}
-
-/// The lines of a training run's metrics.jsonl.
-fn train_metrics(out: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// The f32 tensors of a safetensors file.

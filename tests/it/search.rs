@@ -2,8 +2,6 @@
 //! run-directory safety, fidelity to the released CNAS code (defaults, operation order, the op
 //! curriculum, derivation, which parameters a step updates, the REINFORCE step), and that the
 //! controller learns something in a short search.
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Output;
@@ -14,6 +12,8 @@ use cnas::search::{controller_step, curriculum, weight_step, CurriculumMode, Upd
 use cnas::space::{Cell, Genotype, Primitive};
 use cnas::supernet::{ParamUse, Supernet, SupernetConfig};
 use tch::{nn, Device, Kind, Tensor};
+
+use crate::common::{self, ok};
 
 fn search(run_dir: &Path, extra: &[&str]) -> Output {
     let data = common::cifar10_dir();
@@ -26,10 +26,6 @@ fn resume(run_dir: &Path) -> Output {
     let mut cmd = common::cnas();
     cmd.args(["--device", "cpu", "--quiet", "search", "--resume"]).arg(run_dir);
     cmd.output().expect("run cnas search --resume")
-}
-
-fn ok(out: &Output) {
-    assert!(out.status.success(), "cnas failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Two stages (node curriculum over 2 nodes), one warm-up and one search epoch each.
@@ -257,14 +253,8 @@ for s in sys.argv[1:]:
     print(','.join([P[0]] + [P[1:][i] for i in torch.randperm(7, generator=g).tolist()]))
 "#;
     let seeds = [2020u64, 0, 1, 7];
-    let out = std::process::Command::new(common::python())
-        .arg("-c")
-        .arg(script)
-        .args(seeds.iter().map(u64::to_string))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let expected: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    let out = common::run_python(script, &seeds.map(|s| s.to_string()));
+    let expected: Vec<String> = out.lines().map(str::to_string).collect();
     assert_eq!(expected.len(), seeds.len());
     for (seed, want) in seeds.iter().zip(&expected) {
         let ours: Vec<&str> =
@@ -424,6 +414,7 @@ fn the_op_curriculum_end_to_end() {
         .unwrap()
         .first(40)
         .unwrap();
+    let rng = common::torch_rng();
     let vs = nn::VarStore::new(Device::Cpu);
     let supernet = Supernet::new(
         &vs.root(),
@@ -436,6 +427,7 @@ fn the_op_curriculum_end_to_end() {
         },
     )
     .unwrap();
+    drop(rng);
     let saved = cnas::weights::read(&run.join("stage-8/supernet.safetensors")).unwrap();
     cnas::weights::load_into(&vs, &saved).unwrap();
     let batches: Vec<(Tensor, Tensor)> = loader.epoch(0).map(|b| b.unwrap()).collect();
@@ -458,7 +450,7 @@ fn the_op_curriculum_end_to_end() {
 
 /// A tiny supernet, its parameters sorted by name as the search sorts them, and their users.
 fn tiny_supernet(seed: i64) -> (nn::VarStore, Supernet, Vec<(String, Tensor)>, ParamUse) {
-    tch::manual_seed(seed);
+    let _rng = common::seed_torch(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let config = SupernetConfig {
         primitives: Primitive::DARTS.to_vec(),
@@ -547,7 +539,7 @@ fn reached(names: &[String], normal: &Cell, reduce: &Cell, layers: usize) -> BTr
 #[test]
 fn a_weight_step_updates_the_pair_s_parameters_or_everything_used_so_far() {
     tch::set_num_threads(1);
-    let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let x = common::with_torch_rng(|| Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu)));
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
     for sparse in [true, false] {
         let (_vs, supernet, params, param_use) = tiny_supernet(4);
@@ -588,7 +580,7 @@ fn supernet_gradients_are_clipped_only_when_asked() {
     let defaults = cnas::search::SearchOptions::default();
     assert_eq!(UpdateRule::of(&defaults), UpdateRule { sparse: false, grad_clip: None });
     assert_eq!(defaults.controller_grad_clip, Some(5.0));
-    let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu)) * 50.0;
+    let x = common::with_torch_rng(|| Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu))) * 50.0;
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
     let (normal, reduce) = every_op_pair(1);
     let after = |clip: Option<f64>| {
@@ -608,6 +600,7 @@ fn supernet_gradients_are_clipped_only_when_asked() {
 /// non-zero advantage, both get gradients), and every sampled op lies in the stage's set.
 #[test]
 fn a_controller_step_trains_both_controllers_within_the_stage() {
+    let rng = common::torch_rng();
     let (_vs, supernet, _params, _use) = tiny_supernet(8);
     let cvs = nn::VarStore::new(Device::Cpu);
     let config = ControllerConfig { nodes: 2, num_ops: 8, hidden: 16, ..ControllerConfig::default() };
@@ -619,6 +612,7 @@ fn a_controller_step_trains_both_controllers_within_the_stage() {
     let order = cnas::search::released_op_order(2020).unwrap();
     let stages = curriculum(CurriculumMode::Op, &Primitive::DARTS, &order, 2);
     let x = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    drop(rng);
     let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7]);
     let mut rng = cnas::search::stream(3, 0, 4, 0);
     for (k, stage) in stages.iter().enumerate() {

@@ -1,11 +1,12 @@
 //! ImageNet-style folders, generated in a temporary directory: layouts, label files, non-RGB
 //! inputs, corrupt files.
-mod common;
 use std::path::{Path, PathBuf};
 
 use cnas::data::folder::{decode_rgb, ImageFolder, ImageNet};
 use cnas::data::{Data, DataArgs, DatasetKind, LoaderOptions, Part};
 use image::{GrayImage, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
+
+use crate::common;
 
 fn rgb(w: u32, h: u32, colour: [u8; 3]) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| Rgb([colour[0], colour[1].wrapping_add((x + y) as u8), colour[2]]))

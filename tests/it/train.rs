@@ -1,10 +1,9 @@
 //! `cnas train` and `cnas eval` end to end on the real CIFAR-10 copy, with small networks.
-mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::{cifar10_dir, cnas, python, repo};
+use crate::common::{self, cifar10_arg as data_arg, cifar10_dir, cnas, read_metrics as metrics};
 
 fn run_ok(args: &[&str]) -> String {
     let out = cnas().args(args).output().expect("run cnas");
@@ -27,11 +26,6 @@ fn run_user_error(args: &[&str], expect: &str) {
     assert!(errors[0].contains(expect), "expected '{expect}' in: {stderr}");
 }
 
-fn metrics(dir: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
 /// The metrics without what depends on the machine's speed.
 fn timeless(mut lines: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
     for l in &mut lines {
@@ -46,10 +40,6 @@ fn tensors(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect()
-}
-
-fn data_arg() -> String {
-    cifar10_dir().to_string_lossy().into_owned()
 }
 
 #[test]
@@ -125,16 +115,25 @@ fn training_learns_and_eval_agrees_with_pytorch() {
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(eval_dir.join("eval.json")).unwrap()).unwrap();
     assert_eq!(ours["confusion"], written["confusion"]);
-    let reference = std::process::Command::new(python())
-        .arg(repo().join("scripts/ref/eval_reference.py"))
-        .args(["--weights", best.to_str().unwrap()])
-        .args(["--genotype", repo().join("scripts/ref/genotypes/cnas.json").to_str().unwrap()])
-        .args(["--channels", "8", "--layers", "3", "--images", "500"])
-        .args(["--test-batch", cifar10_dir().join("cifar-10-batches-bin/test_batch.bin").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(reference.status.success(), "{}", String::from_utf8_lossy(&reference.stderr));
-    let theirs: serde_json::Value = serde_json::from_slice(&reference.stdout).unwrap();
+    let reference = common::run_reference(
+        "eval_reference.py",
+        &[
+            "--weights",
+            best.to_str().unwrap(),
+            "--genotype",
+            common::repo().join("scripts/ref/genotypes/cnas.json").to_str().unwrap(),
+            "--channels",
+            "8",
+            "--layers",
+            "3",
+            "--images",
+            "500",
+            "--test-batch",
+            cifar10_dir().join("cifar-10-batches-bin/test_batch.bin").to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let theirs: serde_json::Value = serde_json::from_str(&reference).unwrap();
     assert_eq!(ours["images"], 500);
     for key in ["top1", "top5"] {
         let (a, b) = (ours[key].as_f64().unwrap(), theirs[key].as_f64().unwrap());

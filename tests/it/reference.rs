@@ -2,14 +2,14 @@
 //! (scripts/ref/darts_model.py) and in cnas, the same weights, the same inputs: identical
 //! parameter names and counts, multiply-adds, logits in eval and train mode, auxiliary logits,
 //! gradients of the training loss, BatchNorm running statistics, and drop-path masks.
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
 use cnas::model::{Network, NetworkConfig, NetworkKind};
 use cnas::space::{Genotype, Primitive};
 use tch::{nn, Device, Kind, Reduction, Tensor};
+
+use crate::common;
 
 const TOL: f64 = 1e-4;
 
@@ -40,7 +40,7 @@ fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
 fn run_case(name: &str, case: Case) {
     let dir = tempfile::tempdir().unwrap();
     let genotype_path = dir.path().join("genotype.json");
-    std::fs::write(&genotype_path, serde_json::to_string(&case.genotype.to_json()).unwrap()).unwrap();
+    common::write_genotype(&genotype_path, &case.genotype);
     let out = dir.path().join("ref");
     let dataset = match case.kind {
         NetworkKind::Cifar => "cifar10",
@@ -79,13 +79,14 @@ fn run_case(name: &str, case: Case) {
     compare(&format!("{name} (channels-last)"), &case, &out, true);
 }
 
-/// libtorch's random generator is global to the process and the tests run on several
-/// threads: whoever builds a network (random initialisation) or draws drop-path masks holds
-/// this, so a seeded drop-path forward sees exactly the draws PyTorch saw.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
+/// Holds `common::torch_rng` throughout: it builds a network (random initialisation) and draws
+/// drop-path masks, and a seeded drop-path forward must see exactly the draws PyTorch saw.
 fn compare(name: &str, case: &Case, out: &Path, channels_last: bool) {
-    let _rng = TORCH_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _rng = common::torch_rng();
+    // As many intra-op threads as PyTorch's run (`--threads 2`): how convolution weight
+    // gradients are summed depends on it, and other tests of this binary set 1, which then
+    // holds for the test threads started after them.
+    tch::set_num_threads(2);
     let meta: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("meta.json")).unwrap()).unwrap();
     let reference: HashMap<String, Tensor> =
@@ -283,10 +284,11 @@ fn supernet_update_rules_match_pytorch_sgd() {
     let (lr, momentum, wd) = (0.05, 0.9, 0.01);
     // p3 is first reached at step 3; p4 never.
     let steps: [&[usize]; 6] = [&[0, 1], &[1, 2], &[0], &[0, 3], &[2], &[1]];
-    tch::manual_seed(11);
+    let rng = common::seed_torch(11);
     let start: Vec<Tensor> = (0..5).map(|i| Tensor::randn([3, 2 + i], (Kind::Float, Device::Cpu))).collect();
     let targets: Vec<Tensor> =
         start.iter().map(|p| Tensor::randn(p.size(), (Kind::Float, Device::Cpu))).collect();
+    drop(rng);
     let dir = tempfile::tempdir().unwrap();
     let (inp, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
     let mut named: Vec<(String, Tensor)> = Vec::new();

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use cnas::model::{Network, NetworkConfig, NetworkKind};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::common;
+
 fn small(genotype: &str, channels: i64) -> NetworkConfig {
     NetworkConfig {
         kind: NetworkKind::Cifar,
@@ -20,7 +22,7 @@ fn small(genotype: &str, channels: i64) -> NetworkConfig {
 fn own_format_round_trips_weights_and_network_description() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
-    tch::manual_seed(1);
+    let _rng = common::seed_torch(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let config = small("CNAS", 4);
     let net = Network::new(&vs.root(), config.clone()).unwrap();
@@ -49,7 +51,7 @@ fn own_format_round_trips_weights_and_network_description() {
 #[test]
 fn mismatched_weights_are_refused_with_every_kind_of_difference_named() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _net = Network::new(&vs.root(), small("CNAS", 4)).unwrap();
+    let _net = common::with_torch_rng(|| Network::new(&vs.root(), small("CNAS", 4))).unwrap();
     let before: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();
 
     let mut tensors: Vec<(String, Tensor)> = vs.variables().into_iter().map(|(n, t)| (n, t.copy())).collect();

@@ -2,15 +2,16 @@
 //! architecture runs (and trains), empty nodes, reductions, and one cell checked against a
 //! direct computation from its variables, and the whole supernet (reduction cells included)
 //! against the released CNAS code's search network in PyTorch (scripts/ref/released_supernet.py).
-//! Tiny networks (C=4, L=3 or 5) so the file runs in seconds.
-mod common;
-
+//! Tiny networks (C=4, L=3 or 5) so the file runs in seconds. A test that draws random
+//! tensors or builds a supernet holds `common::torch_rng` meanwhile.
 use std::collections::{HashMap, HashSet};
 
 use cnas::space::{Cell, Edge, Primitive};
 use cnas::supernet::{edge_index, op_path, Supernet, SupernetConfig};
 use cnas::Error;
 use tch::{nn, Device, Kind, Tensor};
+
+use crate::common;
 
 const C: i64 = 4;
 const LAYERS: i64 = 3;
@@ -23,7 +24,7 @@ fn config(primitives: Vec<Primitive>) -> SupernetConfig {
 fn build(primitives: Vec<Primitive>) -> (nn::VarStore, Supernet) {
     // Tests run in parallel on few cores: one intra-op thread each avoids oversubscription.
     tch::set_num_threads(1);
-    tch::manual_seed(7);
+    let _rng = common::seed_torch(7);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = Supernet::new(&vs.root(), config(primitives)).unwrap();
     (vs, net)
@@ -58,6 +59,7 @@ fn abs_max(t: &Tensor) -> f64 {
 
 #[test]
 fn config_defaults_validation_and_serde() {
+    let _rng = common::torch_rng();
     let cfg = SupernetConfig::cifar(Primitive::DARTS.to_vec());
     assert_eq!((cfg.init_channels, cfg.layers, cfg.nodes, cfg.num_classes), (16, 8, 4, 10));
     assert_eq!(cfg.num_edges(), 14);
@@ -197,6 +199,7 @@ fn parameter_names_and_counts() {
 #[test]
 fn only_sampled_ops_get_gradients() {
     use Primitive as P;
+    let _rng = common::torch_rng();
     let prims = Primitive::DARTS.to_vec();
     let (vs, net) = build(prims);
     // Nodes get 1, 2 or 3 edges; no conv reads an all-zero state, so every chosen conv matters.
@@ -264,6 +267,7 @@ fn only_sampled_ops_get_gradients() {
 #[test]
 fn empty_nodes_are_zeros() {
     use Primitive as P;
+    let _rng = common::torch_rng();
     let (vs, net) = build(Primitive::DARTS.to_vec());
     // Node 4 gets nothing; node 5 reads it (through a conv) and node 3.
     let arch = cell(&[
@@ -304,6 +308,7 @@ fn empty_nodes_are_zeros() {
 #[test]
 fn every_op_runs_and_reductions_halve() {
     use Primitive as P;
+    let _rng = common::torch_rng();
     let prims = Primitive::DARTS.to_vec();
     let (_vs, net) = build(prims.clone());
     let opts = (Kind::Float, Device::Cpu);
@@ -356,6 +361,7 @@ fn bn(x: &Tensor) -> Tensor {
 #[test]
 fn cell_matches_direct_computation() {
     use Primitive as P;
+    let _rng = common::torch_rng();
     let (vs, net) = build(Primitive::DARTS.to_vec());
     let vars = vs.variables();
     let w = |name: String| vars.get(&name).unwrap_or_else(|| panic!("missing {name}")).shallow_clone();
@@ -398,7 +404,7 @@ fn cell_matches_direct_computation() {
 #[test]
 fn sampled_cells_that_do_not_fit_are_errors() {
     use Primitive as P;
-    tch::manual_seed(1);
+    let _rng = common::seed_torch(1);
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = SupernetConfig {
         primitives: vec![P::SkipConnect, P::MaxPool3x3],
@@ -469,7 +475,7 @@ fn remap_op_index(name: &str, from: &[Primitive], to: &[Primitive]) -> String {
 }
 
 /// max |a - b| / max |b|, per tensor (a zero reference must be matched exactly up to 1e-12):
-/// stricter than tests/reference.rs's `max_rel_diff`, whose scale is at least 1, because
+/// stricter than tests/it/reference.rs's `max_rel_diff`, whose scale is at least 1, because
 /// gradients here are mostly far below 1.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
@@ -610,7 +616,7 @@ fn matches_released_supernet_including_reduction_cells() {
         num_classes: 10,
     };
     let vs = nn::VarStore::new(Device::Cpu);
-    let mut net = Supernet::new(&vs.root(), cfg).unwrap();
+    let mut net = common::with_torch_rng(|| Supernet::new(&vs.root(), cfg)).unwrap();
     assert_eq!((1..layers).filter(|&i| net.config().is_reduction(i)).collect::<Vec<_>>(), [1, 3]);
     let vars = vs.variables();
 

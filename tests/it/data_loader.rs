@@ -1,7 +1,6 @@
 //! The loader (order, sharding, determinism, errors) and the augmentations, against
 //! hand-computed expectations.
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::Arc;
 
 use cnas::data::transforms::{
@@ -321,7 +320,7 @@ fn same_seed_same_batches_whatever_the_worker_count() {
     assert!(same(&runs[0], &runs[1]) && same(&runs[1], &runs[2]));
 
     // The real thing: augmented CIFAR-10 (crop, flip, cutout), 1 vs 3 workers, two batches.
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10");
+    let shared = crate::common::cifar10_dir();
     let with = |workers| {
         let args = DataArgs {
             data: shared.clone(),

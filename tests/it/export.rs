@@ -2,8 +2,6 @@
 //! real CIFAR-10 test images (batch 1 and 5) and PyTorch loads the `.pth` into its own
 //! definition of the network (strict), both matching cnas's evaluation logits; plus the
 //! safetensors round trip and one clear line (exit code 2) for every user mistake.
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -13,12 +11,10 @@ use cnas::model::{Network, NetworkConfig, NetworkKind};
 use cnas::space::{Cell, Edge, Genotype, Primitive};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::common;
+
 /// Largest |a − b| over all logits.
 const TOL: f64 = 1e-4;
-
-/// libtorch's generator is global to the process and tests run on several threads: networks
-/// are built and randomised under this lock so each test gets the values it seeded.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Trained {
     config: NetworkConfig,
@@ -37,10 +33,10 @@ fn config(
 }
 
 /// A network with random weights and BatchNorm statistics far from the identity, so that
-/// folding BatchNorm is really exercised.
+/// folding BatchNorm is really exercised. Built and randomised holding `common::torch_rng`, so
+/// each test gets the values it seeded.
 fn trained(config: NetworkConfig, seed: i64) -> Trained {
-    let _rng = TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner());
-    tch::manual_seed(seed);
+    let _rng = common::seed_torch(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = Network::new(&vs.root(), config.clone()).unwrap();
     tch::no_grad(|| {
@@ -217,7 +213,7 @@ fn run(args: &[&str]) -> Output {
 
 fn genotype_file(dir: &Path, genotype: &Genotype) -> PathBuf {
     let path = dir.join("genotype.json");
-    std::fs::write(&path, serde_json::to_string(&genotype.to_json()).unwrap()).unwrap();
+    common::write_genotype(&path, genotype);
     path
 }
 

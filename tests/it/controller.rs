@@ -8,6 +8,8 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
+use crate::common;
+
 const PRIMS: [Primitive; 8] = Primitive::DARTS;
 const ALL: [bool; 8] = [true; 8];
 
@@ -18,7 +20,7 @@ fn small_config() -> ControllerConfig {
 fn controller(seed: i64, config: ControllerConfig) -> (nn::VarStore, Controller) {
     // Tiny ops: extra libtorch threads only contend (badly, on a busy machine).
     tch::set_num_threads(1);
-    tch::manual_seed(seed);
+    let _rng = common::seed_torch(seed);
     let vs = nn::VarStore::new(Device::Cpu);
     let c = Controller::new(&(vs.root() / "ctrl"), config);
     (vs, c)
@@ -93,7 +95,7 @@ fn config_defaults_serde_and_validation() {
         let e = bad.validate().unwrap_err();
         assert!(e.is_user_error(), "{e}");
         let vs = nn::VarStore::new(Device::Cpu);
-        assert!(Controller::try_new(&vs.root(), bad).is_err());
+        assert!(common::with_torch_rng(|| Controller::try_new(&vs.root(), bad)).is_err());
     }
 
     let (vs, ctrl) = controller(0, d);
@@ -418,6 +420,7 @@ fn temperature_then_tanh() {
             v *= 20.0;
         }
     });
+    let rng_lock = common::torch_rng();
     let mut vs_hot = nn::VarStore::new(Device::Cpu);
     let hot = Controller::new(
         &(vs_hot.root() / "ctrl"),
@@ -430,6 +433,7 @@ fn temperature_then_tanh() {
         ControllerConfig { tanh_constant: Some(0.5), ..small_config() },
     );
     clipped_vs.copy(&vs).unwrap();
+    drop(rng_lock);
 
     let (max_node, max_op) = max_entropies(4, 8);
     let mut r = rng(6);
@@ -490,8 +494,9 @@ fn seeds_reproduce_samples() {
     assert_ne!(run(11), run(12));
     // libtorch's generator plays no part in the choices.
     let a = run(13);
-    tch::manual_seed(999);
+    let rng_lock = common::seed_torch(999);
     let _ = Tensor::rand([10], (Kind::Float, Device::Cpu));
+    drop(rng_lock);
     assert_eq!(a, run(13));
 }
 

@@ -1,13 +1,10 @@
 //! CIFAR-10 on the real copy in `../shared/data/cifar10`, plus error cases on generated files.
-mod common;
 use std::path::{Path, PathBuf};
 
 use cnas::data::cifar10::{self, Cifar10, Location, IMAGE_BYTES, RECORD_BYTES};
 use cnas::data::{split_indices, Data, DataArgs, DatasetKind, LoaderOptions, Part, CIFAR10_MEAN};
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10")
-}
+use crate::common::{self, cifar10_dir as shared};
 
 fn batches() -> PathBuf {
     shared().join("cifar-10-batches-bin")

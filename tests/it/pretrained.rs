@@ -4,93 +4,14 @@
 //! `torch.save(state_dict)` in the pre-1.6 format the CNAS code's PyTorch 1.5 wrote), resumed
 //! after a cut, checked by the SHA-256 prefix in its name; then `cnas predict` with it matches
 //! PyTorch's logits. Also: legacy-format files read exactly like zip ones.
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::Output;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 
+use crate::common::http::{serve, Behaviour};
+use crate::common::{self, cnas_quiet as cnas, entries};
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Serves `body` at `/models/NAME`; with `cut_first`, the first answer announces the whole
-/// length, sends a third and hangs up. Records each request's Range header ("" when none).
-fn serve(name: &str, body: Vec<u8>, cut_first: bool, requests: usize) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/models/{name}", listener.local_addr().unwrap());
-    let ranges = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&ranges);
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut answered = 0;
-        while answered < requests && Instant::now() < deadline {
-            let Ok((mut stream, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
-            };
-            answered += 1;
-            let _ = stream.set_nonblocking(false);
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut range = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range:") {
-                    range = v.trim().to_string();
-                }
-            }
-            seen.lock().unwrap().push(range.clone());
-            let start: usize =
-                range.strip_prefix("bytes=").and_then(|r| r.trim_end_matches('-').parse().ok()).unwrap_or(0);
-            let (head, data) = if cut_first && answered == 1 {
-                let head =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                (head, &body[..body.len() / 3])
-            } else if start > 0 {
-                let head = format!(
-                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
-                    body.len() - start,
-                    body.len() - 1,
-                    body.len()
-                );
-                (head, &body[start..])
-            } else {
-                let head =
-                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-                (head, &body[..])
-            };
-            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(data));
-            let _ = stream.flush();
-            if cut_first && answered == 1 {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            } else {
-                let _ = reader.read(&mut [0u8; 16]);
-            }
-        }
-    });
-    (url, ranges)
-}
-
-fn cnas(args: &[&str]) -> Output {
-    common::cnas().args(["--device", "cpu", "--quiet"]).args(args).output().expect("run cnas")
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 #[test]
@@ -99,7 +20,7 @@ fn published_layout_downloads_resumes_verifies_and_predicts_like_pytorch() {
     let reference = dir.path().join("reference");
     let genotype = dir.path().join("cnas.json");
     let cnas_genotype = cnas::space::published("CNAS").unwrap();
-    std::fs::write(&genotype, serde_json::to_string(&cnas_genotype.to_json()).unwrap()).unwrap();
+    common::write_genotype(&genotype, &cnas_genotype);
     common::run_reference(
         "check_export.py",
         &[
@@ -116,21 +37,22 @@ fn published_layout_downloads_resumes_verifies_and_predicts_like_pytorch() {
     let name = format!("cnas-imagenet-{}.pth", &sha256_hex(&body)[..8]);
 
     // Cut after a third, then resumed with a Range request.
-    let (url, ranges) = serve(&name, body.clone(), true, 2);
+    let server = serve(&format!("/models/{name}"), body.clone(), Behaviour::CutOnceThenGood, 2);
+    let url = &server.url;
     let data = dir.path().join("data");
-    let out = cnas(&["download", "pretrained", "--data", data.to_str().unwrap(), "--url", &url]);
+    let out = cnas(&["download", "pretrained", "--data", data.to_str().unwrap(), "--url", url]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert_eq!(entries(&data), [format!("{name}.part")]);
-    let out = cnas(&["download", "pretrained", "--data", data.to_str().unwrap(), "--url", &url]);
+    let out = cnas(&["download", "pretrained", "--data", data.to_str().unwrap(), "--url", url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(ranges.lock().unwrap().clone(), ["".to_string(), format!("bytes={}-", body.len() / 3)]);
+    assert_eq!(server.ranges(), ["".to_string(), format!("bytes={}-", body.len() / 3)]);
     assert_eq!(entries(&data), [name.as_str()]);
     let weights = data.join(&name);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), weights.to_str().unwrap());
     assert_eq!(std::fs::read(&weights).unwrap(), body);
     // Already there and intact: no request (the server is done answering).
-    let out = cnas(&["download", "pretrained", "--data", data.to_str().unwrap(), "--url", &url]);
+    let out = cnas(&["download", "pretrained", "--data", data.to_str().unwrap(), "--url", url]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let input = reference.join("input.npy");
@@ -162,8 +84,9 @@ fn a_file_whose_hash_does_not_match_its_name_is_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let body = b"PK\x03\x04 not the weights you asked for".to_vec();
     let wrong = if sha256_hex(&body).starts_with("00") { "11111111" } else { "00000000" };
-    let (url, _) = serve(&format!("cnas-imagenet-{wrong}.pth"), body, false, 1);
-    let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", &url]);
+    let server = serve(&format!("/models/cnas-imagenet-{wrong}.pth"), body, Behaviour::Good, 1);
+    let url = &server.url;
+    let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", url]);
     common::assert_user_error(&out, &format!("expected one starting with {wrong}"));
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }
@@ -171,20 +94,9 @@ fn a_file_whose_hash_does_not_match_its_name_is_deleted() {
 #[test]
 fn a_missing_file_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/models/cnas-imagenet-602b7057.pth", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        if let Ok((mut stream, _)) = listener.accept() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 && !line.trim().is_empty() {
-                line.clear();
-            }
-            let _ =
-                stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", &url]);
+    let server = serve("/models/cnas-imagenet-602b7057.pth", Vec::new(), Behaviour::NotFound, 1);
+    let url = &server.url;
+    let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", url]);
     common::assert_user_error(&out, "404");
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }

@@ -1,14 +1,11 @@
 //! Downloading CIFAR-10 from a local HTTP server (127.0.0.1, ephemeral port) that serves a small
 //! generated archive: good, corrupt, cut short, without Range support, missing.
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use cnas::data::cifar10::{self, Cifar10, IMAGE_BYTES, RECORD_BYTES};
 use cnas::data::download::{download_cifar10, is_empty_for_download, locate_or_download};
 use md5::{Digest, Md5};
+
+use crate::common::http::{serve, Behaviour};
+use crate::common::{self, entries};
 
 /// The official archive's layout with 2 records per file.
 fn small_archive() -> Vec<u8> {
@@ -34,125 +31,17 @@ fn small_archive() -> Vec<u8> {
     tar.into_inner().unwrap().finish().unwrap()
 }
 
+/// Where the local server serves the archive.
+const PATH: &str = "/cifar-10-binary.tar.gz";
+
 fn md5_hex(bytes: &[u8]) -> String {
     Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum Behaviour {
-    /// 200, or 206 for a Range request.
-    Good,
-    /// Announces the whole length but sends only the first third, then hangs up; once.
-    CutOnceThenGood,
-    /// Cut once, then ignores Range and sends everything with 200.
-    CutOnceThenNoRange,
-    NotFound,
-}
-
-struct Server {
-    url: String,
-    /// The Range header of every request, "" when none.
-    ranges: Arc<Mutex<Vec<String>>>,
-}
-
-/// Serves `body` at /cifar-10-binary.tar.gz until `requests` have been answered or 20 s pass.
-fn serve(body: Vec<u8>, behaviour: Behaviour, requests: usize) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let url = format!("http://{}/cifar-10-binary.tar.gz", listener.local_addr().unwrap());
-    let ranges = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&ranges);
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut answered = 0;
-        while answered < requests && Instant::now() < deadline {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let first = answered == 0;
-                    answered += 1;
-                    let _ = answer(stream, &body, behaviour, first, &seen);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    Server { url, ranges }
-}
-
-fn answer(
-    mut stream: TcpStream,
-    body: &[u8],
-    behaviour: Behaviour,
-    first: bool,
-    seen: &Mutex<Vec<String>>,
-) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut range = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("range:") {
-            range = v.trim().to_string();
-        }
-    }
-    seen.lock().unwrap().push(range.clone());
-    let start: usize =
-        range.strip_prefix("bytes=").and_then(|r| r.trim_end_matches('-').parse().ok()).unwrap_or(0);
-    let honour_range = match behaviour {
-        Behaviour::NotFound => {
-            stream.write_all(
-                b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found",
-            )?;
-            return Ok(());
-        }
-        Behaviour::CutOnceThenNoRange => false,
-        _ => true,
-    };
-    if first && behaviour != Behaviour::Good {
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(&body[..body.len() / 3])?;
-        stream.flush()?;
-        return stream.shutdown(std::net::Shutdown::Both);
-    }
-    if honour_range && start > 0 && start < body.len() {
-        let rest = &body[start..];
-        let head = format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {}-{}/{}\r\nConnection: close\r\n\r\n",
-            rest.len(),
-            start,
-            body.len() - 1,
-            body.len()
-        );
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(rest)?;
-    } else {
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body)?;
-    }
-    stream.flush()?;
-    // Drain so the client sees a clean close rather than a reset.
-    let _ = reader.read(&mut [0u8; 16]);
-    Ok(())
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 #[test]
 fn good_archive_is_verified_and_unpacked_in_one_step() {
     let body = small_archive();
-    let server = serve(body.clone(), Behaviour::Good, 1);
+    let server = serve(PATH, body.clone(), Behaviour::Good, 1);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     // Nothing there yet: the automatic path downloads.
@@ -175,7 +64,7 @@ fn corrupt_archive_fails_the_md5_and_leaves_nothing_that_looks_like_data() {
     let mut corrupt = body.clone();
     let mid = corrupt.len() / 2;
     corrupt[mid] ^= 0xFF;
-    let server = serve(corrupt, Behaviour::Good, 1);
+    let server = serve(PATH, corrupt, Behaviour::Good, 1);
     let tmp = tempfile::tempdir().unwrap();
     let err = download_cifar10(tmp.path(), &server.url, &md5_hex(&body), false).unwrap_err();
     let text = err.to_string();
@@ -188,7 +77,7 @@ fn corrupt_archive_fails_the_md5_and_leaves_nothing_that_looks_like_data() {
 #[test]
 fn cut_download_resumes_with_a_range_request() {
     let body = small_archive();
-    let server = serve(body.clone(), Behaviour::CutOnceThenGood, 2);
+    let server = serve(PATH, body.clone(), Behaviour::CutOnceThenGood, 2);
     let tmp = tempfile::tempdir().unwrap();
     let err = download_cifar10(tmp.path(), &server.url, &md5_hex(&body), false).unwrap_err();
     assert!(err.to_string().contains("interrupted"), "{err}");
@@ -198,7 +87,7 @@ fn cut_download_resumes_with_a_range_request() {
     assert!(is_empty_for_download(tmp.path()));
 
     download_cifar10(tmp.path(), &server.url, &md5_hex(&body), false).unwrap();
-    let ranges = server.ranges.lock().unwrap().clone();
+    let ranges = server.ranges();
     assert_eq!(ranges, ["".to_string(), format!("bytes={}-", body.len() / 3)]);
     assert_eq!(entries(tmp.path()), ["cifar-10-batches-bin"]);
     assert_eq!(Cifar10::open(tmp.path()).unwrap().train.len(), 10);
@@ -207,17 +96,17 @@ fn cut_download_resumes_with_a_range_request() {
 #[test]
 fn cut_download_restarts_when_the_server_ignores_range() {
     let body = small_archive();
-    let server = serve(body.clone(), Behaviour::CutOnceThenNoRange, 2);
+    let server = serve(PATH, body.clone(), Behaviour::CutOnceThenNoRange, 2);
     let tmp = tempfile::tempdir().unwrap();
     assert!(download_cifar10(tmp.path(), &server.url, &md5_hex(&body), false).is_err());
     download_cifar10(tmp.path(), &server.url, &md5_hex(&body), false).unwrap();
-    assert_eq!(server.ranges.lock().unwrap().len(), 2);
+    assert_eq!(server.requests(), 2);
     assert_eq!(Cifar10::open(tmp.path()).unwrap().test.len(), 2);
 }
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let server = serve(Vec::new(), Behaviour::NotFound, 1);
+    let server = serve(PATH, Vec::new(), Behaviour::NotFound, 1);
     let tmp = tempfile::tempdir().unwrap();
     let err = download_cifar10(tmp.path(), &server.url, "0", false).unwrap_err();
     let text = err.to_string();
@@ -236,18 +125,14 @@ fn a_folder_holding_other_things_is_not_downloaded_into() {
 
 #[test]
 fn cli_download_finds_an_existing_copy_without_the_network() {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10");
+    let shared = common::cifar10_dir();
     for data in [shared.clone(), shared.join("cifar-10-batches-bin")] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cnas"))
-            .args(["--quiet", "download", "cifar10", "--data"])
-            .arg(&data)
-            .output()
-            .unwrap();
+        let out =
+            common::cnas().args(["--quiet", "download", "cifar10", "--data"]).arg(&data).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let printed = String::from_utf8_lossy(&out.stdout);
         assert!(printed.trim().ends_with("cifar-10-batches-bin"), "{printed}");
     }
-    let out =
-        std::process::Command::new(env!("CARGO_BIN_EXE_cnas")).args(["download", "mnist"]).output().unwrap();
+    let out = common::cnas().args(["download", "mnist"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
