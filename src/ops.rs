@@ -105,7 +105,7 @@ impl Conv2d {
             // A 1×1 convolution with stride s reads every s-th pixel, so subsampling first gives
             // the same output. On AVX-512 CPUs oneDNN's strided 1×1 backward corrupts the heap
             // for small channel counts (PyTorch 2.11, e.g. 8 → 4 channels at 56×56; see
-            // tests/reference.rs), and the stride-1 kernel does not.
+            // tests/it/reference.rs), and the stride-1 kernel does not.
             let [sh, sw] = self.stride;
             let x = x.slice(2, 0, None, sh).slice(3, 0, None, sw);
             x.conv2d(&self.weight, None::<&Tensor>, [1, 1], [0, 0], [1, 1], self.groups)
