@@ -2,7 +2,8 @@
 //! `cnas report` reads back.
 //!
 //! A number that was not finite (a diverged loss) is written as `null`, as JSON has no NaN;
-//! reading takes such a `null` back as NaN.
+//! reading takes such a `null` back as NaN. A number missing from a line (a line written by an
+//! older cnas) reads as NaN too, and a count as 0, so that a report still draws the rest.
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -45,6 +46,7 @@ pub enum SearchRecord {
 
 /// A supernet epoch. Loss and accuracy are means over every rank's images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WeightsEpoch {
     /// 1-based, within its phase of the stage.
     pub epoch: usize,
@@ -52,14 +54,18 @@ pub struct WeightsEpoch {
     pub loss: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub acc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
     pub images: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub images_per_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub time_s: f64,
 }
 
 /// An epoch of controller updates; means over its steps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ControllerEpoch {
     pub epoch: usize,
     #[serde(deserialize_with = "nan_if_null")]
@@ -72,9 +78,12 @@ pub struct ControllerEpoch {
     pub node_entropy: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub op_entropy: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub controller_lr: f64,
     pub steps: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub images_per_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub time_s: f64,
 }
 
@@ -82,34 +91,50 @@ pub struct ControllerEpoch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeriveSummary {
     /// The scores of the controllers' candidates, in sampling order.
+    #[serde(default)]
     pub candidates: Vec<f64>,
     /// The score of each round's best.
+    #[serde(default)]
     pub round_best: Vec<f64>,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub best_score: f64,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub best_std_error: f64,
     /// Images each candidate was scored on.
+    #[serde(default)]
     pub images: usize,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub controller_mean: f64,
     /// Mean score of the uniform samples (`--derive-uniform`), if any.
+    #[serde(default)]
     pub uniform_mean: Option<f64>,
+    #[serde(default)]
     pub samples: usize,
+    #[serde(default)]
     pub uniform_samples: usize,
     /// The stage's pick.
     pub genotype: Genotype,
     /// Images scored per second, all candidates together.
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub scored_per_s: f64,
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub time_s: f64,
 }
 
 /// One line of a training run's metrics: an epoch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct EpochMetrics {
     pub epoch: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub drop_path_prob: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_top1: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_top5: f64,
     /// Images trained on in the epoch, over all ranks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,8 +149,61 @@ pub struct EpochMetrics {
     /// Images the validation scored (over all ranks in a distributed run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_images: Option<usize>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub images_per_sec: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub epoch_time_s: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
+}
+
+impl Default for WeightsEpoch {
+    fn default() -> Self {
+        let n = f64::NAN;
+        WeightsEpoch { epoch: 0, loss: n, acc: n, lr: n, images: 0, images_per_s: n, time_s: n }
+    }
+}
+
+impl Default for ControllerEpoch {
+    fn default() -> Self {
+        let n = f64::NAN;
+        ControllerEpoch {
+            epoch: 0,
+            reward: n,
+            baseline: None,
+            controller_loss: n,
+            node_entropy: n,
+            op_entropy: n,
+            controller_lr: n,
+            steps: 0,
+            images_per_s: n,
+            time_s: n,
+        }
+    }
+}
+
+impl Default for EpochMetrics {
+    fn default() -> Self {
+        let n = f64::NAN;
+        EpochMetrics {
+            epoch: 0,
+            lr: n,
+            drop_path_prob: n,
+            train_loss: n,
+            train_top1: n,
+            train_top5: n,
+            train_images: None,
+            steps: None,
+            val_loss: None,
+            val_top1: None,
+            val_top5: None,
+            val_images: None,
+            images_per_sec: n,
+            epoch_time_s: n,
+        }
+    }
 }
 
 /// Every line of a metrics file (none when there is no file yet); a line that is not a `T`
@@ -176,6 +254,20 @@ mod tests {
         let back: SearchLine = serde_json::from_value(value).unwrap();
         let SearchRecord::Weights(w) = &back.record else { panic!("{back:?}") };
         assert!(w.loss.is_nan() && w.acc == 0.25 && back.ops == line.ops && back.nodes == 4);
+    }
+
+    #[test]
+    fn missing_numbers_read_as_nan_and_counts_as_zero() {
+        let line: SearchLine = serde_json::from_str(
+            r#"{"phase":"controller","epoch":1,"reward":0.5,"stage":2,"ops":[],"nodes":4}"#,
+        )
+        .unwrap();
+        let SearchRecord::Controller(c) = &line.record else { panic!("{line:?}") };
+        assert!(c.reward == 0.5 && c.op_entropy.is_nan() && c.steps == 0 && c.baseline.is_none());
+        let epoch: EpochMetrics = serde_json::from_str(r#"{"epoch": 1, "train_loss": null}"#).unwrap();
+        assert!(
+            epoch.epoch == 1 && epoch.train_loss.is_nan() && epoch.lr.is_nan() && epoch.val_top1.is_none()
+        );
     }
 
     #[test]
