@@ -71,9 +71,7 @@ fn main() -> anyhow::Result<()> {
     };
     let vs = nn::VarStore::new(device);
     let supernet = Supernet::new(&vs.root(), config)?;
-    let mut named: Vec<(String, Tensor)> =
-        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let named = cnas::optim::trainable_params(&vs);
     let names: Vec<String> = named.iter().map(|(n, _)| n.clone()).collect();
     let param_use = ParamUse::new(&names, supernet.config());
     let mut sgd = Sgd::new(named, 0.01, 0.9, 3e-4, true);

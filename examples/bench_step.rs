@@ -59,9 +59,7 @@ fn main() -> anyhow::Result<()> {
     net.drop_path_prob = 0.2;
     // The layout `cnas train` picks for this device and precision, unless told otherwise.
     net.channels_last = cnas::ops::channels_last_for(device, args.amp) && !args.contiguous;
-    let params: Vec<(String, Tensor)> =
-        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-    let mut sgd = Sgd::new(params, 0.025, 0.9, 3e-4, false);
+    let mut sgd = Sgd::new(cnas::optim::trainable_params(&vs), 0.025, 0.9, 3e-4, false);
     let options = TrainOptions { amp: args.amp, ..TrainOptions::paper(DatasetKind::Cifar10) };
     let x = Tensor::randn([args.batch, 3, 32, 32], (Kind::Float, device));
     let y = Tensor::randint(10, [args.batch], (Kind::Int64, device));
