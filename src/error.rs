@@ -31,6 +31,10 @@ pub enum Error {
     /// never connected or diverged.
     #[error(transparent)]
     Dist(#[from] DistError),
+    /// The user stopped a run with a signal (Ctrl-C, SIGTERM); `message` says where the run
+    /// stands and how to resume it. The binary exits with 128 + the signal's number.
+    #[error("interrupted by {}: {message}", signal_name(*signal))]
+    Interrupted { signal: i32, message: String },
 }
 
 impl Error {
@@ -49,7 +53,7 @@ impl Error {
                     | std::io::ErrorKind::NotADirectory
                     | std::io::ErrorKind::AlreadyExists
             ),
-            Error::Torch(_) | Error::Internal(_) => false,
+            Error::Torch(_) | Error::Internal(_) | Error::Interrupted { .. } => false,
             Error::Dist(e) => matches!(e, DistError::BadEnv(_)),
         }
     }
@@ -60,6 +64,15 @@ impl Error {
 
     pub fn io(path: impl Into<PathBuf>, error: std::io::Error) -> Self {
         Error::Io { path: path.into(), error }
+    }
+}
+
+/// The usual name of a signal, for messages.
+pub fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT (Ctrl-C)".to_string(),
+        libc::SIGTERM => "SIGTERM".to_string(),
+        other => format!("signal {other}"),
     }
 }
 

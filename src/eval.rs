@@ -117,6 +117,7 @@ pub fn evaluate(
     let start = Instant::now();
     let mut totals = Totals::new(num_classes, true, device);
     for batch in loader.epoch(0) {
+        crate::run::interrupt::check()?;
         let (images, labels) = batch?;
         let (images, labels) = (to_device(&images, device), to_device(&labels, device));
         let logits =

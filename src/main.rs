@@ -38,9 +38,15 @@ fn main() -> ExitCode {
                 }
                 _ => eprintln!("error: {err:#}"),
             }
-            let user = err
-                .chain()
-                .any(|cause| cause.downcast_ref::<cnas::Error>().is_some_and(cnas::Error::is_user_error));
+            let causes = || err.chain().filter_map(|cause| cause.downcast_ref::<cnas::Error>());
+            if let Some(signal) = causes().find_map(|e| match e {
+                cnas::Error::Interrupted { signal, .. } => Some(*signal),
+                _ => None,
+            }) {
+                // As a shell reports a process a signal ended.
+                return ExitCode::from((128 + signal).clamp(0, 255) as u8);
+            }
+            let user = causes().any(cnas::Error::is_user_error);
             ExitCode::from(if user { 2 } else { 1 })
         }
     }
@@ -53,6 +59,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         dist_timeout: cli.dist_timeout,
         bucket_mb: cli.bucket_mb,
     };
+    if matches!(cli.command, Command::Search(_) | Command::Train(_)) {
+        // Ctrl-C stops a run at the next step and says how to resume it.
+        cnas::run::interrupt::install();
+    }
     match cli.command {
         Command::Search(args) => commands::search(&args, &global),
         Command::Train(args) => commands::train(&args, &global),

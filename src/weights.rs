@@ -517,12 +517,16 @@ pub fn save_tensors(
     path: &Path,
     metadata: BTreeMap<String, String>,
 ) -> Result<()> {
+    crate::util::write_atomic(path, &encode(tensors, metadata)?)
+}
+
+/// Named tensors and metadata as the bytes of a safetensors file.
+pub fn encode(tensors: &[(String, Tensor)], metadata: BTreeMap<String, String>) -> Result<Vec<u8>> {
     let views: Vec<(String, TensorBytes)> =
         tensors.iter().map(|(n, t)| Ok((n.clone(), TensorBytes::new(t)?))).collect::<Result<_>>()?;
     let metadata: HashMap<String, String> = metadata.into_iter().collect();
-    let bytes = safetensors::serialize(views, &Some(metadata))
-        .map_err(|e| Error::BadOption(format!("cannot serialise weights: {e}")))?;
-    crate::util::write_atomic(path, &bytes)
+    safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| Error::BadOption(format!("cannot serialise weights: {e}")))
 }
 
 /// A tensor's raw little-endian bytes, as safetensors wants them.

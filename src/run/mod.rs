@@ -1,11 +1,12 @@
 //! The run directory that search and training share: how a run claims it (new, forced over an
-//! old run, or resumed), its config file, its metrics lines (appended per epoch, cut back to the
-//! last checkpoint on resume), its TensorBoard folder, and the progress bars its epochs draw.
-//! In a data-parallel run only rank 0 writes here. [`metrics`] holds the types of the metrics
-//! lines.
+//! old run, or resumed) under its lock ([`lock`]: one writer at a time), its config file, its
+//! checkpoint generations (the latest and the one before it), its metrics lines (appended per
+//! epoch, cut back to the last checkpoint on resume), its TensorBoard folder, and the progress
+//! bars its epochs draw. In a data-parallel run only rank 0 writes here. [`metrics`] holds the
+//! types of the metrics lines; [`interrupt`] stops a run cleanly on Ctrl-C.
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::de::DeserializeOwned;
@@ -14,7 +15,11 @@ use serde::Serialize;
 use crate::dist::DataParallel;
 use crate::error::{Error, Result};
 
+pub mod interrupt;
+pub mod lock;
 pub mod metrics;
+
+pub use lock::RunLock;
 
 /// Every option of the run, its data options and versions (JSON).
 pub const CONFIG: &str = "config.json";
@@ -57,10 +62,9 @@ pub fn write_config(run_dir: &Path, config: &impl Serialize) -> Result<()> {
     crate::util::write_atomic(&run_dir.join(CONFIG), json.as_bytes())
 }
 
-/// Makes `run_dir` ready for a new run: refuses one that holds another run (any of `files`)
-/// unless `start` is [`StartMode::Force`], which removes those files, `dirs` (a trailing `*`
-/// matches a prefix, e.g. `stage-*`) and the TensorBoard folder.
-pub fn claim(run_dir: &Path, start: StartMode, files: &[&str], dirs: &[&str]) -> Result<()> {
+/// Refuses to start a new run (`StartMode::New`) in a `run_dir` that holds another run (any
+/// of `files`): called before anything is opened or written.
+pub fn check_free(run_dir: &Path, start: StartMode, files: &[&str]) -> Result<()> {
     let occupied = files.iter().any(|f| run_dir.join(f).exists());
     if occupied && start == StartMode::New {
         return Err(Error::BadOption(format!(
@@ -68,12 +72,23 @@ pub fn claim(run_dir: &Path, start: StartMode, files: &[&str], dirs: &[&str]) ->
             run_dir.display()
         )));
     }
+    Ok(())
+}
+
+/// Makes `run_dir` ready for a new run: refuses one that holds another run (any of `files`)
+/// unless `start` is [`StartMode::Force`], which removes those files (and their previous
+/// checkpoint generations), `dirs` (a trailing `*` matches a prefix, e.g. `stage-*`) and the
+/// TensorBoard folder.
+pub fn claim(run_dir: &Path, start: StartMode, files: &[&str], dirs: &[&str]) -> Result<()> {
+    check_free(run_dir, start, files)?;
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+    let occupied = files.iter().any(|f| run_dir.join(f).exists());
     if !occupied && start != StartMode::Force {
         return Ok(());
     }
     for f in files {
         let _ = std::fs::remove_file(run_dir.join(f));
+        let _ = std::fs::remove_file(previous_generation(&run_dir.join(f)));
     }
     let _ = std::fs::remove_dir_all(run_dir.join(TENSORBOARD));
     for pattern in dirs {
@@ -91,6 +106,87 @@ pub fn claim(run_dir: &Path, start: StartMode, files: &[&str], dirs: &[&str]) ->
         }
     }
     Ok(())
+}
+
+/// Removes the temporary files that a process killed between a write and its rename left in
+/// `run_dir` and its sub-folders (`.NAME.tmpPID`, as large as a checkpoint). Only the holder of
+/// the run's lock calls it, so no live writer owns them.
+pub fn remove_leftovers(run_dir: &Path) {
+    let mut removed = Vec::new();
+    let mut dirs = vec![run_dir.to_path_buf()];
+    let subdirs = std::fs::read_dir(run_dir).into_iter().flatten().flatten();
+    dirs.extend(subdirs.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    for dir in dirs {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+            if is_file && crate::util::is_temporary_name(&name) && std::fs::remove_file(entry.path()).is_ok()
+            {
+                removed.push(entry.path());
+            }
+        }
+    }
+    if !removed.is_empty() {
+        tracing::info!(
+            "removed {} temporary file(s) an interrupted process left in {}",
+            removed.len(),
+            run_dir.display()
+        );
+    }
+}
+
+/// The previous generation of a checkpoint file: `NAME.previous.EXT` beside `NAME.EXT`.
+pub fn previous_generation(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let previous = match name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}.previous.{ext}"),
+        None => format!("{name}.previous"),
+    };
+    path.with_file_name(previous)
+}
+
+/// Saves a checkpoint as safetensors (atomically), keeping the one it replaces as the previous
+/// generation: a checkpoint that cannot be read later still leaves one to resume from.
+pub fn save_checkpoint(
+    path: &Path,
+    tensors: &[(String, tch::Tensor)],
+    metadata: std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let bytes = crate::weights::encode(tensors, metadata)?;
+    crate::util::write_atomic_keeping(path, &bytes, Some(&previous_generation(path)))
+}
+
+/// Resumes from the newest checkpoint generation that `load` can read: `path`, or, when it is
+/// missing or unreadable (truncated, corrupt), its previous generation, with a warning.
+/// `None`: there is no checkpoint yet. When neither loads, the latest's error is returned.
+pub fn restore_checkpoint<T>(path: &Path, mut load: impl FnMut(&Path) -> Result<T>) -> Result<Option<T>> {
+    let previous = previous_generation(path);
+    if !path.exists() {
+        if !previous.is_file() {
+            return Ok(None);
+        }
+        tracing::warn!(
+            "{} is missing (the run stopped while replacing it): resuming from the previous checkpoint, {}",
+            path.display(),
+            previous.display()
+        );
+        return load(&previous).map(Some);
+    }
+    match load(path) {
+        Ok(v) => Ok(Some(v)),
+        Err(latest) if previous.is_file() => {
+            tracing::warn!(
+                "the latest checkpoint cannot be read ({latest}): resuming from the previous one, {} \
+                 (one epoch earlier)",
+                previous.display()
+            );
+            load(&previous).map(Some).map_err(|e| {
+                tracing::warn!("the previous checkpoint cannot be read either: {e}");
+                latest
+            })
+        }
+        Err(latest) => Err(latest),
+    }
 }
 
 /// Keeps the first `lines` lines of a metrics file (an interrupted epoch may have written its
@@ -157,6 +253,49 @@ mod tests {
             !run.join(CONFIG).exists() && !run.join("stage-1").exists() && !run.join(TENSORBOARD).exists()
         );
         assert!(run.join("keep.txt").exists());
+    }
+
+    #[test]
+    fn checkpoints_keep_one_previous_generation_to_fall_back_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoint.safetensors");
+        let previous = previous_generation(&path);
+        assert_eq!(previous, dir.path().join("checkpoint.previous.safetensors"));
+        let load = |p: &Path| {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            text.parse::<u32>().map_err(|_| Error::bad_file(p, "unreadable"))
+        };
+        assert!(restore_checkpoint(&path, load).unwrap().is_none(), "no checkpoint yet");
+        crate::util::write_atomic_keeping(&path, b"1", Some(&previous)).unwrap();
+        assert!(!previous.exists());
+        crate::util::write_atomic_keeping(&path, b"2", Some(&previous)).unwrap();
+        assert_eq!(std::fs::read_to_string(&previous).unwrap(), "1");
+        assert_eq!(restore_checkpoint(&path, load).unwrap(), Some(2));
+        std::fs::write(&path, "truncat").unwrap();
+        assert_eq!(restore_checkpoint(&path, load).unwrap(), Some(1), "falls back when unreadable");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(restore_checkpoint(&path, load).unwrap(), Some(1), "falls back when missing");
+        std::fs::write(&path, "bad").unwrap();
+        std::fs::write(&previous, "worse").unwrap();
+        let err = restore_checkpoint(&path, load).unwrap_err();
+        assert!(err.to_string().starts_with(&path.display().to_string()), "the latest's error: {err}");
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        std::fs::create_dir_all(run.join("stage-1")).unwrap();
+        let leftovers =
+            [".checkpoint.safetensors.tmp123", ".metrics.jsonl.tmp9", "stage-1/.genotype.json.tmp77"];
+        let kept =
+            ["checkpoint.safetensors", ".tmp12", ".x.tmp", "notes.tmp3", ".cnas.lock", "stage-1/a.json"];
+        for f in leftovers.iter().chain(&kept) {
+            std::fs::write(run.join(f), "x").unwrap();
+        }
+        remove_leftovers(run);
+        assert!(leftovers.iter().all(|f| !run.join(f).exists()));
+        assert!(kept.iter().all(|f| run.join(f).exists()));
     }
 
     #[test]

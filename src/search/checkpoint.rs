@@ -3,39 +3,14 @@
 use super::*;
 
 impl Search {
-    /// Loads the checkpoint if there is one and trims metrics.jsonl to the work it covers.
+    /// Loads the newest readable checkpoint generation, if there is one, and trims
+    /// metrics.jsonl to the work it covers.
     pub(super) fn restore(&mut self) -> Result<()> {
         let path = self.run_dir.join(CHECKPOINT);
-        if !path.is_file() {
+        let Some(state) = run::restore_checkpoint(&path, |path| self.load_checkpoint(path))? else {
             self.truncate_metrics(0)?;
             return Ok(());
-        }
-        let metadata = crate::weights::read_metadata(&path)?.unwrap_or_default();
-        let state: CheckpointState =
-            metadata.get("state").and_then(|s| serde_json::from_str(s).ok()).ok_or_else(|| {
-                Error::bad_file(&path, "not a cnas search checkpoint (no state in its metadata)")
-            })?;
-        let tensors = crate::weights::read(&path)?;
-        let mut groups: HashMap<&str, Vec<(String, Tensor)>> = HashMap::new();
-        for (name, t) in tensors {
-            let Some((group, rest)) = name.split_once('/') else {
-                return Err(Error::bad_file(&path, format!("unexpected tensor {name}")));
-            };
-            let group = match group {
-                "supernet" => "supernet",
-                "controller" => "controller",
-                "sgd" => "sgd",
-                "adam" => "adam",
-                _ => return Err(Error::bad_file(&path, format!("unexpected tensor {name}"))),
-            };
-            groups.entry(group).or_default().push((rest.to_string(), t));
-        }
-        let take =
-            |groups: &mut HashMap<&str, Vec<(String, Tensor)>>, g: &str| groups.remove(g).unwrap_or_default();
-        crate::weights::load_into(&self.supernet_vs, &take(&mut groups, "supernet"))?;
-        crate::weights::load_into(&self.controller_vs, &take(&mut groups, "controller"))?;
-        self.sgd.load_state(&take(&mut groups, "sgd").into_iter().collect())?;
-        self.adam.load_state(&take(&mut groups, "adam").into_iter().collect())?;
+        };
         self.baseline = state.baseline;
         self.position = state.position;
         self.truncate_metrics(state.metrics_lines)?;
@@ -46,6 +21,37 @@ impl Search {
             self.position.epoch + 1
         );
         Ok(())
+    }
+
+    /// Loads supernet, controllers and both optimizers from the checkpoint at `path`.
+    fn load_checkpoint(&mut self, path: &Path) -> Result<CheckpointState> {
+        let metadata = crate::weights::read_metadata(path)?.unwrap_or_default();
+        let state: CheckpointState =
+            metadata.get("state").and_then(|s| serde_json::from_str(s).ok()).ok_or_else(|| {
+                Error::bad_file(path, "not a cnas search checkpoint (no state in its metadata)")
+            })?;
+        let tensors = crate::weights::read(path)?;
+        let mut groups: HashMap<&str, Vec<(String, Tensor)>> = HashMap::new();
+        for (name, t) in tensors {
+            let Some((group, rest)) = name.split_once('/') else {
+                return Err(Error::bad_file(path, format!("unexpected tensor {name}")));
+            };
+            let group = match group {
+                "supernet" => "supernet",
+                "controller" => "controller",
+                "sgd" => "sgd",
+                "adam" => "adam",
+                _ => return Err(Error::bad_file(path, format!("unexpected tensor {name}"))),
+            };
+            groups.entry(group).or_default().push((rest.to_string(), t));
+        }
+        let take =
+            |groups: &mut HashMap<&str, Vec<(String, Tensor)>>, g: &str| groups.remove(g).unwrap_or_default();
+        crate::weights::load_into(&self.supernet_vs, &take(&mut groups, "supernet"))?;
+        crate::weights::load_into(&self.controller_vs, &take(&mut groups, "controller"))?;
+        self.sgd.load_state(&take(&mut groups, "sgd").into_iter().collect())?;
+        self.adam.load_state(&take(&mut groups, "adam").into_iter().collect())?;
+        Ok(state)
     }
 
     /// Keeps the first `lines` lines of metrics.jsonl (an interrupted epoch may have written
@@ -122,7 +128,7 @@ impl Search {
             ("format".to_string(), "cnas-search-checkpoint".to_string()),
             ("state".to_string(), serde_json::to_string(&state).map_err(|e| Error::Internal(e.to_string()))?),
         ]);
-        crate::weights::save_tensors(&tensors, &self.run_dir.join(CHECKPOINT), metadata)
+        run::save_checkpoint(&self.run_dir.join(CHECKPOINT), &tensors, metadata)
     }
 
     pub(super) fn read_stage_best(&self, stage: usize) -> Result<Candidate> {

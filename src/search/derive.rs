@@ -67,6 +67,7 @@ impl Search {
         let mut uniform_scores = Vec::with_capacity(self.options.derive_uniform);
         let uniform = self.pair_sampler(true);
         for _ in 0..self.options.derive_uniform {
+            crate::run::interrupt::check()?;
             let (n, r) = uniform.draw(&mut rng);
             uniform_scores.push(self.score(&images, &n, &r)?.0);
             bar.inc(1);
@@ -101,6 +102,7 @@ impl Search {
         for round in 0..self.options.derive_rounds {
             let first = candidates.len();
             for sample in 0..self.options.derive_samples {
+                crate::run::interrupt::check()?;
                 let controllers = [&self.normal_controller, &self.reduce_controller];
                 let (n, r) = tch::no_grad(|| sample_pair(controllers, rng, stage, &self.primitives));
                 let (score, count) = self.score(images, &n.cell, &r.cell)?;

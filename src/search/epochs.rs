@@ -112,6 +112,7 @@ impl Search {
             let (tx, pairs) = std::sync::mpsc::sync_channel(PAIRS_AHEAD);
             scope.spawn(move || sampler.send(&mut rng, batches, tx));
             for (i, batch) in epoch.enumerate() {
+                crate::run::interrupt::check()?;
                 let (images, labels) = batch?;
                 let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
                 let (normal, reduce) = pairs
@@ -188,6 +189,7 @@ impl Search {
         let mut pass = 0u64;
         let mut batches = self.heldout_loader.epoch(self.loader_epoch(Phase::Search));
         for _ in 0..steps {
+            crate::run::interrupt::check()?;
             let (images, labels) = self.next_heldout_batch(&mut batches, &mut pass)?;
             sums.images += labels.size()[0] as usize;
             let step = controller_step(

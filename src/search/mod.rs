@@ -15,6 +15,9 @@
 //! - `checkpoint.safetensors`: weights of the supernet and both controllers, both optimizers'
 //!   state, and (in its metadata) the position, the baseline and the metrics line count;
 //!   written atomically after every epoch, so a kill loses at most the epoch in progress;
+//!   `checkpoint.previous.safetensors` is the one before it, resumed from when the latest
+//!   cannot be read;
+//! - `.cnas.lock`: held by the process writing the run (one at a time), with its process id;
 //! - `stage-K/`: `supernet.safetensors`, `controllers.safetensors`, `candidates.json` and the
 //!   stage's best `genotype.json`;
 //! - `genotype.json`: the best candidate of the last stage;
@@ -138,19 +141,29 @@ pub fn search(
     parallel: Option<DataParallel>,
 ) -> Result<Option<SearchOutcome>> {
     let main = crate::run::is_writer(parallel.as_ref());
-    let (options, data_args) = prepare_run_dir(options, data_args, run_dir, start, main)?;
+    // One writer per run directory, for the whole run: rank 0 (or a single process).
+    let _lock = if main { run::RunLock::acquire(run_dir, start != StartMode::Resume)? } else { None };
+    let (options, data_args) = run_options(options, data_args, run_dir, start)?;
     options.validate()?;
-    Search::new(options, &data_args, run_dir, device, quiet || !main, start, parallel)
-        .and_then(|mut search| search.run(stop_after))
+    // Data, supernet and controllers are built before anything is written into the run, so a
+    // start that fails on them leaves the directory as it was.
+    let mut search = Search::new(options, &data_args, run_dir, device, quiet || !main, parallel)?;
+    search.begin(start, &data_args)?;
+    search.run(stop_after).map_err(|e| {
+        let run_dir = run_dir.display();
+        crate::run::interrupt::explain(e, || {
+            format!("{}; resume with: cnas search --resume {run_dir}", search.where_it_stands())
+        })
+    })
 }
 
-/// Checks and sets up the run directory; on resume returns the options the run was started with.
-fn prepare_run_dir(
+/// The options to run with: on resume, those the run was started with (its config.json); for a
+/// new run, the given ones, once checked and once the directory is free for them.
+fn run_options(
     options: &SearchOptions,
     data_args: &DataArgs,
     run_dir: &Path,
     start: StartMode,
-    writer: bool,
 ) -> Result<(SearchOptions, DataArgs)> {
     if start == StartMode::Resume {
         let config: RunConfig = run::read_config(run_dir, "search")?;
@@ -159,20 +172,13 @@ fn prepare_run_dir(
         return Ok((config.search, args));
     }
     options.validate()?;
-    // Other ranks of a new run leave the directory to rank 0.
-    if writer {
-        run::claim(run_dir, start, &[CONFIG, METRICS, CHECKPOINT, GENOTYPE], &["stage-*"])?;
-        let order = options.resolved_op_order()?;
-        let config = RunConfig {
-            search: options.clone(),
-            data: DataConfig::from_args(data_args),
-            op_order: order.iter().map(|p| p.name().to_string()).collect(),
-            versions: crate::util::versions(),
-        };
-        run::write_config(run_dir, &config)?;
-    }
+    run::check_free(run_dir, start, RUN_FILES)?;
     Ok((options.clone(), data_args.clone()))
 }
+
+/// The files that make a directory hold a search (a new search is refused there, `--force`
+/// removes them with the stage folders).
+const RUN_FILES: &[&str] = &[CONFIG, METRICS, CHECKPOINT, GENOTYPE];
 
 struct Search {
     options: SearchOptions,
@@ -295,7 +301,6 @@ impl Search {
         run_dir: &Path,
         device: Device,
         quiet: bool,
-        start: StartMode,
         parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let data = Data::open(data_args, !quiet)?;
@@ -317,7 +322,7 @@ impl Search {
         let (controller_vs, [normal_controller, reduce_controller], adam) =
             build_controllers(&options, primitives.len())?;
 
-        let mut search = Search {
+        Ok(Search {
             baseline: Baseline::new(options.baseline_decay),
             options,
             run_dir: run_dir.to_path_buf(),
@@ -341,13 +346,45 @@ impl Search {
             tensorboard: None,
             parallel,
             sync_bn: None,
-        };
-        // Other ranks of a new run start from scratch (rank 0 may be clearing an old run).
-        if search.is_main() || start == StartMode::Resume {
-            search.restore()?;
+        })
+    }
+
+    /// Takes the run directory (the writer of a new run clears what a forced-over run left and
+    /// writes config.json; every writer removes temporary files a killed process left), loads
+    /// the checkpoint to resume from, and joins the other ranks.
+    fn begin(&mut self, start: StartMode, data_args: &DataArgs) -> Result<()> {
+        if self.is_main() {
+            run::remove_leftovers(&self.run_dir);
+            if start != StartMode::Resume {
+                run::claim(&self.run_dir, start, RUN_FILES, &["stage-*"])?;
+                let order = self.options.resolved_op_order()?;
+                let config = RunConfig {
+                    search: self.options.clone(),
+                    data: DataConfig::from_args(data_args),
+                    op_order: order.iter().map(|p| p.name().to_string()).collect(),
+                    versions: crate::util::versions(),
+                };
+                run::write_config(&self.run_dir, &config)?;
+            }
         }
-        search.join_ranks()?;
-        Ok(search)
+        // Other ranks of a new run start from scratch (rank 0 may be clearing an old run).
+        if self.is_main() || start == StartMode::Resume {
+            self.restore()?;
+        }
+        self.join_ranks()
+    }
+
+    /// Where an interrupted search stands, for its message: the epoch in progress, which a
+    /// resume redoes from the checkpoint before it.
+    fn where_it_stands(&self) -> String {
+        let p = self.position;
+        let stage = format!("stage {} of {}", p.stage + 1, self.stages.len());
+        let what = match p.phase {
+            Phase::Warmup => format!("warm-up epoch {} of {}", p.epoch + 1, self.options.warmup_epochs),
+            Phase::Search => format!("search epoch {} of {}", p.epoch + 1, self.options.epochs),
+            Phase::Derive => "derivation".to_string(),
+        };
+        format!("the search stopped in {stage}, {what}, which a resume redoes from the last checkpoint")
     }
 
     /// Data-parallel runs: checks that every rank is at the same position, gives every rank

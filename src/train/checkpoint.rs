@@ -3,24 +3,34 @@
 use super::*;
 
 impl Trainer {
-    /// Loads last.safetensors if there is one, and (`writer`) trims metrics.jsonl to the
-    /// epochs it covers.
+    /// Loads the newest readable generation of last.safetensors if there is one, and
+    /// (`writer`) trims metrics.jsonl to the epochs it covers.
     pub(super) fn restore(&mut self, writer: bool) -> Result<()> {
         let path = self.run_dir.join(LAST);
-        if !path.is_file() {
+        let Some(state) = run::restore_checkpoint(&path, |path| self.load_checkpoint(path))? else {
             if writer {
                 run::truncate_lines(&self.run_dir.join(METRICS), 0)?;
             }
             return Ok(());
+        };
+        self.state = state;
+        if writer {
+            run::truncate_lines(&self.run_dir.join(METRICS), state.metrics_lines)?;
         }
-        let metadata = crate::weights::read_metadata(&path)?.unwrap_or_default();
+        tracing::info!("resuming after epoch {} of {}", state.epoch, self.config.options.epochs);
+        Ok(())
+    }
+
+    /// Loads network and optimizer from the checkpoint at `path`.
+    fn load_checkpoint(&mut self, path: &Path) -> Result<TrainState> {
+        let metadata = crate::weights::read_metadata(path)?.unwrap_or_default();
         let state: TrainState =
             metadata.get("train_state").and_then(|s| serde_json::from_str(s).ok()).ok_or_else(|| {
-                Error::bad_file(&path, "not a cnas training checkpoint (no train_state in its metadata)")
+                Error::bad_file(path, "not a cnas training checkpoint (no train_state in its metadata)")
             })?;
         let mut network = Vec::new();
         let mut optimizer = HashMap::new();
-        for (name, t) in crate::weights::read_all(&path)? {
+        for (name, t) in crate::weights::read_all(path)? {
             match name.strip_prefix(crate::weights::OPTIMIZER_PREFIX) {
                 Some(rest) => {
                     optimizer.insert(rest.to_string(), t);
@@ -30,12 +40,7 @@ impl Trainer {
         }
         crate::weights::load_into(&self.vs, &network)?;
         self.sgd.load_state(&optimizer)?;
-        self.state = state;
-        if writer {
-            run::truncate_lines(&self.run_dir.join(METRICS), state.metrics_lines)?;
-        }
-        tracing::info!("resuming after epoch {} of {}", state.epoch, self.config.options.epochs);
-        Ok(())
+        Ok(state)
     }
 
     pub(super) fn metadata(&self, extra: Vec<(&str, String)>) -> Result<BTreeMap<String, String>> {
@@ -64,7 +69,7 @@ impl Trainer {
         );
         let state = serde_json::to_string(&self.state).map_err(json_error)?;
         let metadata = self.metadata(vec![("train_state", state)])?;
-        crate::weights::save_tensors(&tensors, &self.run_dir.join(LAST), metadata)
+        run::save_checkpoint(&self.run_dir.join(LAST), &tensors, metadata)
     }
 
     pub(super) fn save_best(&self, top1: f64, top5: f64) -> Result<()> {

@@ -7,6 +7,9 @@
 //!   validation loss/top-1/top-5, images trained on and optimizer steps, images/s, epoch time);
 //! - `last.safetensors`: the network and the optimizer's momentum buffers, the epoch, the best
 //!   accuracy so far (in its metadata), written atomically after every epoch;
+//!   `last.previous.safetensors` is the one before it, resumed from when the latest cannot be
+//!   read;
+//! - `.cnas.lock`: held by the process writing the run (one at a time), with its process id;
 //! - `best.safetensors`: the network at its best validation top-1 (cnas weights format, read
 //!   by `cnas predict`, `cnas eval` and `cnas export`);
 //! - `eval.json`: the final network's evaluation with per-class accuracy and confusion matrix,
@@ -172,21 +175,25 @@ pub fn train(
         r.options.validate()?;
         r.options.per_rank_batch(world_size)?;
     }
-    let config = prepare_run_dir(request, run_dir, start, main)?;
+    // One writer per run directory, for the whole run: rank 0 (or a single process).
+    let _lock = if main { run::RunLock::acquire(run_dir, start != StartMode::Resume)? } else { None };
+    let config = run_config(request, run_dir, start)?;
     let mut data_args = DataArgs { workers, ..DataArgs::default() };
     config.data.apply(&mut data_args)?;
-    let mut run = Trainer::new(config, &data_args, run_dir, device, quiet || !main, start, parallel)?;
-    run.run(stop_after)
+    // Data and network are built before anything is written into the run, so a start that
+    // fails on them leaves the directory as it was.
+    let mut run = Trainer::new(config, &data_args, run_dir, device, quiet || !main, parallel)?;
+    run.begin(start)?;
+    run.run(stop_after).map_err(|e| {
+        crate::run::interrupt::explain(e, || {
+            format!("{}; resume with: cnas train --resume {}", run.where_it_stands(), run_dir.display())
+        })
+    })
 }
 
-/// The run's configuration; `writer` (rank 0 or a single process) also checks and prepares
-/// the directory and writes config.json.
-fn prepare_run_dir(
-    request: Option<TrainRequest<'_>>,
-    run_dir: &Path,
-    start: StartMode,
-    writer: bool,
-) -> Result<TrainConfig> {
+/// The run's configuration: on resume its config.json; for a new run the request's, once
+/// checked and once the directory is free for it (nothing is written yet).
+fn run_config(request: Option<TrainRequest<'_>>, run_dir: &Path, start: StartMode) -> Result<TrainConfig> {
     if start == StartMode::Resume {
         let config: TrainConfig = run::read_config(run_dir, "training run")?;
         if config.kind != "train" {
@@ -198,10 +205,7 @@ fn prepare_run_dir(
         request.ok_or_else(|| Error::BadOption("a new training run needs an architecture".into()))?;
     request.options.validate()?;
     request.data.validate()?;
-    if writer {
-        run::claim(run_dir, start, &RUN_FILES, &[])?;
-        let _ = std::fs::remove_file(run_dir.join(crate::eval::CONFUSION_SVG));
-    }
+    run::check_free(run_dir, start, &RUN_FILES)?;
     let kind = match request.data.dataset {
         DatasetKind::Cifar10 => NetworkKind::Cifar,
         DatasetKind::ImageNet => NetworkKind::Imagenet,
@@ -217,18 +221,14 @@ fn prepare_run_dir(
         auxiliary: o.auxiliary_weight > 0.0,
     };
     network.validate()?;
-    let config = TrainConfig {
+    Ok(TrainConfig {
         kind: "train".into(),
         arch: request.arch,
         network,
         options: request.options,
         data: DataConfig::from_args(request.data),
         versions: crate::util::versions(),
-    };
-    if writer {
-        write_config(run_dir, &config)?;
-    }
-    Ok(config)
+    })
 }
 
 fn write_config(run_dir: &Path, config: &TrainConfig) -> Result<()> {
@@ -354,26 +354,19 @@ impl Trainer {
         run_dir: &Path,
         device: Device,
         quiet: bool,
-        start: StartMode,
         parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let o = config.options.clone();
-        let main = crate::run::is_writer(parallel.as_ref());
         let data = Data::open(data_args, !quiet)?;
-        let num_classes = data.info().num_classes as i64;
         config.network.check_input_size(data.info().input_size as i64, true)?;
-        if config.network.num_classes != num_classes {
-            config.network.num_classes = num_classes;
-            if main {
-                write_config(run_dir, &config)?;
-            }
-        }
+        // The classes come from the data set (begin() records them in config.json).
+        config.network.num_classes = data.info().num_classes as i64;
         let (train_loader, eval_loader) = open_loaders(&o, &data, device, parallel.as_ref())?;
         if device.is_cuda() {
             tch::Cuda::cudnn_set_benchmark(true);
         }
         let (vs, network, sgd) = build_network(&config.network, &o, device)?;
-        let mut trainer = Trainer {
+        Ok(Trainer {
             class_names: data.info().class_names.clone(),
             config,
             run_dir: run_dir.to_path_buf(),
@@ -390,14 +383,44 @@ impl Trainer {
             parallel,
             grad_sync: None,
             sync_bn: None,
-        };
+        })
+    }
+
+    /// Takes the run directory (the writer of a new run clears what a forced-over run left and
+    /// writes config.json; every writer removes temporary files a killed process left), loads
+    /// the checkpoint to resume from, and joins the other ranks.
+    fn begin(&mut self, start: StartMode) -> Result<()> {
+        let main = self.is_main();
+        if main {
+            run::remove_leftovers(&self.run_dir);
+            if start != StartMode::Resume {
+                run::claim(&self.run_dir, start, &RUN_FILES, &[])?;
+                let _ = std::fs::remove_file(self.run_dir.join(crate::eval::CONFUSION_SVG));
+                write_config(&self.run_dir, &self.config)?;
+            } else {
+                // The data set's class count, recorded once it is known.
+                let recorded: TrainConfig = run::read_config(&self.run_dir, "training run")?;
+                if recorded.network.num_classes != self.config.network.num_classes {
+                    write_config(&self.run_dir, &self.config)?;
+                }
+            }
+        }
         // Other ranks of a new run start from scratch (rank 0 may be clearing an old run in
         // the same directory meanwhile); start() checks they all agree on where they are.
         if main || start == StartMode::Resume {
-            trainer.restore(main)?;
+            self.restore(main)?;
         }
-        trainer.join_ranks()?;
-        Ok(trainer)
+        self.join_ranks()
+    }
+
+    /// Where an interrupted run stands, for its message: the epoch in progress, which a resume
+    /// redoes from the checkpoint before it.
+    fn where_it_stands(&self) -> String {
+        format!(
+            "training stopped in epoch {} of {}, which a resume redoes from the last checkpoint",
+            self.state.epoch + 1,
+            self.config.options.epochs
+        )
     }
 
     /// Data-parallel runs: every rank takes rank 0's weights and optimizer state, hooks the
@@ -500,6 +523,7 @@ impl Trainer {
         let mut totals = Totals::new(self.config.network.num_classes, false, self.device);
         let mut steps = 0;
         for (i, batch) in batches.enumerate() {
+            crate::run::interrupt::check()?;
             let (images, labels) = batch?;
             let (images, labels) = (to_device(&images, self.device), to_device(&labels, self.device));
             let (loss, logits) = train_step(

@@ -29,6 +29,7 @@ mod data_loader;
 mod dist;
 mod export;
 mod pretrained;
+mod recovery;
 mod reference;
 mod search;
 mod see;

@@ -100,7 +100,14 @@ fn a_resumed_search_ends_exactly_like_an_uninterrupted_one() {
     let mut metrics = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
     metrics.push_str("{\"phase\":\"weights\",\"partial\":true}\n");
     std::fs::write(b.join("metrics.jsonl"), metrics).unwrap();
-    ok(&resume(&b));
+    // The latest checkpoint cut short: the resume falls back to the previous generation (one
+    // epoch earlier) with a warning, and still ends exactly like the uninterrupted run.
+    let checkpoint = std::fs::read(b.join("checkpoint.safetensors")).unwrap();
+    std::fs::write(b.join("checkpoint.safetensors"), &checkpoint[..checkpoint.len() / 2]).unwrap();
+    let resumed = resume(&b);
+    ok(&resumed);
+    let warning = String::from_utf8_lossy(&resumed.stderr);
+    assert!(warning.contains("resuming from the previous one"), "{warning}");
     assert_eq!(metrics_without_timing(&b), metrics_a);
     assert_eq!(
         std::fs::read_to_string(b.join("genotype.json")).unwrap(),
