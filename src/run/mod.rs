@@ -108,28 +108,45 @@ pub fn claim(run_dir: &Path, start: StartMode, files: &[&str], dirs: &[&str]) ->
     Ok(())
 }
 
+/// The files cnas writes into a run directory (or its `stage-K/` folders) through a temporary
+/// file and a rename; a kill between the two leaves `.NAME.tmpPID` behind.
+const WRITTEN_ATOMICALLY: &[&str] = &[
+    CONFIG,
+    METRICS,
+    "checkpoint.safetensors",
+    "last.safetensors",
+    "best.safetensors",
+    "genotype.json",
+    "candidates.json",
+    "supernet.safetensors",
+    "controllers.safetensors",
+    "eval.json",
+    "confusion.svg",
+];
+
 /// Removes the temporary files that a process killed between a write and its rename left in
-/// `run_dir` and its sub-folders (`.NAME.tmpPID`, as large as a checkpoint). Only the holder of
-/// the run's lock calls it, so no live writer owns them.
+/// `run_dir` and its `stage-K/` folders (as large as a checkpoint). Only the holder of the
+/// run's lock calls it, so no live writer owns them; only cnas's own temporary names are
+/// touched, wherever `-o` points.
 pub fn remove_leftovers(run_dir: &Path) {
-    let mut removed = Vec::new();
     let mut dirs = vec![run_dir.to_path_buf()];
-    let subdirs = std::fs::read_dir(run_dir).into_iter().flatten().flatten();
-    dirs.extend(subdirs.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+    let stages = std::fs::read_dir(run_dir).into_iter().flatten().flatten();
+    dirs.extend(stages.filter(|e| e.file_name().to_string_lossy().starts_with("stage-")).map(|e| e.path()));
+    let mut removed = 0;
     for dir in dirs {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = crate::util::is_temporary_name(&name)
+                && WRITTEN_ATOMICALLY.iter().any(|f| name.starts_with(&format!(".{f}.tmp")));
             let is_file = entry.file_type().is_ok_and(|t| t.is_file());
-            if is_file && crate::util::is_temporary_name(&name) && std::fs::remove_file(entry.path()).is_ok()
-            {
-                removed.push(entry.path());
+            if ours && is_file && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
             }
         }
     }
-    if !removed.is_empty() {
+    if removed > 0 {
         tracing::info!(
-            "removed {} temporary file(s) an interrupted process left in {}",
-            removed.len(),
+            "removed {removed} temporary file(s) an interrupted process left in {}",
             run_dir.display()
         );
     }
@@ -288,8 +305,17 @@ mod tests {
         std::fs::create_dir_all(run.join("stage-1")).unwrap();
         let leftovers =
             [".checkpoint.safetensors.tmp123", ".metrics.jsonl.tmp9", "stage-1/.genotype.json.tmp77"];
-        let kept =
-            ["checkpoint.safetensors", ".tmp12", ".x.tmp", "notes.tmp3", ".cnas.lock", "stage-1/a.json"];
+        std::fs::create_dir_all(run.join("other")).unwrap();
+        let kept = [
+            "checkpoint.safetensors",
+            ".tmp12",
+            ".x.tmp",
+            "notes.tmp3",
+            ".cnas.lock",
+            "stage-1/a.json",
+            ".notes.txt.tmp5",
+            "other/.config.json.tmp1",
+        ];
         for f in leftovers.iter().chain(&kept) {
             std::fs::write(run.join(f), "x").unwrap();
         }
