@@ -23,7 +23,7 @@ pub(crate) struct Cli {
     #[arg(long, global = true, default_value = "10m", value_parser = cnas::dist::parse_timeout)]
     pub(crate) dist_timeout: Duration,
     /// Data-parallel runs: size of the gradient buckets all-reduced together, in MiB.
-    #[arg(long, global = true, default_value_t = 25.0, value_parser = parse_bucket_mb)]
+    #[arg(long, global = true, default_value_t = 25.0, value_parser = positive)]
     pub(crate) bucket_mb: f64,
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -59,10 +59,44 @@ pub(crate) enum Command {
     Download(DownloadArgs),
 }
 
-fn parse_bucket_mb(s: &str) -> Result<f64, String> {
+// Range checks of the numeric options, at parse time: clap's error then names the option
+// ("invalid value 'nan' for '--lr <LR>': must be above 0") and exits 2 before anything starts.
+// The library's validate functions check the same ranges for its own callers and for the
+// options a resumed run reads back; what depends on two options is only checked there.
+
+/// A finite number (no NaN, no infinity).
+fn finite(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("'{s}' is not a positive number of MiB")),
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(_) => Err("not a number".into()),
+    }
+}
+
+/// A finite number above 0 (learning rates, clipping norms, temperatures).
+fn positive(s: &str) -> Result<f64, String> {
+    finite(s).and_then(|v| if v > 0.0 { Ok(v) } else { Err("must be above 0".into()) })
+}
+
+/// A finite number of at least 0 (weight decays, loss weights).
+fn non_negative(s: &str) -> Result<f64, String> {
+    finite(s).and_then(|v| if v >= 0.0 { Ok(v) } else { Err("must be at least 0".into()) })
+}
+
+/// A number in [0, 1) (momentum, decays, probabilities that 1 would make degenerate).
+fn below_one(s: &str) -> Result<f64, String> {
+    finite(s).and_then(|v| if (0.0..1.0).contains(&v) { Ok(v) } else { Err("must be in [0, 1)".into()) })
+}
+
+/// A whole number of at least `min`.
+fn at_least<T>(min: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |s: &str| match s.trim().parse::<T>() {
+        Ok(v) if v >= min => Ok(v),
+        Ok(_) => Err(format!("must be at least {min}")),
+        Err(_) => Err("not a whole number".into()),
     }
 }
 
@@ -85,9 +119,10 @@ pub(crate) struct PredictArgs {
     #[arg(long)]
     pub(crate) weights: PathBuf,
     /// How many of the best classes to print per input.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least(1usize))]
     pub(crate) top: usize,
-    #[arg(long, default_value_t = 64)]
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64, value_parser = at_least(1usize))]
     pub(crate) batch_size: usize,
     /// Print one JSON object per input, with the raw logits.
     #[arg(long)]
@@ -204,35 +239,35 @@ pub(crate) struct SearchArgs {
     #[arg(long, value_delimiter = ',', value_name = "OP,OP,...")]
     pub(crate) op_order: Option<Vec<String>>,
     /// Supernet channels [default: 16; quick: 8].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) init_channels: Option<i64>,
     /// Supernet cells [default: 8; quick: 5].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) layers: Option<i64>,
     /// Intermediate nodes per cell [default: 4].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) nodes: Option<usize>,
-    /// Images per batch, per process [default: 96; quick: 32].
-    #[arg(long)]
+    /// Images per batch, per process, at least 2 [default: 96; quick: 32].
+    #[arg(long, value_parser = at_least(2usize))]
     pub(crate) batch_size: Option<usize>,
     /// Warm-up epochs per stage (uniform sampling) [default: 20; quick: 1].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(0usize))]
     pub(crate) warmup_epochs: Option<usize>,
     /// Search epochs per stage (weights, then controller) [default: 40; quick: 1].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(0usize))]
     pub(crate) epochs: Option<usize>,
     /// REINFORCE updates after each search epoch [default: one per held-out batch, a pass
     /// over the held-out part; quick: 8].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) controller_steps: Option<usize>,
     /// Supernet learning rate (SGD, Nesterov, constant) [default: 0.01].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) lr: Option<f64>,
-    /// Supernet SGD momentum [default: 0.9].
-    #[arg(long)]
+    /// Supernet SGD momentum, in [0, 1) [default: 0.9].
+    #[arg(long, value_parser = below_one)]
     pub(crate) momentum: Option<f64>,
     /// Supernet weight decay [default: 3e-4].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub(crate) weight_decay: Option<f64>,
     /// Update only the sampled path's parameters (gradients dropped). Default, as released
     /// under PyTorch 1.5: gradients are zeroed in place, so every parameter used once keeps
@@ -240,62 +275,62 @@ pub(crate) struct SearchArgs {
     #[arg(long)]
     pub(crate) sparse_update: bool,
     /// Clip the supernet's gradients to this global L2 norm [default: no clipping].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) grad_clip: Option<f64>,
     /// Controller learning rate (Adam) [default: 3e-4; quick: 3.5e-3].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) controller_lr: Option<f64>,
     /// Controller weight decay (Adam, L2) [default: 5e-4].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub(crate) controller_weight_decay: Option<f64>,
     /// Controller LSTM hidden size [default: 128].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) controller_hidden: Option<i64>,
     /// Clip the controllers' gradients to this global L2 norm [default: 5].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) controller_grad_clip: Option<f64>,
     /// Do not clip the controllers' gradients.
     #[arg(long, conflicts_with = "controller_grad_clip")]
     pub(crate) no_controller_grad_clip: bool,
-    /// Entropy bonus weight [default: 0.005].
-    #[arg(long)]
+    /// Entropy bonus weight, at least 0 (0: no bonus) [default: 0.005].
+    #[arg(long, value_parser = non_negative)]
     pub(crate) entropy_weight: Option<f64>,
-    /// Decay of the reward's moving-average baseline [default: 0.99].
-    #[arg(long)]
+    /// Decay of the reward's moving-average baseline, in [0, 1) [default: 0.99].
+    #[arg(long, value_parser = below_one)]
     pub(crate) baseline_decay: Option<f64>,
     /// Controller logit temperature [default: none].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) temperature: Option<f64>,
     /// Controller tanh logit clipping constant [default: none].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) tanh_constant: Option<f64>,
     /// Rounds of candidates derived at the end of each stage [default: 3].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) derive_rounds: Option<usize>,
     /// Candidates sampled per derive round [default: 10; quick: 4].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) derive_samples: Option<usize>,
     /// Un-augmented held-out images every candidate is scored on (all of the held-out part
     /// when it has fewer) [default: 10000; quick: 512].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) derive_images: Option<usize>,
     /// Images per forward pass when scoring candidates; BatchNorm uses each batch's
     /// statistics, so this is part of the score [default: --batch-size].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(2usize))]
     pub(crate) derive_batch_size: Option<usize>,
     /// Uniformly sampled architectures also scored at the end of each stage, to compare the
     /// controller with chance [default: 0; quick: 4].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(0usize))]
     pub(crate) derive_uniform: Option<usize>,
     /// Use at most this many images of each search split [default: all; quick: 512].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) max_images: Option<usize>,
     /// Data-parallel runs: BatchNorm statistics over the global batch (every rank's images)
     /// instead of each rank's own; costs three small all-reduces per BatchNorm layer and step.
     #[arg(long)]
     pub(crate) sync_bn: bool,
     /// Stop (as if interrupted) after this many epochs; for testing resume.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = at_least(0usize))]
     pub(crate) stop_after_epochs: Option<usize>,
 }
 
@@ -365,29 +400,29 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) force: bool,
     /// Channels of the first cells [cifar10: 36, imagenet: 48].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) init_channels: Option<i64>,
     /// Number of cells [cifar10: 20, imagenet: 14].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) layers: Option<i64>,
     /// Training epochs [cifar10: 600, imagenet: 250]
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) epochs: Option<usize>,
     /// Global batch: images per optimizer step over all ranks, divided evenly over the
     /// data-parallel ranks (WORLD_SIZE k: each takes batch / k) [cifar10: 128, imagenet: 256].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(2usize))]
     pub(crate) batch_size: Option<usize>,
     /// Initial learning rate (SGD; not rescaled with the batch) [0.05].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) lr: Option<f64>,
-    /// Learning rate the decay ends at [0].
-    #[arg(long)]
+    /// Learning rate the decay ends at, from 0 to --lr [0].
+    #[arg(long, value_parser = non_negative)]
     pub(crate) lr_min: Option<f64>,
-    /// SGD momentum [0.9].
-    #[arg(long)]
+    /// SGD momentum, in [0, 1) [0.9].
+    #[arg(long, value_parser = below_one)]
     pub(crate) momentum: Option<f64>,
     /// SGD weight decay (L2) [3e-4].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub(crate) weight_decay: Option<f64>,
     /// No weight decay on parameters whose name contains "bias" (BatchNorm and convolution or
     /// linear biases; BatchNorm weights are still decayed) [cifar10: off, imagenet: on].
@@ -399,47 +434,47 @@ pub(crate) struct TrainArgs {
     /// Learning-rate decay [cifar10: cosine, imagenet: linear].
     #[arg(long, value_enum)]
     pub(crate) scheduler: Option<cnas::train::SchedulerKind>,
-    /// Epochs W of linear warm-up: epoch e < W (1-based) runs at lr·e/W, the decay starts
+    /// Epochs W < --epochs of linear warm-up: epoch e < W (1-based) runs at lr·e/W, the decay starts
     /// from lr at e = W [0].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(0usize))]
     pub(crate) warmup_epochs: Option<usize>,
     /// --scheduler step: epochs between decays [1].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) step_size: Option<usize>,
     /// --scheduler step: decay factor [0.97].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) gamma: Option<f64>,
-    /// Label smoothing ε: target 1-ε on the label and ε/(K-1) on each other class, as the
+    /// Label smoothing ε in [0, 1): target 1-ε on the label and ε/(K-1) on each other class, as the
     /// released code [0].
-    #[arg(long)]
+    #[arg(long, value_parser = below_one)]
     pub(crate) label_smooth: Option<f64>,
     /// Weight of the auxiliary head's loss; 0 trains without the head [0.4].
-    #[arg(long)]
+    #[arg(long, value_parser = non_negative)]
     pub(crate) auxiliary_weight: Option<f64>,
-    /// Drop-path probability at the last epoch: epoch e of T (1-based) uses P·e/T [0.2].
-    #[arg(long)]
+    /// Drop-path probability at the last epoch, in [0, 1): epoch e of T (1-based) uses P·e/T [0.2].
+    #[arg(long, value_parser = below_one)]
     pub(crate) drop_path_prob: Option<f64>,
     /// Gradient clipping (global L2 norm) [5].
-    #[arg(long)]
+    #[arg(long, value_parser = positive)]
     pub(crate) grad_clip: Option<f64>,
     /// Mixed precision: bf16 autocast for the forward pass, loss in fp32.
     #[arg(long)]
     pub(crate) amp: bool,
     /// Train on at most this many images of the training set.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) max_images: Option<usize>,
     /// Validate on at most this many test images.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) max_eval_images: Option<usize>,
     /// Validate every N epochs (and after the last) [1].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) eval_every: Option<usize>,
     /// Data-parallel runs: BatchNorm statistics over the global batch (every rank's images)
     /// instead of each rank's own; costs three small all-reduces per BatchNorm layer and step.
     #[arg(long)]
     pub(crate) sync_bn: bool,
     /// Stop (as if interrupted) after this many epochs; for testing resume.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, value_parser = at_least(0usize))]
     pub(crate) stop_after_epochs: Option<usize>,
 }
 
@@ -476,14 +511,15 @@ pub(crate) struct EvalArgs {
     /// The architecture, when the weights file does not say [CNAS].
     #[arg(long)]
     pub(crate) arch: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) init_channels: Option<i64>,
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) layers: Option<i64>,
-    #[arg(long, default_value_t = 256)]
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 256, value_parser = at_least(1usize))]
     pub(crate) batch_size: usize,
     /// Evaluate on the first N test images only.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1usize))]
     pub(crate) max_images: Option<usize>,
     /// bf16 autocast.
     #[arg(long)]
@@ -518,7 +554,7 @@ pub(crate) struct ExportArgs {
     #[arg(long)]
     pub(crate) keep_bn: bool,
     /// ONNX: input height and width [default: 32 for cifar10, 224 for imagenet].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) image_size: Option<i64>,
 }
 
@@ -545,13 +581,13 @@ pub(crate) struct NetArgs {
     #[arg(long, default_value = "cifar10")]
     pub(crate) dataset: NetworkKind,
     /// Channels of the first cells [default: 36 for cifar10, 48 for imagenet].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) init_channels: Option<i64>,
     /// Number of cells [default: 20 for cifar10, 14 for imagenet].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) layers: Option<i64>,
     /// Number of classes [default: 10 for cifar10, 1000 for imagenet].
-    #[arg(long)]
+    #[arg(long, value_parser = at_least(1i64))]
     pub(crate) classes: Option<i64>,
 }
 
@@ -565,5 +601,237 @@ impl NetArgs {
         config.layers = self.layers.unwrap_or(config.layers);
         config.num_classes = self.classes.unwrap_or(config.num_classes);
         Ok((name, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Every numeric option of every command has its range checked: the table below lists each
+    //! with values that must be refused and one that must be accepted, and the test fails when
+    //! a numeric option is missing from it (a new option cannot be forgotten).
+    use std::any::TypeId;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use clap::error::ErrorKind;
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    /// A numeric option, the commands that have it ("" for a global option), values that must
+    /// be refused (NaN and ±inf are added for floating-point options) and one that must pass.
+    struct Case {
+        commands: &'static [&'static str],
+        flag: &'static str,
+        bad: &'static [&'static str],
+        good: &'static str,
+    }
+
+    const fn case(
+        commands: &'static [&'static str],
+        flag: &'static str,
+        bad: &'static [&'static str],
+        good: &'static str,
+    ) -> Case {
+        Case { commands, flag, bad, good }
+    }
+
+    const DATA: &[&str] = &["search", "train", "eval"];
+    const NET: &[&str] = &["info", "predict", "export"];
+    const SEARCH: &[&str] = &["search"];
+    const TRAIN: &[&str] = &["train"];
+    const BOTH: &[&str] = &["search", "train"];
+
+    #[rustfmt::skip]
+    const CASES: &[Case] = &[
+        case(&[""], "--bucket-mb", &["0", "-1"], "0.5"),
+        case(&[""], "--dist-timeout", &["0", "-5", "1e300h"], "90s"),
+        // The data options.
+        case(DATA, "--workers", &["-1"], "0"),
+        case(DATA, "--train-portion", &["0", "-0.1", "1.5"], "1"),
+        case(DATA, "--cutout", &["-1", "33"], "0"),
+        case(DATA, "--seed", &["-1"], "0"),
+        case(DATA, "--image-size", &["7", "4097"], "64"),
+        // search and train.
+        case(BOTH, "--init-channels", &["0", "-16"], "8"),
+        case(BOTH, "--layers", &["0"], "5"),
+        case(BOTH, "--batch-size", &["0", "1"], "2"),
+        case(BOTH, "--lr", &["0", "-0.01"], "0.1"),
+        case(BOTH, "--momentum", &["1", "-0.1", "1.5"], "0"),
+        case(BOTH, "--weight-decay", &["-1e-4"], "0"),
+        case(BOTH, "--grad-clip", &["0", "-5"], "5"),
+        case(BOTH, "--stop-after-epochs", &["-1"], "0"),
+        // search.
+        case(SEARCH, "--nodes", &["0"], "2"),
+        case(SEARCH, "--epochs", &["-1"], "0"),
+        case(SEARCH, "--warmup-epochs", &["-1"], "0"),
+        case(SEARCH, "--max-images", &["0"], "1"),
+        case(SEARCH, "--controller-steps", &["0"], "1"),
+        case(SEARCH, "--controller-lr", &["0"], "3e-4"),
+        case(SEARCH, "--controller-weight-decay", &["-1"], "0"),
+        case(SEARCH, "--controller-hidden", &["0"], "64"),
+        case(SEARCH, "--controller-grad-clip", &["0"], "5"),
+        case(SEARCH, "--entropy-weight", &["-1"], "0"),
+        case(SEARCH, "--baseline-decay", &["1", "-0.5"], "0"),
+        case(SEARCH, "--temperature", &["0"], "5"),
+        case(SEARCH, "--tanh-constant", &["0"], "2.5"),
+        case(SEARCH, "--derive-rounds", &["0"], "1"),
+        case(SEARCH, "--derive-samples", &["0"], "1"),
+        case(SEARCH, "--derive-images", &["0"], "1"),
+        case(SEARCH, "--derive-batch-size", &["0", "1"], "2"),
+        case(SEARCH, "--derive-uniform", &["-1"], "0"),
+        // train: --warmup-epochs must be below --epochs, --lr-min at most --lr, one batch of
+        // --max-images (600 epochs, lr 0.05, batch 128 by default).
+        case(TRAIN, "--epochs", &["0"], "1"),
+        case(TRAIN, "--lr-min", &["-1", "1"], "0"),
+        case(TRAIN, "--warmup-epochs", &["-1", "600"], "5"),
+        case(TRAIN, "--max-images", &["0", "127"], "128"),
+        case(TRAIN, "--step-size", &["0"], "1"),
+        case(TRAIN, "--gamma", &["0", "-0.97"], "1"),
+        case(TRAIN, "--label-smooth", &["1", "-0.1"], "0.1"),
+        case(TRAIN, "--auxiliary-weight", &["-0.4"], "0"),
+        case(TRAIN, "--drop-path-prob", &["1", "-0.2"], "0"),
+        case(TRAIN, "--max-eval-images", &["0"], "1"),
+        case(TRAIN, "--eval-every", &["0"], "1"),
+        // eval, and the network options of info, predict and export.
+        case(&["eval"], "--init-channels", &["0", "-2"], "8"),
+        case(&["eval"], "--layers", &["0"], "5"),
+        case(&["eval"], "--batch-size", &["0"], "1"),
+        case(&["eval"], "--max-images", &["0"], "1"),
+        case(NET, "--init-channels", &["0", "-2"], "8"),
+        case(NET, "--layers", &["0"], "5"),
+        case(NET, "--classes", &["0", "-10"], "2"),
+        case(&["predict"], "--top", &["0"], "1"),
+        case(&["predict"], "--batch-size", &["0"], "1"),
+        case(&["export"], "--image-size", &["0", "-32"], "32"),
+        // launch: --node-rank must be below --nnodes (1 by default).
+        case(&["launch"], "--nproc-per-node", &["0", "1025"], "2"),
+        case(&["launch"], "--nnodes", &["0", "4097"], "2"),
+        case(&["launch"], "--node-rank", &["-1", "1"], "0"),
+        case(&["launch"], "--master-port", &["0", "65536"], "29500"),
+    ];
+
+    /// The arguments a command needs besides the option under test: before it, after it.
+    fn frame(command: &str) -> (Vec<&'static str>, Vec<&'static str>) {
+        match command {
+            "" => (vec![], vec!["info"]),
+            "search" => (vec!["search", "-o", "run"], vec![]),
+            "train" => (vec!["train", "--arch", "CNAS", "-o", "out"], vec![]),
+            "eval" => (vec!["eval", "--weights", "w.safetensors"], vec![]),
+            "info" => (vec!["info"], vec![]),
+            "predict" => (vec!["predict", "--weights", "w.pth"], vec!["x.png"]),
+            "export" => (vec!["export", "--weights", "w.pth", "-o", "x.onnx"], vec![]),
+            "launch" => (vec!["launch", "--nproc-per-node", "1"], vec!["--", "info"]),
+            other => panic!("no frame for `cnas {other}`: add one to this test"),
+        }
+    }
+
+    /// The checks a command makes after parsing, before it starts any work.
+    fn checks(cli: &Cli) -> Result<(), String> {
+        let lib = |r: cnas::Result<()>| r.map_err(|e| e.to_string());
+        match &cli.command {
+            Command::Search(a) => {
+                lib(a.data.validate())?;
+                lib(a.options().map_err(|e| e.to_string())?.validate())
+            }
+            Command::Train(a) => lib(a.data.validate()).and(lib(a.options().validate())),
+            Command::Eval(a) => lib(a.data.validate()),
+            Command::Launch(a) => lib(crate::cli::launch::validate(a)),
+            _ => Ok(()),
+        }
+    }
+
+    /// `cnas [frame] FLAG=VALUE [frame]`: parsed and checked; the error's text when refused.
+    fn outcome(command: &str, flag: &str, value: &str) -> Result<(), String> {
+        let (mut before, after) = frame(command);
+        if let Some(i) = before.iter().position(|a| *a == flag) {
+            before.drain(i..i + 2); // the option under test replaces the frame's
+        }
+        let arg = format!("{flag}={value}");
+        let argv: Vec<&str> = ["cnas"].into_iter().chain(before).chain([arg.as_str()]).chain(after).collect();
+        match Cli::try_parse_from(&argv) {
+            Ok(cli) => checks(&cli),
+            Err(e) => {
+                // Not some other parse error (a repeated option, a missing argument).
+                assert_eq!(e.kind(), ErrorKind::ValueValidation, "{argv:?}: {e}");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Every numeric option: (command, --flag) → whether it takes fractions (NaN and
+    /// infinities must then be refused).
+    fn numeric_options() -> BTreeMap<(String, String), bool> {
+        let floats = [TypeId::of::<f64>(), TypeId::of::<f32>(), TypeId::of::<Duration>()];
+        let integers = [
+            TypeId::of::<u8>(),
+            TypeId::of::<u16>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<u64>(),
+            TypeId::of::<usize>(),
+            TypeId::of::<i8>(),
+            TypeId::of::<i16>(),
+            TypeId::of::<i32>(),
+            TypeId::of::<i64>(),
+            TypeId::of::<isize>(),
+        ];
+        let cli = Cli::command();
+        let commands = std::iter::once(("", &cli)).chain(cli.get_subcommands().map(|c| (c.get_name(), c)));
+        let mut out = BTreeMap::new();
+        for (name, command) in commands {
+            for arg in command.get_arguments() {
+                let id = arg.get_value_parser().type_id();
+                let float = floats.iter().any(|t| id == *t);
+                if !float && !integers.iter().any(|t| id == *t) {
+                    continue;
+                }
+                let long = arg.get_long().unwrap_or_else(|| panic!("numeric positional {:?}", arg.get_id()));
+                out.insert((name.to_string(), format!("--{long}")), float);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_numeric_option_refuses_bad_values_naming_the_option() {
+        let numeric = numeric_options();
+        // The detection works: a float, an integer and a global option are among them.
+        for key in [("search", "--entropy-weight"), ("predict", "--top"), ("", "--bucket-mb")] {
+            assert!(numeric.contains_key(&(key.0.to_string(), key.1.to_string())), "{key:?}");
+        }
+        let mut covered = BTreeSet::new();
+        for case in CASES {
+            for &command in case.commands {
+                let key = (command.to_string(), case.flag.to_string());
+                let float = *numeric.get(&key).unwrap_or_else(|| panic!("{key:?} is not a numeric option"));
+                assert!(covered.insert(key), "{command} {} is in the table twice", case.flag);
+                let non_finite: &[&str] = if float { &["nan", "NaN", "inf", "-inf"] } else { &[] };
+                for value in case.bad.iter().chain(non_finite) {
+                    match outcome(command, case.flag, value) {
+                        Ok(()) => panic!("cnas {command} {}={value} was accepted", case.flag),
+                        Err(e) => assert!(e.contains(case.flag), "'{e}' does not name {}", case.flag),
+                    }
+                }
+                if let Err(e) = outcome(command, case.flag, case.good) {
+                    panic!("cnas {command} {}={} was refused: {e}", case.flag, case.good);
+                }
+            }
+        }
+        let missing: Vec<_> = numeric.keys().filter(|k| !covered.contains(*k)).collect();
+        assert!(missing.is_empty(), "numeric options without a range in this test's table: {missing:?}");
+    }
+
+    #[test]
+    fn the_defaults_pass_their_own_checks() {
+        for argv in [
+            &["cnas", "search", "-o", "run"][..],
+            &["cnas", "search", "-o", "run", "--preset", "quick"],
+            &["cnas", "train", "--arch", "CNAS", "-o", "out"],
+            &["cnas", "train", "--arch", "CNAS", "-o", "out", "--dataset", "imagenet"],
+            &["cnas", "eval", "--weights", "w"],
+            &["cnas", "launch", "--nproc-per-node", "2", "--", "info"],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            checks(&cli).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
     }
 }

@@ -9,15 +9,7 @@ use super::args::LaunchArgs;
 /// the others as soon as one fails (then fails with its exit code).
 pub(crate) fn launch(args: &LaunchArgs) -> anyhow::Result<()> {
     use std::process::{Command as Process, Stdio};
-    if args.node_rank >= args.nnodes {
-        anyhow::bail!(cnas::Error::BadOption(format!(
-            "--node-rank {} does not exist among --nnodes {}",
-            args.node_rank, args.nnodes
-        )));
-    }
-    if args.command.first().is_some_and(|c| c == "launch") {
-        anyhow::bail!(cnas::Error::BadOption("cnas launch cannot launch itself".into()));
-    }
+    validate(args)?;
     let exe = std::env::current_exe().context("locating the cnas binary")?;
     let per_node = args.nproc_per_node as usize;
     let world = per_node * args.nnodes as usize;
@@ -75,4 +67,18 @@ pub(crate) fn launch(args: &LaunchArgs) -> anyhow::Result<()> {
         }
         None => Ok(()),
     }
+}
+
+/// The checks clap cannot make alone: they involve two options, or the command.
+pub(crate) fn validate(args: &LaunchArgs) -> cnas::error::Result<()> {
+    if args.node_rank >= args.nnodes {
+        return Err(cnas::Error::BadOption(format!(
+            "--node-rank {} does not exist among --nnodes {}",
+            args.node_rank, args.nnodes
+        )));
+    }
+    if args.command.first().is_some_and(|c| c == "launch") {
+        return Err(cnas::Error::BadOption("cnas launch cannot launch itself".into()));
+    }
+    Ok(())
 }

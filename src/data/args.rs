@@ -66,15 +66,16 @@ pub struct DataArgs {
     /// train/ and val/.
     #[arg(long, value_name = "DIR", default_value = "data")]
     pub data: PathBuf,
-    /// Threads preparing batches [default: number of cores].
+    /// Threads preparing batches; 0 prepares them in the consuming thread [default: number of
+    /// cores].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Share of the training set that trains weights during search; the rest scores
-    /// architectures.
-    #[arg(long, default_value_t = 0.4)]
+    /// Share of the training set that trains weights during search, in (0, 1]; the rest
+    /// scores architectures.
+    #[arg(long, default_value_t = 0.4, value_parser = parse_portion)]
     pub train_portion: f64,
-    /// Cutout length for CIFAR training (0: none) [default: the command's own, 16 for final
-    /// training, 0 for search].
+    /// Cutout length for CIFAR training, at most 32 (0: none) [default: the command's own, 16
+    /// for final training, 0 for search].
     #[arg(long)]
     pub cutout: Option<usize>,
     /// Seed of everything random in a run: weights, data split, shuffling, augmentation, the
@@ -87,9 +88,31 @@ pub struct DataArgs {
     /// Label file for a flat imagenet val/ folder (see the data module docs for its forms).
     #[arg(long, value_name = "FILE")]
     pub val_labels: Option<PathBuf>,
-    /// Side of the imagenet input crops [default: 224; evaluation resizes to 256/224 of it].
-    #[arg(long)]
+    /// Side of the imagenet input crops, 8 to 4096 [default: 224; evaluation resizes to 256/224
+    /// of it].
+    #[arg(long, value_parser = parse_image_size)]
     pub image_size: Option<usize>,
+}
+
+/// `--train-portion`: a share in (0, 1] (checked at parse time, so that clap names the option).
+fn parse_portion(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v), // false for NaN
+        Ok(_) => Err("must be above 0 and at most 1".into()),
+        Err(_) => Err("not a number".into()),
+    }
+}
+
+/// The range of `--image-size`.
+const IMAGE_SIZES: std::ops::RangeInclusive<usize> = 8..=4096;
+
+/// `--image-size`: a side in [`IMAGE_SIZES`].
+fn parse_image_size(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(v) if IMAGE_SIZES.contains(&v) => Ok(v),
+        Ok(_) => Err(format!("must be between {} and {}", IMAGE_SIZES.start(), IMAGE_SIZES.end())),
+        Err(_) => Err("not a whole number".into()),
+    }
 }
 
 impl Default for DataArgs {
@@ -166,8 +189,12 @@ impl DataArgs {
         if self.cutout.is_some_and(|c| c > 32) && self.dataset == DatasetKind::Cifar10 {
             return Err(Error::BadOption("--cutout is at most 32 on 32×32 CIFAR images".into()));
         }
-        if self.image_size.is_some_and(|s| !(8..=4096).contains(&s)) {
-            return Err(Error::BadOption("--image-size must be between 8 and 4096".into()));
+        if self.image_size.is_some_and(|s| !IMAGE_SIZES.contains(&s)) {
+            return Err(Error::BadOption(format!(
+                "--image-size must be between {} and {}",
+                IMAGE_SIZES.start(),
+                IMAGE_SIZES.end()
+            )));
         }
         Ok(())
     }

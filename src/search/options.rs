@@ -123,57 +123,53 @@ impl SearchOptions {
         }
     }
 
+    /// Rejects values that cannot work, naming the option: the ranges `cnas search` checks when
+    /// it parses (for library callers and the options a resumed run reads back), and what
+    /// involves two options.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::BadOption(m));
-        if self.batch_size < 2 {
-            return bad("--batch-size must be at least 2 (BatchNorm needs two images)".into());
+        // i128 holds every i64 and usize exactly.
+        let whole = [
+            ("--init-channels", self.init_channels as i128, 1),
+            ("--layers", self.layers as i128, 1),
+            ("--nodes", self.nodes as i128, 1),
+            ("--controller-hidden", self.controller_hidden as i128, 1),
+            ("--batch-size", self.batch_size as i128, 2), // BatchNorm needs two images
+            ("--derive-rounds", self.derive_rounds as i128, 1),
+            ("--derive-samples", self.derive_samples as i128, 1),
+            ("--derive-images", self.derive_images as i128, 1),
+            ("--derive-batch-size", self.derive_batch() as i128, 2),
+            ("--controller-steps", self.controller_steps.unwrap_or(1) as i128, 1),
+            ("--max-images", self.max_images.unwrap_or(1) as i128, 1),
+        ];
+        for (name, v, min) in whole {
+            if v < min {
+                return bad(format!("{name} {v} must be at least {min}"));
+            }
         }
         if self.epochs == 0 && self.warmup_epochs == 0 {
             return bad("a stage needs at least one epoch: --warmup-epochs and --epochs are both 0".into());
         }
-        if self.derive_rounds == 0 || self.derive_samples == 0 || self.derive_images == 0 {
-            return bad("--derive-rounds, --derive-samples and --derive-images must be at least 1".into());
-        }
-        if self.derive_batch_size.is_some_and(|b| b < 2) {
-            return bad("--derive-batch-size must be at least 2".into());
-        }
-        if self.controller_steps == Some(0) {
-            return bad("--controller-steps must be at least 1".into());
-        }
-        if self.max_images == Some(0) {
-            return bad("--max-images must be at least 1".into());
-        }
-        if self.init_channels < 1 || self.layers < 1 || self.nodes < 1 || self.controller_hidden < 1 {
-            return bad(
-                "--init-channels, --layers, --nodes and --controller-hidden must be at least 1".into()
-            );
-        }
-        let positive = [
-            ("--lr", Some(self.lr)),
-            ("--controller-lr", Some(self.controller_lr)),
-            ("--grad-clip", self.grad_clip),
-            ("--controller-grad-clip", self.controller_grad_clip),
-            ("--temperature", self.temperature),
-            ("--tanh-constant", self.tanh_constant),
+        // Comparisons are false for NaN, so each range refuses it; infinities are refused too.
+        let positive: fn(f64) -> bool = |v| v > 0.0;
+        let non_negative: fn(f64) -> bool = |v| v >= 0.0;
+        let below_one: fn(f64) -> bool = |v| (0.0..1.0).contains(&v);
+        let ranges = [
+            ("--lr", Some(self.lr), positive, "above 0"),
+            ("--controller-lr", Some(self.controller_lr), positive, "above 0"),
+            ("--grad-clip", self.grad_clip, positive, "above 0"),
+            ("--controller-grad-clip", self.controller_grad_clip, positive, "above 0"),
+            ("--temperature", self.temperature, positive, "above 0"),
+            ("--tanh-constant", self.tanh_constant, positive, "above 0"),
+            ("--weight-decay", Some(self.weight_decay), non_negative, "at least 0"),
+            ("--controller-weight-decay", Some(self.controller_weight_decay), non_negative, "at least 0"),
+            ("--entropy-weight", Some(self.entropy_weight), non_negative, "at least 0"),
+            ("--momentum", Some(self.momentum), below_one, "in [0, 1)"),
+            ("--baseline-decay", Some(self.baseline_decay), below_one, "in [0, 1)"),
         ];
-        for (name, value) in positive {
-            if let Some(v) = value.filter(|v| !(v.is_finite() && *v > 0.0)) {
-                return bad(format!("{name} {v} must be a positive number"));
-            }
-        }
-        let non_negative = [
-            ("--weight-decay", self.weight_decay),
-            ("--controller-weight-decay", self.controller_weight_decay),
-            ("--entropy-weight", self.entropy_weight),
-        ];
-        for (name, v) in non_negative {
-            if !(v.is_finite() && v >= 0.0) {
-                return bad(format!("{name} {v} must be a number of at least 0"));
-            }
-        }
-        for (name, v) in [("--momentum", self.momentum), ("--baseline-decay", self.baseline_decay)] {
-            if !(0.0..1.0).contains(&v) {
-                return bad(format!("{name} {v} must be in [0, 1)"));
+        for (name, value, ok, range) in ranges {
+            if let Some(v) = value.filter(|&v| !(v.is_finite() && ok(v))) {
+                return bad(format!("{name} {v} must be a finite number {range}"));
             }
         }
         if let Some(order) = &self.op_order {

@@ -134,33 +134,46 @@ impl TrainOptions {
         Ok(per_rank)
     }
 
+    /// Rejects values that cannot work, naming the option: the ranges `cnas train` checks when
+    /// it parses (for library callers and the options a resumed run reads back), and what
+    /// involves two options.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::BadOption(m));
-        if self.epochs == 0 {
-            return bad("--epochs must be at least 1".into());
+        let whole = [
+            ("--epochs", self.epochs, 1),
+            ("--batch-size", self.batch_size, 2), // BatchNorm needs two samples
+            ("--eval-every", self.eval_every, 1),
+            ("--step-size", self.step_size, 1),
+        ];
+        for (name, v, min) in whole {
+            if v < min {
+                return bad(format!("{name} {v} must be at least {min}"));
+            }
         }
-        if self.batch_size < 2 {
-            return bad("--batch-size must be at least 2 (BatchNorm needs two samples)".into());
+        for (name, v) in [("--max-images", self.max_images), ("--max-eval-images", self.max_eval_images)] {
+            if v == Some(0) {
+                return bad(format!("{name} must be at least 1"));
+            }
         }
-        if !(0.0..1.0).contains(&self.drop_path_prob) {
-            return bad(format!("--drop-path-prob {} must be in [0, 1)", self.drop_path_prob));
-        }
-        if !(0.0..1.0).contains(&self.label_smooth) {
-            return bad(format!("--label-smooth {} must be in [0, 1)", self.label_smooth));
-        }
-        let non_negative = |v: f64| v >= 0.0; // false for NaN too
-        if !non_negative(self.auxiliary_weight)
-            || !non_negative(self.momentum)
-            || !self.grad_clip.is_finite()
-            || self.grad_clip <= 0.0
-        {
-            return bad("--auxiliary-weight and --momentum must be ≥ 0, --grad-clip > 0".into());
-        }
-        if !non_negative(self.weight_decay) {
-            return bad(format!("--weight-decay {} must be ≥ 0", self.weight_decay));
-        }
-        if self.eval_every == 0 {
-            return bad("--eval-every must be at least 1".into());
+        // Comparisons are false for NaN, so each range refuses it; infinities are refused too.
+        let positive: fn(f64) -> bool = |v| v > 0.0;
+        let non_negative: fn(f64) -> bool = |v| v >= 0.0;
+        let below_one: fn(f64) -> bool = |v| (0.0..1.0).contains(&v);
+        let ranges = [
+            ("--lr", self.lr, positive, "above 0"),
+            ("--lr-min", self.lr_min, non_negative, "at least 0"),
+            ("--momentum", self.momentum, below_one, "in [0, 1)"),
+            ("--weight-decay", self.weight_decay, non_negative, "at least 0"),
+            ("--gamma", self.gamma, positive, "above 0"),
+            ("--label-smooth", self.label_smooth, below_one, "in [0, 1)"),
+            ("--auxiliary-weight", self.auxiliary_weight, non_negative, "at least 0"),
+            ("--drop-path-prob", self.drop_path_prob, below_one, "in [0, 1)"),
+            ("--grad-clip", self.grad_clip, positive, "above 0"),
+        ];
+        for (name, v, ok, range) in ranges {
+            if !(v.is_finite() && ok(v)) {
+                return bad(format!("{name} {v} must be a finite number {range}"));
+            }
         }
         if self.max_images.is_some_and(|n| n < self.batch_size) {
             return bad(format!(

@@ -28,6 +28,7 @@ mod data_folder;
 mod data_loader;
 mod dist;
 mod export;
+mod options;
 mod pretrained;
 mod recovery;
 mod reference;
