@@ -1,6 +1,6 @@
 //! The `cnas` command line: a thin layer over the library. It parses, sets up logging, runs the
-//! command (`cli::commands`) and maps errors to exit codes: 2 for a user's mistake, 1 for
-//! anything else.
+//! command (`cli::commands`) and maps errors to exit codes: 2 for a user's mistake, 3 for a
+//! failure of the environment (full disk, failed download), 1 for anything else.
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    commands::report_stdout_failures();
     let cli = Cli::parse();
     // Ranks other than 0 of a data-parallel run only warn, unless RUST_LOG says otherwise.
     let quiet_rank = std::env::var("RANK").is_ok_and(|r| r.trim() != "0")
@@ -38,10 +39,12 @@ fn main() -> ExitCode {
                 }
                 _ => eprintln!("error: {err:#}"),
             }
-            let user = err
+            // 2 the user's mistake, 3 the environment's (retry), 1 cnas's (README, "Exit codes").
+            let code = err
                 .chain()
-                .any(|cause| cause.downcast_ref::<cnas::Error>().is_some_and(cnas::Error::is_user_error));
-            ExitCode::from(if user { 2 } else { 1 })
+                .find_map(|cause| cause.downcast_ref::<cnas::Error>())
+                .map_or(1, cnas::Error::exit_code);
+            ExitCode::from(code)
         }
     }
 }
