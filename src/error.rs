@@ -1,5 +1,8 @@
-//! The library's error type. Every variant says whether it is the user's mistake (bad file,
-//! bad option, bad genotype: the binary exits with code 2) or a failure inside the engine.
+//! The library's error type. Every error says which exit code the binary gives it
+//! ([`Error::exit_code`]): 2 when the command or its inputs must change (bad file, bad option,
+//! bad genotype, a path that cannot be read or written, read-only places included), 3 when
+//! the environment failed and a retry or freed resources may fix it (a full disk or quota, a
+//! failed download), 1 for a failure inside cnas or the engine (out of memory included).
 //! The module depends on no other of cnas's: the error types of the genotype space and of
 //! distributed runs live here and are re-exported where they belong.
 use std::path::PathBuf;
@@ -27,6 +30,13 @@ pub enum Error {
     /// thread that stopped, a state that should not happen. Exit code 1.
     #[error("internal error: {0}")]
     Internal(String),
+    /// Not enough memory for what was asked (a network too large for the device). Exit code 1.
+    #[error("{0}")]
+    OutOfMemory(String),
+    /// Fetching `url` failed: no connection, an HTTP error status, a body cut short, or a file
+    /// whose checksum is not the published one. Exit code 3: running again may succeed.
+    #[error("{url}: {message}")]
+    Download { url: String, message: String },
     /// A data-parallel run failed: bad launch variables (the user's), or a peer that died,
     /// never connected or diverged.
     #[error(transparent)]
@@ -52,10 +62,49 @@ impl Error {
                     | std::io::ErrorKind::IsADirectory
                     | std::io::ErrorKind::NotADirectory
                     | std::io::ErrorKind::AlreadyExists
+                    | std::io::ErrorKind::ReadOnlyFilesystem
             ),
-            Error::Torch(_) | Error::Internal(_) | Error::Interrupted { .. } => false,
+            Error::Torch(_)
+            | Error::Internal(_)
+            | Error::OutOfMemory(_)
+            | Error::Download { .. }
+            | Error::Interrupted { .. } => false,
             Error::Dist(e) => matches!(e, DistError::BadEnv(_)),
         }
+    }
+
+    /// True when the environment failed rather than the user or cnas, and running again (once
+    /// space is freed, or the network answers) may succeed: a full disk or quota, a failed
+    /// download.
+    pub fn is_environment_failure(&self) -> bool {
+        match self {
+            Error::Download { .. } => true,
+            Error::Io { error, .. } => {
+                matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+            }
+            _ => false,
+        }
+    }
+
+    /// The binary's exit code for this error: 2 the user's mistake ([`Error::is_user_error`]),
+    /// 3 the environment's ([`Error::is_environment_failure`]), 128 + N a run stopped by signal N
+    /// ([`Error::Interrupted`]), 1 anything else.
+    pub fn exit_code(&self) -> u8 {
+        if let Error::Interrupted { signal, .. } = self {
+            // As a shell reports a process that a signal ended.
+            return (128 + signal).clamp(0, 255) as u8;
+        }
+        if self.is_environment_failure() {
+            3
+        } else if self.is_user_error() {
+            2
+        } else {
+            1
+        }
+    }
+
+    pub fn download(url: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Download { url: url.into(), message: message.into() }
     }
 
     pub fn bad_file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
@@ -114,4 +163,37 @@ pub enum DistError {
     /// The ranks hold different states where they must hold the same.
     #[error("ranks diverged: {0}")]
     Diverged(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error as IoError, ErrorKind};
+
+    fn io(kind: ErrorKind) -> Error {
+        Error::io("/some/where", IoError::new(kind, "x"))
+    }
+
+    fn os(code: i32) -> Error {
+        Error::io("/some/where", IoError::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        // 2: the command or its inputs must change, read-only output places included.
+        for kind in [ErrorKind::NotFound, ErrorKind::PermissionDenied, ErrorKind::ReadOnlyFilesystem] {
+            assert_eq!(io(kind).exit_code(), 2, "{kind:?}");
+        }
+        assert_eq!(Error::BadOption("x".into()).exit_code(), 2);
+        // 3: the environment failed; running again may succeed.
+        for kind in [ErrorKind::StorageFull, ErrorKind::QuotaExceeded] {
+            assert_eq!(io(kind).exit_code(), 3, "{kind:?}");
+        }
+        assert_eq!(os(libc::ENOSPC).exit_code(), 3);
+        assert_eq!(os(libc::EROFS).exit_code(), 2);
+        assert_eq!(Error::download("http://h/f", "HTTP 500").exit_code(), 3);
+        // 1: cnas or the engine.
+        assert_eq!(Error::OutOfMemory("x".into()).exit_code(), 1);
+        assert_eq!(Error::Internal("x".into()).exit_code(), 1);
+    }
 }

@@ -1,6 +1,6 @@
 //! The `cnas` command line: a thin layer over the library. It parses, sets up logging, runs the
-//! command (`cli::commands`) and maps errors to exit codes: 2 for a user's mistake, 1 for
-//! anything else.
+//! command (`cli::commands`) and maps errors to exit codes: 2 for a user's mistake, 3 for a
+//! failure of the environment (full disk, failed download), 1 for anything else.
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    commands::report_stdout_failures();
     let cli = Cli::parse();
     // Ranks other than 0 of a data-parallel run only warn, unless RUST_LOG says otherwise.
     let quiet_rank = std::env::var("RANK").is_ok_and(|r| r.trim() != "0")
@@ -38,16 +39,13 @@ fn main() -> ExitCode {
                 }
                 _ => eprintln!("error: {err:#}"),
             }
-            let causes = || err.chain().filter_map(|cause| cause.downcast_ref::<cnas::Error>());
-            if let Some(signal) = causes().find_map(|e| match e {
-                cnas::Error::Interrupted { signal, .. } => Some(*signal),
-                _ => None,
-            }) {
-                // As a shell reports a process a signal ended.
-                return ExitCode::from((128 + signal).clamp(0, 255) as u8);
-            }
-            let user = causes().any(cnas::Error::is_user_error);
-            ExitCode::from(if user { 2 } else { 1 })
+            // 2 the user's mistake, 3 the environment's (retry), 1 cnas's, 128 + N a signal N
+            // (README, "Exit codes").
+            let code = err
+                .chain()
+                .find_map(|cause| cause.downcast_ref::<cnas::Error>())
+                .map_or(1, cnas::Error::exit_code);
+            ExitCode::from(code)
         }
     }
 }

@@ -8,7 +8,8 @@ use tch::{nn, Tensor};
 
 use crate::error::{Error, Result};
 use crate::ops::{
-    drop_path, Activation, BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn,
+    count_variables, drop_path, Activation, BatchNorm2d, Conv2d, Conv2dSpec, Footprint, Linear, Op,
+    Preprocess, ReluConvBn,
 };
 use crate::space::{Cell as CellSpec, Genotype};
 
@@ -93,26 +94,46 @@ impl NetworkConfig {
 
     /// Cells that reduce (halve the resolution and double the channels).
     pub fn is_reduction(&self, cell: i64) -> bool {
-        cell == self.layers / 3 || cell == 2 * self.layers / 3
+        reduction_cells(self.layers).contains(&cell)
     }
 
     /// The cell after which the auxiliary head reads.
     pub fn auxiliary_cell(&self) -> i64 {
-        2 * self.layers / 3
+        reduction_cells(self.layers)[1]
     }
 
     /// Checks that `size`×`size` inputs fit the network: every FactorizedReduce needs an even
     /// map, and the auxiliary head (in training) needs a 2×2 map after its pooling (CIFAR 29
     /// to 40 pixels, ImageNet 193 to 256 around the usual 32 and 224).
     pub fn check_input_size(&self, size: i64, with_auxiliary: bool) -> Result<()> {
-        let half = |s: i64| (s + 1) / 2; // a 3×3 (or k×k, padding k/2) stride-2 window
+        self.check_input_shape(size, size, with_auxiliary)
+    }
+
+    /// [`NetworkConfig::check_input_size`] for `height`×`width` inputs: each side must fit.
+    pub fn check_input_shape(&self, height: i64, width: i64, with_auxiliary: bool) -> Result<()> {
         let family = match self.kind {
             NetworkKind::Cifar => "CIFAR",
             NetworkKind::Imagenet => "ImageNet",
         };
-        let bad = |why: String| {
-            Err(Error::BadOption(format!("{size}×{size} inputs do not fit this {family} network: {why}")))
-        };
+        for side in if height == width { vec![height] } else { vec![height, width] } {
+            let map = |s: i64| {
+                if height == width {
+                    format!("{s}×{s} map")
+                } else {
+                    format!("map with a side of {s}")
+                }
+            };
+            self.check_side(side, with_auxiliary, map).map_err(|why| {
+                Error::BadOption(format!("{height}×{width} inputs do not fit this {family} network: {why}"))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Why one side of the input does not fit, if it does not; `map` names a map by its side.
+    fn check_side(&self, size: i64, with_auxiliary: bool, map: impl Fn(i64) -> String) -> Result<(), String> {
+        let half = |s: i64| (s + 1) / 2; // a 3×3 (or k×k, padding k/2) stride-2 window
+        let bad = Err;
         let (mut prev_prev, mut prev, mut reduction_prev) = match self.kind {
             NetworkKind::Cifar => (size, size, false),
             NetworkKind::Imagenet => {
@@ -120,13 +141,22 @@ impl NetworkConfig {
                 (s0, half(s0), true)
             }
         };
-        for i in 0..self.layers {
+        let reductions = reduction_cells(self.layers);
+        let mut i = 0;
+        while i < self.layers {
             let reduction = self.is_reduction(i);
+            // A factorized reduce concatenates two stride-2 halves, which differ on odd sides.
             if reduction_prev && prev_prev % 2 != 0 {
-                return bad(format!("cell {i} halves an odd {prev_prev}×{prev_prev} map"));
+                return bad(format!(
+                    "cell {i} halves an odd {} (a factorized reduce needs even sides)",
+                    map(prev_prev)
+                ));
             }
             if reduction && prev % 2 != 0 {
-                return bad(format!("cell {i} halves an odd {prev}×{prev} map"));
+                return bad(format!(
+                    "cell {i} halves an odd {} (a factorized reduce needs even sides)",
+                    map(prev)
+                ));
             }
             let out = if reduction { prev / 2 } else { prev };
             if with_auxiliary && self.auxiliary && i == self.auxiliary_cell() {
@@ -134,16 +164,70 @@ impl NetworkConfig {
                     NetworkKind::Cifar => 3,
                     NetworkKind::Imagenet => 2,
                 };
-                if out < 5 || (out - 5) / stride + 1 != 2 {
+                // A 5×5 window at this stride leaves 2×2 from sides 5 + stride to 4 + 2·stride.
+                let (lo, hi) = (5 + stride, 4 + 2 * stride);
+                if !(lo..=hi).contains(&out) {
                     return bad(format!(
-                        "the auxiliary head needs a 2×2 map after its pooling, it gets {out}×{out} \
-                         features (use the family's usual input size or --auxiliary-weight 0)"
+                        "the auxiliary head after cell {i} pools with a 5×5 window at stride {stride} and \
+                         needs a map {lo} to {hi} pixels wide there to get the 2×2 it classifies, but \
+                         cell {i} gives a {} (use the family's usual input size or --auxiliary-weight 0)",
+                        map(out)
                     ));
                 }
             }
             (prev_prev, prev, reduction_prev) = (prev, out, reduction);
+            i += 1;
+            // Cells that neither reduce nor follow a reduction keep the map as it is, and none of
+            // them holds the auxiliary head: go to the next reduction, so any depth takes a few
+            // steps.
+            let next = reductions.into_iter().filter(|&r| r >= i).min().unwrap_or(self.layers);
+            if !reduction && next > i {
+                (prev_prev, reduction_prev, i) = (prev, false, next);
+            }
         }
         Ok(())
+    }
+
+    /// The genotype's cell for a normal or a reduction cell.
+    fn spec(&self, reduction: bool) -> &CellSpec {
+        if reduction {
+            &self.genotype.reduce
+        } else {
+            &self.genotype.normal
+        }
+    }
+
+    /// Channels after the auxiliary head's cell and after the last cell.
+    fn output_channels(&self, runs: &[CellRun]) -> (i64, i64) {
+        let out =
+            |run: &CellRun| Cell::multiplier(self.spec(run.shape.reduction)).saturating_mul(run.shape.c);
+        let aux = self.auxiliary_cell();
+        let c_auxiliary = runs.iter().find(|r| (r.first..r.first + r.count).contains(&aux)).map_or(0, out);
+        (c_auxiliary, runs.last().map_or(0, out))
+    }
+
+    /// What the network's variables take, counted on shapes alone without allocating: one cell
+    /// of each run of identical cells is counted, so any depth costs the same.
+    pub fn footprint(&self) -> Footprint {
+        let scratch = nn::VarStore::new(tch::Device::Cpu);
+        let p = scratch.root();
+        let mut stem_shape = (0, 0, false);
+        let mut total = count_variables(|| {
+            let (_, c_pp, c_p, reduction_prev) = Stem::new(&p, self.kind, self.init_channels);
+            stem_shape = (c_pp, c_p, reduction_prev);
+        });
+        let runs = cell_runs(self.layers, self.init_channels, stem_shape, |r| Cell::multiplier(self.spec(r)));
+        for run in &runs {
+            let cell = count_variables(|| Cell::new(&p / "cell", self.spec(run.shape.reduction), run.shape));
+            total += cell.times(run.count as f64);
+        }
+        let (c_auxiliary, c_last) = self.output_channels(&runs);
+        if self.auxiliary {
+            total +=
+                count_variables(|| AuxiliaryHead::new(&p / "aux", self.kind, c_auxiliary, self.num_classes));
+        }
+        total += count_variables(|| Linear::new(&p / "classifier", c_last, self.num_classes));
+        total
     }
 
     /// Checks what would otherwise fail deep inside libtorch.
@@ -176,6 +260,65 @@ pub(crate) fn check_sizes(init_channels: i64, layers: i64, num_classes: i64) -> 
     Ok(())
 }
 
+/// The cells that reduce in a network of `layers` cells: L/3 and 2L/3 (computed so that no
+/// depth overflows).
+pub(crate) fn reduction_cells(layers: i64) -> [i64; 2] {
+    [layers / 3, layers / 3 * 2 + layers % 3 * 2 / 3]
+}
+
+/// What a cell's constructor needs: its input and node channels, and whether it and the cell
+/// before it reduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CellShape {
+    pub c_prev_prev: i64,
+    pub c_prev: i64,
+    pub c: i64,
+    pub reduction: bool,
+    pub reduction_prev: bool,
+}
+
+/// Cells `first..first + count`, all of one shape.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CellRun {
+    pub first: i64,
+    pub count: i64,
+    pub shape: CellShape,
+}
+
+/// The shapes of the `layers` cells of a cell network (fixed or supernet) whose stem gives
+/// `stem` = (C_prev_prev, C_prev, reduction_prev), with `c` channels at first, doubled at cells
+/// L/3 and 2L/3; a cell outputs `multiplier(reduction) × C` channels. Cells of one shape in a
+/// row form one run, so the list is short for any depth. Channel counts saturate rather than
+/// overflow (such a network is refused as too large before it is built).
+pub(crate) fn cell_runs(
+    layers: i64,
+    c: i64,
+    stem: (i64, i64, bool),
+    multiplier: impl Fn(bool) -> i64,
+) -> Vec<CellRun> {
+    let reductions = reduction_cells(layers);
+    let (mut c_prev_prev, mut c_prev, mut reduction_prev) = stem;
+    let mut c = c;
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < layers {
+        let reduction = reductions.contains(&i);
+        if reduction {
+            c = c.saturating_mul(2);
+        }
+        let shape = CellShape { c_prev_prev, c_prev, c, reduction, reduction_prev };
+        let c_out = multiplier(reduction).saturating_mul(c);
+        // The next cells repeat this one until the next reduction when nothing changes.
+        let steady = !reduction && !reduction_prev && c_prev_prev == c_prev && c_prev == c_out;
+        let next_reduction = [reductions[0], reductions[1], layers].into_iter().filter(|&r| r > i).min();
+        let count = if steady { next_reduction.unwrap_or(layers) - i } else { 1 };
+        runs.push(CellRun { first: i, count, shape });
+        (c_prev_prev, c_prev, reduction_prev) = (c_prev, c_out, reduction);
+        i += count;
+    }
+    runs
+}
+
 /// One cell of a fixed network.
 #[derive(Debug)]
 pub struct Cell {
@@ -188,16 +331,8 @@ pub struct Cell {
 }
 
 impl Cell {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: nn::Path,
-        spec: &CellSpec,
-        c_prev_prev: i64,
-        c_prev: i64,
-        c: i64,
-        reduction: bool,
-        reduction_prev: bool,
-    ) -> Self {
+    fn new(p: nn::Path, spec: &CellSpec, shape: CellShape) -> Self {
+        let CellShape { c_prev_prev, c_prev, c, reduction, reduction_prev } = shape;
         let preprocess0 = Preprocess::new(&p / "preprocess0", c_prev_prev, c, reduction_prev, true);
         let preprocess1 = ReluConvBn::new(&p / "preprocess1", c_prev, c, Conv2dSpec::new(1), true);
         let edges = spec.edges_by_node();
@@ -315,6 +450,37 @@ enum Stem {
 }
 
 impl Stem {
+    /// The stem for `c` init channels and the shape the first cell reads:
+    /// (C_prev_prev, C_prev, reduction_prev).
+    fn new(p: &nn::Path, kind: NetworkKind, c: i64) -> (Self, i64, i64, bool) {
+        match kind {
+            NetworkKind::Cifar => {
+                let s = p / "stem";
+                // Saturating: an absurd width is refused as too large, not overflowed.
+                let c_stem = c.saturating_mul(3);
+                let stem = Stem::Cifar {
+                    conv: Conv2d::new(&s / 0, 3, c_stem, Conv2dSpec::new(3).padding(1)),
+                    bn: BatchNorm2d::new(&s / 1, c_stem, true),
+                };
+                (stem, c_stem, c_stem, false)
+            }
+            NetworkKind::Imagenet => {
+                let s0 = p / "stem0";
+                let s1 = p / "stem1";
+                let k3s2 = Conv2dSpec::new(3).stride(2).padding(1);
+                let stem = Stem::Imagenet {
+                    conv0a: Conv2d::new(&s0 / 0, 3, c / 2, k3s2),
+                    bn0a: BatchNorm2d::new(&s0 / 1, c / 2, true),
+                    conv0b: Conv2d::new(&s0 / 3, c / 2, c, k3s2),
+                    bn0b: BatchNorm2d::new(&s0 / 4, c, true),
+                    conv1: Conv2d::new(&s1 / 1, c, c, k3s2),
+                    bn1: BatchNorm2d::new(&s1 / 2, c, true),
+                };
+                (stem, c, c, true)
+            }
+        }
+    }
+
     /// Returns (s0, s1): the two states the first cell reads (one shared state on CIFAR).
     fn forward_t(&self, x: &Tensor, train: bool) -> (Rc<Activation>, Rc<Activation>) {
         match self {
@@ -354,66 +520,45 @@ pub struct Logits {
 }
 
 impl Network {
-    /// Builds the network's variables under `p` (normally a VarStore's root).
+    /// Builds the network's variables under `p` (normally a VarStore's root). A network whose
+    /// parameters would not fit in the device's free memory is refused before anything is
+    /// allocated, and an allocation that fails all the same is an error, not a panic.
     pub fn new(p: &nn::Path, config: NetworkConfig) -> Result<Self> {
         config.validate()?;
-        let c = config.init_channels;
-        let (stem, mut c_prev_prev, mut c_prev, mut reduction_prev) = match config.kind {
-            NetworkKind::Cifar => {
-                let s = p / "stem";
-                let stem = Stem::Cifar {
-                    conv: Conv2d::new(&s / 0, 3, 3 * c, Conv2dSpec::new(3).padding(1)),
-                    bn: BatchNorm2d::new(&s / 1, 3 * c, true),
-                };
-                (stem, 3 * c, 3 * c, false)
-            }
-            NetworkKind::Imagenet => {
-                let s0 = p / "stem0";
-                let s1 = p / "stem1";
-                let k3s2 = Conv2dSpec::new(3).stride(2).padding(1);
-                let stem = Stem::Imagenet {
-                    conv0a: Conv2d::new(&s0 / 0, 3, c / 2, k3s2),
-                    bn0a: BatchNorm2d::new(&s0 / 1, c / 2, true),
-                    conv0b: Conv2d::new(&s0 / 3, c / 2, c, k3s2),
-                    bn0b: BatchNorm2d::new(&s0 / 4, c, true),
-                    conv1: Conv2d::new(&s1 / 1, c, c, k3s2),
-                    bn1: BatchNorm2d::new(&s1 / 2, c, true),
-                };
-                (stem, c, c, true)
-            }
-        };
-        let mut c_curr = c;
-        let mut cells = Vec::with_capacity(config.layers as usize);
-        let mut c_auxiliary = c_prev;
+        let what =
+            || format!("the network (init channels {}, {} layers)", config.init_channels, config.layers);
+        crate::ops::build_within_memory(p.device(), config.footprint(), what, || Self::build(p, &config))
+    }
+
+    /// The variables in the same order, names and shapes as PyTorch's definition.
+    fn build(p: &nn::Path, config: &NetworkConfig) -> Self {
+        let (stem, c_prev_prev, c_prev, reduction_prev) = Stem::new(p, config.kind, config.init_channels);
+        let runs =
+            cell_runs(config.layers, config.init_channels, (c_prev_prev, c_prev, reduction_prev), |r| {
+                Cell::multiplier(config.spec(r))
+            });
         let cells_path = p / "cells";
-        for i in 0..config.layers {
-            let reduction = config.is_reduction(i);
-            if reduction {
-                c_curr *= 2;
-            }
-            let spec = if reduction { &config.genotype.reduce } else { &config.genotype.normal };
-            cells.push(Cell::new(
-                &cells_path / i,
-                spec,
-                c_prev_prev,
-                c_prev,
-                c_curr,
-                reduction,
-                reduction_prev,
-            ));
-            reduction_prev = reduction;
-            c_prev_prev = c_prev;
-            c_prev = Cell::multiplier(spec) * c_curr;
-            if i == config.auxiliary_cell() {
-                c_auxiliary = c_prev;
+        let mut cells = Vec::new();
+        for run in &runs {
+            for i in run.first..run.first + run.count {
+                cells.push(Cell::new(&cells_path / i, config.spec(run.shape.reduction), run.shape));
             }
         }
+        let (c_auxiliary, c_last) = config.output_channels(&runs);
         let auxiliary_head = config
             .auxiliary
             .then(|| AuxiliaryHead::new(p / "auxiliary_head", config.kind, c_auxiliary, config.num_classes));
-        let classifier = Linear::new(p / "classifier", c_prev, config.num_classes);
+        let classifier = Linear::new(p / "classifier", c_last, config.num_classes);
         let channels_last = crate::ops::channels_last_default(p.device());
-        Ok(Network { config, stem, cells, auxiliary_head, classifier, drop_path_prob: 0.0, channels_last })
+        Network {
+            config: config.clone(),
+            stem,
+            cells,
+            auxiliary_head,
+            classifier,
+            drop_path_prob: 0.0,
+            channels_last,
+        }
     }
 
     pub fn config(&self) -> &NetworkConfig {
@@ -441,7 +586,7 @@ impl Network {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Whether a train-mode forward at `size` runs in libtorch.
@@ -453,6 +598,117 @@ mod tests {
             tch::no_grad(|| net.forward_t(&x, true));
         }))
         .is_ok()
+    }
+
+    /// What a VarStore holds: (values, variables).
+    pub(crate) fn held(vs: &nn::VarStore) -> crate::ops::Footprint {
+        let vars = vs.variables();
+        let elements: i64 = vars.values().map(|t| t.numel() as i64).sum();
+        crate::ops::Footprint { elements: elements as f64, tensors: vars.len() as f64 }
+    }
+
+    #[test]
+    fn the_footprint_is_what_is_built() {
+        let genotype = crate::space::published("CNAS").unwrap();
+        let darts = crate::space::published("DARTS_V2").unwrap();
+        for (kind, genotype, init_channels, layers, auxiliary) in [
+            (NetworkKind::Cifar, &genotype, 4, 3, true),
+            (NetworkKind::Cifar, &darts, 6, 1, false),
+            (NetworkKind::Cifar, &genotype, 2, 2, true),
+            (NetworkKind::Cifar, &darts, 4, 11, true),
+            (NetworkKind::Imagenet, &genotype, 8, 5, true),
+            (NetworkKind::Imagenet, &darts, 4, 9, false),
+        ] {
+            let config = NetworkConfig {
+                kind,
+                genotype: genotype.clone(),
+                init_channels,
+                layers,
+                num_classes: 7,
+                auxiliary,
+            };
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let _net = Network::new(&vs.root(), config.clone()).unwrap();
+            assert_eq!(config.footprint(), held(&vs), "{kind:?} C={init_channels} L={layers}");
+        }
+    }
+
+    #[test]
+    fn a_network_too_large_for_memory_is_refused_before_anything_is_allocated() {
+        let genotype = crate::space::published("CNAS").unwrap();
+        let config = NetworkConfig {
+            init_channels: 100_000,
+            layers: 2,
+            ..NetworkConfig::paper(NetworkKind::Cifar, genotype)
+        };
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        match Network::new(&vs.root(), config) {
+            Err(e @ Error::OutOfMemory(_)) => {
+                let text = e.to_string();
+                assert!(text.contains("(init channels 100000, 2 layers) needs about 11028 GiB"), "{text}");
+            }
+            // Only where the free memory cannot be read (not Linux).
+            Err(e) => assert!(!std::path::Path::new("/proc/meminfo").exists(), "{e}"),
+            Ok(_) => panic!("built a 11 TiB network"),
+        }
+        assert!(vs.variables().is_empty());
+    }
+
+    #[test]
+    fn any_depth_or_width_is_sized_and_checked_in_a_few_steps() {
+        let genotype = crate::space::published("CNAS").unwrap();
+        let deep = NetworkConfig { layers: i64::MAX, ..NetworkConfig::paper(NetworkKind::Cifar, genotype) };
+        assert!(deep.check_input_size(32, true).is_ok());
+        assert_eq!(reduction_cells(i64::MAX), [i64::MAX / 3, i64::MAX / 3 * 2]);
+        assert_eq!(reduction_cells(20), [6, 13]);
+        let wide = NetworkConfig { init_channels: i64::MAX - 1, ..deep.clone() };
+        for config in [deep, wide] {
+            let bytes = config.footprint().bytes();
+            assert!(bytes.is_finite() && bytes > 1e18, "{bytes}");
+        }
+    }
+
+    /// The input size check cell by cell, without skipping: whether `size` fits.
+    fn fits_walking_every_cell(config: &NetworkConfig, size: i64) -> bool {
+        let half = |s: i64| (s + 1) / 2;
+        let (mut prev_prev, mut prev, mut reduction_prev) = match config.kind {
+            NetworkKind::Cifar => (size, size, false),
+            NetworkKind::Imagenet => (half(half(size)), half(half(half(size))), true),
+        };
+        for i in 0..config.layers {
+            let reduction = config.is_reduction(i);
+            if (reduction_prev && prev_prev % 2 != 0) || (reduction && prev % 2 != 0) {
+                return false;
+            }
+            let out = if reduction { prev / 2 } else { prev };
+            let stride = if config.kind == NetworkKind::Cifar { 3 } else { 2 };
+            if config.auxiliary && i == config.auxiliary_cell() && (out < 5 || (out - 5) / stride + 1 != 2) {
+                return false;
+            }
+            (prev_prev, prev, reduction_prev) = (prev, out, reduction);
+        }
+        true
+    }
+
+    #[test]
+    fn skipping_unchanging_cells_checks_the_same() {
+        let genotype = crate::space::published("CNAS").unwrap();
+        for kind in [NetworkKind::Cifar, NetworkKind::Imagenet] {
+            for layers in 1..24 {
+                for auxiliary in [false, true] {
+                    let config =
+                        NetworkConfig { layers, auxiliary, ..NetworkConfig::paper(kind, genotype.clone()) };
+                    for size in 8..300 {
+                        let fits = config.check_input_size(size, true).is_ok();
+                        assert_eq!(
+                            fits,
+                            fits_walking_every_cell(&config, size),
+                            "{kind:?} L={layers} {size}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

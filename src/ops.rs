@@ -4,7 +4,7 @@
 //! Layers are plain structs holding their tensors (registered in a `tch::nn::VarStore` under
 //! the path they are built at) with a `forward` method; nothing is allocated per call beyond
 //! the outputs libtorch produces.
-use std::cell::{Cell as StdCell, OnceCell};
+use std::cell::{Cell as StdCell, OnceCell, RefCell};
 
 use tch::{nn, Tensor};
 
@@ -32,6 +32,191 @@ fn add_madds(n: u64) {
             c.set(Some(total + n));
         }
     });
+}
+
+/// How the layers' constructors create their variables (see [`build_within_memory`]).
+enum Alloc {
+    /// Registered in the VarStore as tch does it (which panics if libtorch cannot allocate):
+    /// only code that builds layers directly, such as tests, runs this way.
+    Plain,
+    /// Registered, but the first failure is kept for the builder to report; the variables
+    /// after it are left undefined and nothing more is allocated.
+    Guarded(Option<tch::TchError>),
+    /// Only counted: a dry run that allocates and registers nothing and draws no random numbers.
+    Count(Footprint),
+}
+
+thread_local! {
+    static ALLOC: RefCell<Alloc> = const { RefCell::new(Alloc::Plain) };
+}
+
+/// What a variable starts as.
+#[derive(Clone, Copy)]
+enum VarInit {
+    Trainable(nn::Init),
+    ZerosNoTrain,
+    OnesNoTrain,
+}
+
+/// Creates variable `name` under `p` in the current [`Alloc`] mode.
+fn variable(p: &nn::Path, name: &str, dims: &[i64], init: VarInit) -> Tensor {
+    ALLOC.with(|mode| match &mut *mode.borrow_mut() {
+        Alloc::Count(footprint) => {
+            footprint.elements += dims.iter().map(|&d| d.max(0) as f64).product::<f64>();
+            footprint.tensors += 1.0;
+            Tensor::new()
+        }
+        Alloc::Guarded(Some(_)) => Tensor::new(),
+        Alloc::Guarded(failure) => {
+            let made = match init {
+                VarInit::Trainable(i) => p.f_var(name, dims, i),
+                VarInit::ZerosNoTrain => p.f_zeros_no_train(name, dims),
+                VarInit::OnesNoTrain => p.f_ones_no_train(name, dims),
+            };
+            made.unwrap_or_else(|e| {
+                *failure = Some(e);
+                Tensor::new()
+            })
+        }
+        Alloc::Plain => match init {
+            VarInit::Trainable(i) => p.var(name, dims, i),
+            VarInit::ZerosNoTrain => p.zeros_no_train(name, dims),
+            VarInit::OnesNoTrain => p.ones_no_train(name, dims),
+        },
+    })
+}
+
+/// Runs `f` in allocation mode `mode` and returns its result with the mode it left; the
+/// previous mode is back afterwards, also if `f` panics.
+fn with_alloc<T>(mode: Alloc, f: impl FnOnce() -> T) -> (T, Alloc) {
+    struct Restore(Option<Alloc>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                ALLOC.with(|m| *m.borrow_mut() = previous);
+            }
+        }
+    }
+    let mut restore = Restore(Some(ALLOC.with(|m| m.replace(mode))));
+    let out = f();
+    let left = ALLOC.with(|m| m.replace(Alloc::Plain));
+    if let Some(previous) = restore.0.take() {
+        ALLOC.with(|m| *m.borrow_mut() = previous);
+    }
+    (out, left)
+}
+
+/// How much memory some layers' variables take: counted by [`count_variables`].
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Footprint {
+    /// float32 values.
+    pub elements: f64,
+    pub tensors: f64,
+}
+
+impl Footprint {
+    /// libtorch's and the VarStore's bookkeeping per variable, roughly (tensor and storage
+    /// objects, the name and its map entry): it dominates for very many tiny layers.
+    const BYTES_PER_TENSOR: f64 = 256.0;
+
+    pub fn bytes(self) -> f64 {
+        4.0 * self.elements + Self::BYTES_PER_TENSOR * self.tensors
+    }
+
+    /// `n` copies.
+    pub fn times(self, n: f64) -> Self {
+        Footprint { elements: self.elements * n, tensors: self.tensors * n }
+    }
+}
+
+impl std::ops::AddAssign for Footprint {
+    fn add_assign(&mut self, other: Self) {
+        self.elements += other.elements;
+        self.tensors += other.tensors;
+    }
+}
+
+/// The variables `build` would create, counted without allocating any (`build` runs on shapes
+/// alone; what it returns holds undefined tensors and is dropped).
+pub(crate) fn count_variables<T>(build: impl FnOnce() -> T) -> Footprint {
+    match with_alloc(Alloc::Count(Footprint::default()), build).1 {
+        Alloc::Count(footprint) => footprint,
+        _ => Footprint::default(),
+    }
+}
+
+/// Builds layers whose variables take about `footprint` on `device` (see [`count_variables`]):
+/// refuses up front when that is more memory than the device has free (checked on the CPU,
+/// from /proc/meminfo; libtorch does not tell a GPU's free memory cheaply), and turns an
+/// allocation that fails all the same into an error rather than a panic. `what` names the
+/// network in the messages.
+pub(crate) fn build_within_memory<T>(
+    device: tch::Device,
+    footprint: Footprint,
+    what: impl Fn() -> String,
+    build: impl FnOnce() -> T,
+) -> crate::error::Result<T> {
+    let gib = |bytes: f64| {
+        let g = bytes / (1u64 << 30) as f64;
+        if g >= 1e6 {
+            format!("{g:.1e} GiB")
+        } else if g >= 10.0 {
+            format!("{g:.0} GiB")
+        } else {
+            format!("{g:.1} GiB")
+        }
+    };
+    let needed = footprint.bytes();
+    if let Some(free) = available_bytes(device) {
+        if needed > free as f64 {
+            return Err(crate::error::Error::OutOfMemory(format!(
+                "building {} needs about {} for its parameters, more than the {} of memory available",
+                what(),
+                gib(needed),
+                gib(free as f64)
+            )));
+        }
+    }
+    match with_alloc(Alloc::Guarded(None), build) {
+        (built, Alloc::Guarded(None)) => Ok(built),
+        (_, Alloc::Guarded(Some(e))) => {
+            let text = match &e {
+                tch::TchError::Torch(m) => m.clone(),
+                other => other.to_string(),
+            };
+            // libtorch's first line, without its source position ("[enforce fail at …] err == 0.").
+            let first = text.lines().next().unwrap_or("");
+            let first = match first.strip_prefix("[enforce fail") {
+                Some(rest) => {
+                    rest.split_once("] ").map_or(first, |(_, r)| r.trim_start_matches("err == 0. "))
+                }
+                None => first,
+            };
+            Err(crate::error::Error::OutOfMemory(format!(
+                "building {} ({} of parameters) failed on {}: {first}",
+                what(),
+                gib(needed),
+                match device {
+                    tch::Device::Cpu => "the CPU".to_string(),
+                    tch::Device::Cuda(n) => format!("cuda:{n}"),
+                    other => format!("{other:?}"),
+                }
+            )))
+        }
+        (built, _) => Ok(built),
+    }
+}
+
+/// Memory free for new allocations on `device`, when it can be told cheaply: the CPU's
+/// `MemAvailable` on Linux.
+fn available_bytes(device: tch::Device) -> Option<u64> {
+    if device != tch::Device::Cpu {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for Conv2d and Linear weights
@@ -88,8 +273,9 @@ impl Conv2dSpec {
 impl Conv2d {
     pub fn new(p: nn::Path, c_in: i64, c_out: i64, spec: Conv2dSpec) -> Self {
         let [kh, kw] = spec.kernel;
-        let fan_in = c_in / spec.groups * kh * kw;
-        let weight = p.var("weight", &[c_out, c_in / spec.groups, kh, kw], fan_in_uniform(fan_in));
+        let fan_in = (c_in / spec.groups).saturating_mul(kh * kw);
+        let init = VarInit::Trainable(fan_in_uniform(fan_in));
+        let weight = variable(&p, "weight", &[c_out, c_in / spec.groups, kh, kw], init);
         Conv2d {
             weight,
             stride: spec.stride,
@@ -131,8 +317,9 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(p: nn::Path, c_in: i64, c_out: i64) -> Self {
-        let weight = p.var("weight", &[c_out, c_in], fan_in_uniform(c_in));
-        let bias = p.var("bias", &[c_out], fan_in_uniform(c_in));
+        let init = VarInit::Trainable(fan_in_uniform(c_in));
+        let weight = variable(&p, "weight", &[c_out, c_in], init);
+        let bias = variable(&p, "bias", &[c_out], init);
         Linear { weight, bias }
     }
 
@@ -162,8 +349,8 @@ impl BatchNorm2d {
     pub fn new(p: nn::Path, c: i64, affine: bool) -> Self {
         let (weight, bias) = if affine {
             (
-                Some(p.var("weight", &[c], nn::Init::Const(1.0))),
-                Some(p.var("bias", &[c], nn::Init::Const(0.0))),
+                Some(variable(&p, "weight", &[c], VarInit::Trainable(nn::Init::Const(1.0)))),
+                Some(variable(&p, "bias", &[c], VarInit::Trainable(nn::Init::Const(0.0)))),
             )
         } else {
             (None, None)
@@ -171,8 +358,8 @@ impl BatchNorm2d {
         BatchNorm2d {
             weight,
             bias,
-            running_mean: p.zeros_no_train("running_mean", &[c]),
-            running_var: p.ones_no_train("running_var", &[c]),
+            running_mean: variable(&p, "running_mean", &[c], VarInit::ZerosNoTrain),
+            running_var: variable(&p, "running_var", &[c], VarInit::OnesNoTrain),
         }
     }
 
@@ -539,4 +726,60 @@ pub fn drop_path(x: &Tensor, prob: f64) -> Tensor {
     let mut mask = Tensor::empty([x.size()[0], 1, 1, 1], (x.kind(), x.device()));
     let _ = mask.bernoulli_float_(keep);
     x / keep * mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_allocation_is_an_error_not_a_panic() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let p = vs.root();
+        // libtorch refuses the second layer's shape: what an allocation failure looks like to
+        // the builder, without asking this machine for memory it does not have.
+        let built = build_within_memory(
+            tch::Device::Cpu,
+            Footprint::default(),
+            || "the layers".into(),
+            || (Linear::new(&p / "a", 2, 3), Linear::new(&p / "b", 2, -3), Linear::new(&p / "c", 2, 3)),
+        );
+        let err = built.err().map(|e| (e.to_string(), e.exit_code()));
+        let (text, code) = err.unwrap_or_default();
+        assert!(
+            text.starts_with("building the layers (0.0 GiB of parameters) failed on the CPU: "),
+            "{text}"
+        );
+        assert_eq!(code, 1);
+        // Nothing is allocated after the failure; outside a build, layers are plain again.
+        assert_eq!(vs.variables().len(), 2);
+        assert_eq!(Linear::new(&p / "d", 2, 3).weight.size(), [3, 2]);
+    }
+
+    #[test]
+    fn a_build_larger_than_the_free_memory_is_refused_before_it_starts() {
+        let huge = Footprint { elements: 1e15, tensors: 1.0 };
+        let mut ran = false;
+        let err =
+            build_within_memory(tch::Device::Cpu, huge, || "the net (init channels 9)".into(), || ran = true);
+        if available_bytes(tch::Device::Cpu).is_none() {
+            return; // not Linux: no estimate of the free memory
+        }
+        let text = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!ran);
+        assert!(text.starts_with("building the net (init channels 9) needs about 3.7e6 GiB"), "{text}");
+        assert!(text.contains("GiB of memory available"), "{text}");
+    }
+
+    #[test]
+    fn counting_allocates_nothing_and_counts_every_variable() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let counted = count_variables(|| SepConv::new(vs.root() / "s", 4, 6, 3, 2, 1, true));
+        assert!(vs.variables().is_empty());
+        let real = SepConv::new(vs.root() / "s", 4, 6, 3, 2, 1, true);
+        drop(real);
+        let vars = vs.variables();
+        let elements: i64 = vars.values().map(|t| t.numel() as i64).sum();
+        assert_eq!(counted, Footprint { elements: elements as f64, tensors: vars.len() as f64 });
+    }
 }

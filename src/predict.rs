@@ -120,6 +120,25 @@ fn read_npy(path: &Path) -> Result<Vec<Sample>> {
         .collect())
 }
 
+/// Refuses samples the network cannot take (a side it would have to halve while odd, see
+/// [`crate::model::NetworkConfig::check_input_shape`]), naming the first such sample, before
+/// libtorch fails inside the network.
+pub fn check_sizes(net: &Network, samples: &[Sample]) -> Result<()> {
+    let mut seen: Vec<(i64, i64)> = Vec::new();
+    for sample in samples {
+        let size = sample.image.size();
+        let (h, w) = (size[size.len() - 2], size[size.len() - 1]);
+        if seen.contains(&(h, w)) {
+            continue;
+        }
+        net.config()
+            .check_input_shape(h, w, false)
+            .map_err(|e| Error::bad_file(&sample.name, e.to_string()))?;
+        seen.push((h, w));
+    }
+    Ok(())
+}
+
 /// One class and its probability.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassScore {

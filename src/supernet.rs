@@ -35,7 +35,11 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Tensor};
 
 use crate::error::{Error, Result};
-use crate::ops::{Activation, BatchNorm2d, Conv2d, Conv2dSpec, Linear, Op, Preprocess, ReluConvBn};
+use crate::model::{CellRun, CellShape};
+use crate::ops::{
+    count_variables, Activation, BatchNorm2d, Conv2d, Conv2dSpec, Footprint, Linear, Op, Preprocess,
+    ReluConvBn,
+};
 use crate::space::{self, Primitive};
 
 /// Everything that determines the supernet's shape.
@@ -61,7 +65,7 @@ impl SupernetConfig {
 
     /// Cells that reduce (halve the resolution and double the channels).
     pub fn is_reduction(&self, cell: i64) -> bool {
-        cell == self.layers / 3 || cell == 2 * self.layers / 3
+        crate::model::reduction_cells(self.layers).contains(&cell)
     }
 
     /// Edges per cell: intermediate node i (2..nodes+2) has one edge from each earlier state.
@@ -86,6 +90,64 @@ impl SupernetConfig {
             return Err(Error::BadOption(format!("nodes must be at least 1, got {}", self.nodes)));
         }
         Ok(())
+    }
+}
+
+/// The stem (conv 3×3 to 3C, BN) and the shape the first cell reads.
+fn stem(p: &nn::Path, c: i64) -> (Conv2d, BatchNorm2d, (i64, i64, bool)) {
+    let s = p / "stem";
+    let c_stem = c.saturating_mul(3);
+    let conv = Conv2d::new(&s / 0, 3, c_stem, Conv2dSpec::new(3).padding(1));
+    (conv, BatchNorm2d::new(&s / 1, c_stem, true), (c_stem, c_stem, false))
+}
+
+impl SupernetConfig {
+    fn cell_runs(&self, stem: (i64, i64, bool)) -> Vec<CellRun> {
+        let multiplier = i64::try_from(self.nodes).unwrap_or(i64::MAX);
+        crate::model::cell_runs(self.layers, self.init_channels, stem, |_| multiplier)
+    }
+
+    /// Channels after the last cell.
+    fn output_channels(&self, runs: &[CellRun]) -> i64 {
+        let multiplier = i64::try_from(self.nodes).unwrap_or(i64::MAX);
+        runs.last().map_or(0, |r| multiplier.saturating_mul(r.shape.c))
+    }
+
+    /// What the supernet's variables take, counted on shapes alone without allocating: per
+    /// run of identical cells, one cell's preprocessing and one edge's candidates at each
+    /// stride, so neither depth nor node count makes it costly.
+    pub fn footprint(&self) -> Footprint {
+        let scratch = nn::VarStore::new(tch::Device::Cpu);
+        let p = scratch.root();
+        let mut stem_shape = (0, 0, false);
+        let mut total = count_variables(|| stem_shape = stem(&p, self.init_channels).2);
+        let runs = self.cell_runs(stem_shape);
+        let n = self.nodes as f64;
+        let edges = n * (n + 3.0) / 2.0;
+        for run in &runs {
+            let CellShape { c_prev_prev, c_prev, c, reduction, reduction_prev } = run.shape;
+            let mut cell = count_variables(|| {
+                Preprocess::new(&p / "p0", c_prev_prev, c, reduction_prev, false);
+                ReluConvBn::new(&p / "p1", c_prev, c, Conv2dSpec::new(1), false);
+            });
+            let edge = |stride: i64| {
+                count_variables(|| {
+                    for (k, &prim) in self.primitives.iter().enumerate() {
+                        CandidateOp::new(&p / "e" / k, prim, c, stride);
+                    }
+                })
+            };
+            // A reduction cell's edges from its two inputs have stride 2.
+            let strided = if reduction { 2.0 * n } else { 0.0 };
+            cell += edge(1).times(edges - strided);
+            if reduction {
+                cell += edge(2).times(strided);
+            }
+            total += cell.times(run.count as f64);
+        }
+        total +=
+            count_variables(|| Linear::new(&p / "classifier", self.output_channels(&runs), self.num_classes));
+        total
     }
 }
 
@@ -212,16 +274,8 @@ struct SearchCell {
 }
 
 impl SearchCell {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        p: nn::Path,
-        config: &SupernetConfig,
-        c_prev_prev: i64,
-        c_prev: i64,
-        c: i64,
-        reduction: bool,
-        reduction_prev: bool,
-    ) -> Self {
+    fn new(p: nn::Path, config: &SupernetConfig, shape: CellShape) -> Self {
+        let CellShape { c_prev_prev, c_prev, c, reduction, reduction_prev } = shape;
         let preprocess0 = Preprocess::new(&p / "preprocess0", c_prev_prev, c, reduction_prev, false);
         let preprocess1 = ReluConvBn::new(&p / "preprocess1", c_prev, c, Conv2dSpec::new(1), false);
         let ops_path = &p / "_ops";
@@ -310,7 +364,9 @@ pub struct Supernet {
 }
 
 impl Supernet {
-    /// Builds the supernet's variables under `p` (normally a VarStore's root).
+    /// Builds the supernet's variables under `p` (normally a VarStore's root). One whose
+    /// parameters would not fit in the device's free memory is refused before anything is
+    /// allocated, and an allocation that fails all the same is an error, not a panic.
     pub fn new(p: &nn::Path, config: SupernetConfig) -> Result<Self> {
         config.validate()?;
         let mut slots = vec![None; Primitive::ALL.len()];
@@ -321,36 +377,30 @@ impl Supernet {
                 None => return Err(Error::BadOption(format!("operation {prim} cannot be searched"))),
             }
         }
-        let c = config.init_channels;
-        let s = p / "stem";
-        let stem_conv = Conv2d::new(&s / 0, 3, 3 * c, Conv2dSpec::new(3).padding(1));
-        let stem_bn = BatchNorm2d::new(&s / 1, 3 * c, true);
-        let (mut c_prev_prev, mut c_prev, mut c_curr) = (3 * c, 3 * c, c);
-        let mut reduction_prev = false;
-        let multiplier = config.nodes as i64;
+        let what = || {
+            format!(
+                "the supernet (init channels {}, {} layers, {} nodes)",
+                config.init_channels, config.layers, config.nodes
+            )
+        };
+        let footprint = config.footprint();
+        crate::ops::build_within_memory(p.device(), footprint, what, || Self::build(p, &config, slots))
+    }
+
+    /// The variables in the same order, names and shapes as the PyTorch reference's.
+    fn build(p: &nn::Path, config: &SupernetConfig, slots: Vec<Option<usize>>) -> Self {
+        let (stem_conv, stem_bn, stem) = stem(p, config.init_channels);
+        let runs = config.cell_runs(stem);
         let cells_path = p / "cells";
-        let mut cells = Vec::with_capacity(config.layers as usize);
-        for i in 0..config.layers {
-            let reduction = config.is_reduction(i);
-            if reduction {
-                c_curr *= 2;
+        let mut cells = Vec::new();
+        for run in &runs {
+            for i in run.first..run.first + run.count {
+                cells.push(SearchCell::new(&cells_path / i, config, run.shape));
             }
-            cells.push(SearchCell::new(
-                &cells_path / i,
-                &config,
-                c_prev_prev,
-                c_prev,
-                c_curr,
-                reduction,
-                reduction_prev,
-            ));
-            reduction_prev = reduction;
-            c_prev_prev = c_prev;
-            c_prev = multiplier * c_curr;
         }
-        let classifier = Linear::new(p / "classifier", c_prev, config.num_classes);
+        let classifier = Linear::new(p / "classifier", config.output_channels(&runs), config.num_classes);
         let channels_last = crate::ops::channels_last_default(p.device());
-        Ok(Supernet { config, stem_conv, stem_bn, cells, classifier, slots, channels_last })
+        Supernet { config: config.clone(), stem_conv, stem_bn, cells, classifier, slots, channels_last }
     }
 
     pub fn config(&self) -> &SupernetConfig {
@@ -426,5 +476,25 @@ impl Supernet {
         self.check_arch(arch)?;
         let (s0, s1) = (Activation::new(s0.shallow_clone()), Activation::new(s1.shallow_clone()));
         Ok(cell.forward_t(&s0, &s1, arch, &self.slots, self.config.nodes, train))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_footprint_is_what_is_built() {
+        for (primitives, init_channels, layers, nodes) in [
+            (Primitive::DARTS.to_vec(), 4, 5, 2),
+            (Primitive::DARTS.to_vec(), 2, 8, 4),
+            (Primitive::ALL.to_vec(), 2, 3, 3),
+            (vec![Primitive::MaxPool3x3, Primitive::SkipConnect], 6, 1, 1),
+        ] {
+            let config = SupernetConfig { primitives, init_channels, layers, nodes, num_classes: 3 };
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let _net = Supernet::new(&vs.root(), config.clone()).unwrap();
+            assert_eq!(config.footprint(), crate::model::tests::held(&vs), "{config:?}");
+        }
     }
 }

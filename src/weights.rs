@@ -354,7 +354,7 @@ pub fn network_tensors(tensors: NamedTensors) -> NamedTensors {
 /// controllers, not trained networks.
 const SEARCH_FORMATS: [&str; 3] = ["cnas-search-checkpoint", "cnas-supernet", "cnas-controllers"];
 
-/// Refuses a search artefact where a trained network is expected (eval, export).
+/// Refuses a search artefact where a trained network is expected (eval, predict, export).
 pub fn refuse_search_artefacts(
     path: &Path,
     metadata: &BTreeMap<String, String>,
@@ -363,13 +363,29 @@ pub fn refuse_search_artefacts(
     let format = metadata.get("format").map(String::as_str).unwrap_or("");
     // A search checkpoint keeps its groups as `supernet/...`, `controller/...`.
     let grouped = tensors.iter().any(|(n, _)| n.starts_with("supernet/") || n.starts_with("controller/"));
-    if SEARCH_FORMATS.contains(&format) || grouped {
+    // A bare supernet state_dict (cnas's, DARTS's or the released CNAS code's) has a list of
+    // candidate ops on every edge: `cells.C._ops.E._ops.K.…`, where a trained network has
+    // `cells.C._ops.K.…`.
+    let candidates = tensors.iter().any(|(n, _)| is_supernet_name(network_name(n)));
+    if SEARCH_FORMATS.contains(&format) || grouped || candidates {
         return Err(Error::bad_file(
             path,
             "is a search supernet (or its controllers), not a trained network (see cnas train)",
         ));
     }
     Ok(())
+}
+
+/// True for `cells.C._ops.E._ops.K.…`: a candidate operation on a supernet's edge.
+fn is_supernet_name(name: &str) -> bool {
+    let mut parts = name.split('.');
+    let number = |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    parts.next() == Some("cells")
+        && number(parts.next())
+        && parts.next() == Some("_ops")
+        && number(parts.next())
+        && parts.next() == Some("_ops")
+        && number(parts.next())
 }
 
 /// The network a cnas weights file describes in its metadata, if it does.

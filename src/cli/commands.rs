@@ -121,6 +121,7 @@ pub(crate) fn predict(args: &PredictArgs, g: &Global) -> anyhow::Result<()> {
     for input in &args.inputs {
         samples.extend(cnas::predict::read_samples(input, kind, size)?);
     }
+    cnas::predict::check_sizes(&network, &samples)?;
     for p in cnas::predict::predict(&network, &samples, g.device, args.batch_size, args.top) {
         if args.json {
             println!("{}", serde_json::to_string(&p)?);
@@ -214,4 +215,23 @@ fn join_run(g: &Global) -> anyhow::Result<(Option<DataParallel>, Device)> {
     let group = cnas::dist::ProcessGroup::init(&env, device, g.dist_timeout).map_err(cnas::Error::from)?;
     let bucket_bytes = (g.bucket_mb * (1u64 << 20) as f64) as usize;
     Ok((Some(DataParallel::new(Arc::new(group)).with_bucket_bytes(bucket_bytes)), device))
+}
+
+/// `println!` panics when standard output cannot be written (`cnas … > /dev/full`): say so in
+/// one line instead and exit with the code the same error on a file gets (3 for a full disk).
+pub(crate) fn report_stdout_failures() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload().downcast_ref::<String>().map_or("", String::as_str);
+        let Some(cause) = message.strip_prefix("failed printing to stdout: ") else {
+            return default(info);
+        };
+        let os_error = cause
+            .rsplit_once("(os error ")
+            .and_then(|(_, n)| n.trim_end_matches(')').parse().ok())
+            .map(std::io::Error::from_raw_os_error);
+        let code = os_error.map_or(1, |e| cnas::Error::io("standard output", e).exit_code());
+        eprintln!("error: standard output: {cause}");
+        std::process::exit(code.into());
+    }));
 }

@@ -183,7 +183,18 @@ impl Cifar10 {
         let read = |name: &str| {
             let file = dir.join(name);
             if !file.is_file() {
-                return Err(Error::bad_file(file, "missing (a CIFAR-10 batches folder needs data_batch_1.bin … data_batch_5.bin and test_batch.bin)"));
+                // Something else by that name is not "missing": say what it is.
+                let what = match fs::metadata(&file) {
+                    Ok(m) if m.is_dir() => "is a folder, not a file",
+                    Ok(_) => "is not a regular file",
+                    Err(_) => "missing",
+                };
+                return Err(Error::bad_file(
+                    file,
+                    format!(
+                        "{what} (a CIFAR-10 batches folder needs the files data_batch_1.bin … data_batch_5.bin and test_batch.bin)"
+                    ),
+                ));
             }
             read_records(&file)
         };

@@ -12,6 +12,9 @@
 //! So `DIR/cifar-10-batches-bin` either does not exist or is complete; nothing else a download
 //! leaves behind is taken for data.
 //!
+//! A download that fails (no connection, an HTTP error status, a body cut short, a checksum
+//! that is not the published one) is an [`Error::Download`]: exit code 3, run again to retry.
+//!
 //! Two processes downloading into the same folder at once would share the `.part`: for
 //! multi-process training, run `cnas download cifar10 --data DIR` once first.
 //!
@@ -117,7 +120,7 @@ pub fn download_cifar10(data_dir: &Path, url: &str, md5_hex: &str, progress: boo
     if !digest.eq_ignore_ascii_case(md5_hex.trim()) {
         // A bad archive must not be resumed or unpacked by a later run.
         let _ = fs::remove_file(&part);
-        return Err(Error::bad_file(
+        return Err(Error::download(
             url,
             format!(
                 "downloaded file has MD5 {digest}, expected {md5_hex}; it was deleted, run again to retry"
@@ -196,16 +199,17 @@ fn hex_digest_of<D: Digest>(path: &Path) -> Result<String> {
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// A request that got no answer: a failed download (exit code 3), never a local file's error.
 fn net_error(url: &str, err: ureq::Error) -> Error {
-    let (kind, text) = match err {
+    let text = match err {
         // The underlying error as it is, without ureq's "io:" wrapping.
-        ureq::Error::Io(e) => return Error::io(url, e),
-        ureq::Error::HostNotFound => (io::ErrorKind::NotFound, "host not found".to_string()),
-        ureq::Error::ConnectionFailed => (io::ErrorKind::ConnectionRefused, "connection failed".to_string()),
-        ureq::Error::Timeout(t) => (io::ErrorKind::TimedOut, format!("timed out ({t})")),
-        other => (io::ErrorKind::Other, other.to_string()),
+        ureq::Error::Io(e) => e.to_string(),
+        ureq::Error::HostNotFound => "host not found".to_string(),
+        ureq::Error::ConnectionFailed => "connection failed".to_string(),
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        other => other.to_string(),
     };
-    Error::io(url, io::Error::new(kind, text))
+    Error::download(url, text)
 }
 
 /// Streams `url` into `part`, continuing an existing `part` when the server allows it.
@@ -259,9 +263,7 @@ fn body_placement(
         416 if have > 0 => Ok(None),
         _ => {
             let reason = response.status().canonical_reason().unwrap_or("");
-            let kind =
-                if status == 404 || status == 410 { io::ErrorKind::NotFound } else { io::ErrorKind::Other };
-            Err(Error::io(url, io::Error::new(kind, format!("the server answered HTTP {status} {reason}"))))
+            Err(Error::download(url, format!("the server answered HTTP {status} {reason}")))
         }
     }
 }
@@ -333,12 +335,9 @@ fn restart(url: &str, part: &Path, label: &str, progress: bool) -> Result<()> {
 
 fn interrupted(url: &str, written: u64, total: Option<u64>, why: &str) -> Error {
     let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
-    Error::io(
+    Error::download(
         url,
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("download interrupted after {written}{of} bytes ({why}); run again to resume"),
-        ),
+        format!("download interrupted after {written}{of} bytes ({why}); run again to resume"),
     )
 }
 
@@ -393,7 +392,7 @@ pub fn download_weights(data_dir: &Path, url: &str, progress: bool) -> Result<Pa
     let part = data_dir.join(format!("{name}.part"));
     fetch(url, &part, &name, progress)?;
     let verdict = check(&part).and_then(|bad| match bad {
-        Some(digest) => Err(Error::bad_file(
+        Some(digest) => Err(Error::download(
             url,
             format!(
                 "downloaded file has SHA-256 {digest}, expected one starting with {} (its name says so); \
@@ -403,7 +402,9 @@ pub fn download_weights(data_dir: &Path, url: &str, progress: bool) -> Result<Pa
         )),
         // Without a hash, at least refuse what is not weights (an error page, say); a file
         // whose hash matches is kept even if this cnas cannot read its format.
-        None if prefix.is_none() => crate::weights::read(&part).map(|_| ()),
+        None if prefix.is_none() => crate::weights::read(&part).map(|_| ()).map_err(|e| {
+            Error::download(url, format!("the downloaded file is not weights ({e}); it was deleted"))
+        }),
         None => Ok(()),
     });
     if let Err(e) = verdict {

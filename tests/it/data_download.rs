@@ -69,7 +69,8 @@ fn corrupt_archive_fails_the_md5_and_leaves_nothing_that_looks_like_data() {
     let err = download_cifar10(tmp.path(), &server.url, &md5_hex(&body), false).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("MD5") && text.contains(&md5_hex(&body)), "{text}");
-    assert!(err.is_user_error());
+    // A failed download: exit code 3, run again to retry.
+    assert_eq!(err.exit_code(), 3);
     assert_eq!(entries(tmp.path()), Vec::<String>::new());
     assert_eq!(cifar10::locate(tmp.path()), None);
 }

@@ -87,7 +87,7 @@ fn a_file_whose_hash_does_not_match_its_name_is_deleted() {
     let server = serve(&format!("/models/cnas-imagenet-{wrong}.pth"), body, Behaviour::Good, 1);
     let url = &server.url;
     let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", url]);
-    common::assert_user_error(&out, &format!("expected one starting with {wrong}"));
+    crate::failures::assert_exit(&out, 3, &format!("expected one starting with {wrong}"));
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }
 
@@ -97,7 +97,7 @@ fn a_missing_file_is_one_clear_line() {
     let server = serve("/models/cnas-imagenet-602b7057.pth", Vec::new(), Behaviour::NotFound, 1);
     let url = &server.url;
     let out = cnas(&["download", "pretrained", "--data", dir.path().to_str().unwrap(), "--url", url]);
-    common::assert_user_error(&out, "404");
+    crate::failures::assert_exit(&out, 3, "404");
     assert_eq!(entries(dir.path()), Vec::<String>::new());
 }
 
