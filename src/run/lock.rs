@@ -45,11 +45,9 @@ impl RunLock {
         if rc != 0 {
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = match holder.trim().parse::<u32>() {
-                    Ok(pid) => format!("process {pid}"),
-                    Err(_) => "another process".to_string(),
+                let holder = match read_holder(&mut file) {
+                    Some(pid) => format!("process {pid}"),
+                    None => "another process".to_string(),
                 };
                 return Err(Error::BadOption(format!(
                     "{} is in use: {holder} is writing this run (one cnas process per run directory; \
@@ -73,6 +71,23 @@ impl RunLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// The process id in a lock file another process holds. The holder writes it just after
+/// taking the lock, so an empty file is read again for a moment.
+fn read_holder(file: &mut File) -> Option<u32> {
+    for _ in 0..50 {
+        let mut text = String::new();
+        let read = file.seek(SeekFrom::Start(0)).and_then(|_| file.read_to_string(&mut text));
+        if let Ok(pid) = text.trim().parse() {
+            return Some(pid);
+        }
+        if read.is_err() {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    None
 }
 
 #[cfg(test)]
