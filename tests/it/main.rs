@@ -28,6 +28,7 @@ mod data_folder;
 mod data_loader;
 mod dist;
 mod export;
+mod fuzz;
 mod pretrained;
 mod reference;
 mod search;
