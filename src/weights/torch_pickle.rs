@@ -24,6 +24,12 @@ struct Extent {
 
 const LEAF: Extent = Extent { depth: 1, objects: 1, is_mark: false };
 
+/// An object holding `bytes` of text, counted in objects' worth of memory (about 56 bytes
+/// each), so that copying long strings through the memo is bounded too.
+fn text(bytes: usize) -> Extent {
+    Extent { objects: 1 + bytes as u64 / 56, ..LEAF }
+}
+
 /// A container of `items`.
 fn holding(items: &[Extent]) -> Extent {
     let depth = items.iter().map(|e| e.depth).max().unwrap_or(0) + 1;
@@ -54,11 +60,12 @@ impl<'a> Scan<'a> {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn line(&mut self) -> Result<(), String> {
+    /// Steps over a line; its length.
+    fn line(&mut self) -> usize {
         let rest = self.bytes.get(self.pos..).unwrap_or_default();
         let n = rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |i| i + 1);
         self.pos += n;
-        Ok(())
+        n
     }
 
     fn pop(&mut self) -> Result<Extent, String> {
@@ -129,9 +136,8 @@ impl<'a> Scan<'a> {
                 self.take(1)?;
             }
             b'c' => {
-                self.line()?;
-                self.line()?;
-                self.push(LEAF)?;
+                let len = self.line() + self.line();
+                self.push(text(len))?;
             }
             b'K' | b'M' | b'J' | b'G' => {
                 self.take(match op {
@@ -145,7 +151,7 @@ impl<'a> Scan<'a> {
             b'X' => {
                 let len = self.u32()? as usize;
                 self.take(len)?;
-                self.push(LEAF)?;
+                self.push(text(len))?;
             }
             0x8a => {
                 let n = self.take(1)?[0] as usize;
@@ -203,8 +209,9 @@ impl<'a> Scan<'a> {
 
 /// Reads the pickle at the start of `bytes`: the object and the bytes it took.
 pub(super) fn load(bytes: &[u8]) -> Result<(Object, usize), String> {
-    // Real files build about one object per byte or two; 16 per byte leaves room.
-    let budget = 16 * bytes.len() as u64 + (1 << 16);
+    // Real files build and copy less than one object per byte; 4 per byte leaves room and
+    // bounds the memory to a few hundred times the file's size.
+    let budget = 4 * bytes.len() as u64 + (1 << 16);
     let mut scan = Scan { bytes, pos: 0, stack: Vec::new(), memo: HashMap::new(), objects: 0, budget };
     while !scan.step()? {}
     let mut reader = Cursor::new(&bytes[..scan.pos]);

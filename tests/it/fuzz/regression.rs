@@ -17,7 +17,7 @@ fn write(name: &str, bytes: &[u8]) -> PathBuf {
 /// Reads `path` as weights and requires a bad-file error containing `needle`.
 fn refused(path: &Path, needle: &str) {
     let len = std::fs::metadata(path).unwrap().len() as usize;
-    let err = bounded(len, || cnas::weights::read_all(path)).err().expect("read, but should be refused");
+    let err = bounded(len, || cnas::weights::read_all(path)).expect_err("read, but should be refused");
     let msg = err.to_string();
     assert!(matches!(err, cnas::Error::BadFile { .. }), "{msg}");
     assert!(msg.contains(needle), "{msg:?} does not say {needle:?}");
@@ -81,6 +81,18 @@ fn regression_pth_memo_doubling() {
     }
     let contents = p.op(b"s.").0.clone();
     refused_in_both_formats("memo_bomb", &contents, "expands to more than");
+}
+
+/// A 100 kB string copied 60,000 times through the memo: 6 GB from 220 kB.
+#[test]
+fn regression_pth_memo_copies_of_a_long_string() {
+    let mut p = Pickle::default();
+    p.op(b"}").string("w").string(&"a".repeat(100_000)).op(b"q\x00(");
+    for _ in 0..60_000 {
+        p.op(b"h\x00");
+    }
+    let contents = p.op(b"ts.").0.clone();
+    refused_in_both_formats("string_copies", &contents, "expands to more than");
 }
 
 /// 200,000 nested one-element tuples: dropping the object overflowed the stack.
