@@ -10,10 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
 
-use candle_core::pickle::{Object, Stack, TensorInfo};
+use candle_core::pickle::Object;
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{Error, Result};
+
+/// Reading the pickles of `torch.save` files without trusting them.
+mod torch_pickle;
 
 /// Named tensors in file order.
 pub type NamedTensors = Vec<(String, Tensor)>;
@@ -68,39 +71,79 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
+/// Reads a `torch.save` zip: the pickle `<folder>/data.pkl`, each storage `<folder>/data/<key>`.
 fn read_pth(path: &Path) -> Result<NamedTensors> {
-    let bad = |e: candle_core::Error| {
-        Error::bad_file(
-            path,
-            format!("unreadable PyTorch file (truncated or corrupt?): {}", first_line(&e.to_string())),
-        )
+    let bad = |what: &str| {
+        Error::bad_file(path, format!("unreadable PyTorch file (truncated or corrupt?): {what}"))
     };
-    let mut pth = candle_core::pickle::PthTensors::new(path, None).map_err(bad)?;
-    if pth.tensor_infos().is_empty() {
-        for key in CHECKPOINT_KEYS {
-            // A missing key is not an error here: try the next layout.
-            if let Ok(inner) = candle_core::pickle::PthTensors::new(path, Some(key)) {
-                if !inner.tensor_infos().is_empty() {
-                    pth = inner;
-                    break;
-                }
-            }
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
+        .map_err(|e| bad(&torch_pickle::brief(&e.to_string())))?;
+    let pickle_name = zip
+        .file_names()
+        .find(|n| n.ends_with("data.pkl"))
+        .map(str::to_string)
+        .ok_or_else(|| bad("no data.pkl in the archive"))?;
+    let folder = pickle_name.trim_end_matches("data.pkl").to_string();
+    let pickle = zip_entry(&mut zip, &pickle_name, file_len).map_err(|e| bad(&e))?;
+    let (contents, _) = torch_pickle::load(&pickle).map_err(|e| bad(&e))?;
+    let entries = state_dict_entries(unwrap_torchscript(contents)).ok_or_else(|| {
+        Error::bad_file(path, "holds no tensors (expected a state_dict or a checkpoint containing one)")
+    })?;
+    let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for (name, value) in entries {
+        let (Object::Unicode(name), Some(stored)) = (name, torch_pickle::stored_tensor(&value)) else {
+            continue;
+        };
+        if !storages.contains_key(&stored.key) {
+            let entry = format!("{folder}data/{}", stored.key);
+            let data =
+                zip_entry(&mut zip, &entry, file_len).map_err(|e| bad(&format!("tensor {name}: {e}")))?;
+            storages.insert(stored.key.clone(), data);
         }
+        let data = storages.get(&stored.key).map(Vec::as_slice).unwrap_or_default();
+        let t = stored.to_tensor(stored.kind, data).map_err(|e| bad(&format!("tensor {name}: {e}")))?;
+        out.push((name, t));
     }
-    if pth.tensor_infos().is_empty() {
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    if out.is_empty() {
         return Err(Error::bad_file(
             path,
             "holds no tensors (expected a state_dict or a checkpoint containing one)",
         ));
     }
-    let mut names: Vec<String> = pth.tensor_infos().keys().cloned().collect();
-    names.sort();
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let Some(t) = pth.get(&name).map_err(bad)? else { continue };
-        out.push((name, candle_to_tch(&t).map_err(bad)?));
-    }
     Ok(out)
+}
+
+/// The bytes of entry `name`, read no further than the file is long (its header may lie).
+fn zip_entry(
+    zip: &mut zip::ZipArchive<std::io::BufReader<std::fs::File>>,
+    name: &str,
+    file_len: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let entry = zip.by_name(name).map_err(|e| format!("{name}: {}", torch_pickle::brief(&e.to_string())))?;
+    let mut bytes = Vec::new();
+    entry
+        .take(file_len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {}", torch_pickle::brief(&e.to_string())))?;
+    Ok(bytes)
+}
+
+/// A TorchScript module's pickle wraps its state: `__torch__.Module` rebuilt, then built with it.
+fn unwrap_torchscript(contents: Object) -> Object {
+    if let Object::Build { callable, args } = &contents {
+        if let Object::Reduce { callable: class, .. } = callable.as_ref() {
+            if matches!(class.as_ref(), Object::Class { module_name, class_name }
+                if module_name == "__torch__" && class_name == "Module")
+            {
+                return args.as_ref().clone();
+            }
+        }
+    }
+    contents
 }
 
 /// The first pickle of every legacy file: protocol 2, `LONG1` of 10 bytes holding PyTorch's
@@ -117,15 +160,20 @@ fn read_legacy_pth(path: &Path) -> Result<NamedTensors> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let pickles = LegacyPickles::read(path, &bytes)?;
     let storages = legacy_storages(path, &bytes, &pickles)?;
-    let entries = state_dict_entries(path, pickles.contents)?;
+    let entries = state_dict_entries(pickles.contents).ok_or_else(|| {
+        legacy_error(path, "holds no tensors (expected a state_dict or a checkpoint containing one)")
+    })?;
     let mut out = Vec::with_capacity(entries.len());
     for (name, value) in entries {
-        let info = match value.into_tensor_info(name, Path::new("")) {
-            Ok(Some(info)) => info,
-            _ => continue,
+        let (Object::Unicode(name), Some(stored)) = (name, torch_pickle::stored_tensor(&value)) else {
+            continue;
         };
-        let t = legacy_tensor(path, &info, &storages)?;
-        out.push((info.name, t));
+        let &(kind, data) = storages
+            .get(&stored.key)
+            .ok_or_else(|| legacy_error(path, &format!("no data for storage {}", stored.key)))?;
+        let t =
+            stored.to_tensor(kind, data).map_err(|e| legacy_error(path, &format!("tensor {name}: {e}")))?;
+        out.push((name, t));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     if out.is_empty() {
@@ -152,26 +200,31 @@ impl LegacyPickles {
         if !bytes.starts_with(&LEGACY_MAGIC) {
             return Err(legacy_error(path, "no PyTorch magic number (not a torch.save file?)"));
         }
-        let mut reader = std::io::Cursor::new(&bytes[LEGACY_MAGIC.len()..]);
+        let mut offset = LEGACY_MAGIC.len();
         let mut next_pickle = |what: &str| -> Result<Object> {
-            let mut stack = Stack::empty();
-            stack
-                .read_loop(&mut reader)
-                .and_then(|_| stack.finalize())
-                .map_err(|e| legacy_error(path, &format!("{what}: {}", first_line(&e.to_string()))))
+            let rest = bytes.get(offset..).unwrap_or_default();
+            let (object, used) =
+                torch_pickle::load(rest).map_err(|e| legacy_error(path, &format!("{what}: {e}")))?;
+            offset += used;
+            Ok(object)
         };
         match next_pickle("protocol version")? {
             Object::Int(1001) => {}
-            other => return Err(legacy_error(path, &format!("protocol version {other:?}, expected 1001"))),
+            other => {
+                let found = torch_pickle::brief(&format!("{other:?}"));
+                return Err(legacy_error(path, &format!("protocol version {found}, expected 1001")));
+            }
         }
         next_pickle("system info")?;
         let contents = next_pickle("contents")?;
         let storage_keys = match next_pickle("storage keys")? {
             Object::List(keys) => keys.into_iter().filter_map(|k| k.unicode().ok()).collect(),
-            other => return Err(legacy_error(path, &format!("storage keys {other:?}"))),
+            other => {
+                let found = torch_pickle::brief(&format!("{other:?}"));
+                return Err(legacy_error(path, &format!("storage keys {found}")));
+            }
         };
-        let data_start = LEGACY_MAGIC.len() + reader.position() as usize;
-        Ok(LegacyPickles { contents, storage_keys, data_start })
+        Ok(LegacyPickles { contents, storage_keys, data_start: offset })
     }
 }
 
@@ -185,60 +238,43 @@ fn legacy_storages<'a>(path: &Path, bytes: &'a [u8], pickles: &LegacyPickles) ->
     // checkpoint (an optimizer's) can be stepped over.
     let mut kinds = HashMap::new();
     collect_storages(&pickles.contents, &mut kinds);
-    let mut offset = pickles.data_start;
+    let mut rest = bytes.get(pickles.data_start..).unwrap_or_default();
     let mut storages = HashMap::new();
     for key in &pickles.storage_keys {
         let kind = *kinds.get(key).ok_or_else(|| bad(&format!("storage {key} of unknown type")))?;
-        let count = bytes.get(offset..offset + 8).ok_or_else(|| bad("truncated"))?;
-        let count = u64::from_le_bytes(count.try_into().unwrap_or_default()) as usize;
-        let len = count.checked_mul(kind.elt_size_in_bytes()).ok_or_else(|| bad("storage too large"))?;
-        let data = bytes.get(offset + 8..offset + 8 + len).ok_or_else(|| bad("truncated"))?;
+        let (count, after) = rest.split_first_chunk::<8>().ok_or_else(|| bad("truncated"))?;
+        // Compared with what is left before any arithmetic: the count may be anything.
+        let count = u64::from_le_bytes(*count);
+        let elt = kind.elt_size_in_bytes() as u64;
+        if count > after.len() as u64 / elt {
+            return Err(bad(&format!("truncated (storage {key} claims {count} elements)")));
+        }
+        let (data, next) = after.split_at(count as usize * elt as usize);
         storages.insert(key.clone(), (kind, data));
-        offset += 8 + len;
+        rest = next;
     }
     Ok(storages)
 }
 
-/// The entries of the state_dict a legacy file holds: a plain state_dict, or a checkpoint
-/// dict holding one under a usual key.
-fn state_dict_entries(path: &Path, contents: Object) -> Result<Vec<(Object, Object)>> {
+/// The entries of the state_dict `contents` holds: a plain state_dict, or a checkpoint dict
+/// holding one under a usual key.
+fn state_dict_entries(contents: Object) -> Option<Vec<(Object, Object)>> {
     let dict = |o: Object| match o {
         Object::Dict(entries) => Some(entries),
         _ => None,
     };
-    let entries = dict(contents).ok_or_else(|| legacy_error(path, "holds no dict of tensors"))?;
-    let is_tensor = |v: &Object| matches!(v, Object::Reduce { .. });
-    if entries.iter().any(|(_, v)| is_tensor(v)) {
-        return Ok(entries);
+    let entries = dict(contents)?;
+    if entries.iter().any(|(_, v)| torch_pickle::stored_tensor(v).is_some()) {
+        return Some(entries);
     }
-    CHECKPOINT_KEYS
-        .iter()
-        .find_map(|key| {
-            entries
-                .iter()
-                .find(|(k, _)| *k == Object::Unicode(key.to_string()))
-                .and_then(|(_, v)| dict(v.clone()))
-        })
-        .ok_or_else(|| {
-            legacy_error(path, "holds no tensors (expected a state_dict or a checkpoint containing one)")
-        })
-}
-
-/// The tensor `info` describes, copied out of its storage; floating point as f32.
-fn legacy_tensor(path: &Path, info: &TensorInfo, storages: &Storages) -> Result<Tensor> {
-    let key = info.path.trim_start_matches('/');
-    let &(kind, data) =
-        storages.get(key).ok_or_else(|| legacy_error(path, &format!("no data for storage {key}")))?;
-    let numel = (data.len() / kind.elt_size_in_bytes()) as i64;
-    let storage = Tensor::f_from_data_size(data, &[numel], kind)?;
-    let layout = &info.layout;
-    let size: Vec<i64> = layout.dims().iter().map(|&d| d as i64).collect();
-    let stride: Vec<i64> = layout.stride().iter().map(|&d| d as i64).collect();
-    let start = (layout.start_offset() / kind.elt_size_in_bytes()) as i64;
-    let t = storage.f_as_strided(&size, &stride, start)?.contiguous();
-    Ok(match kind {
-        Kind::Int64 | Kind::Uint8 => t,
-        _ => t.to_kind(Kind::Float),
+    CHECKPOINT_KEYS.iter().find_map(|key| {
+        entries
+            .iter()
+            .find(|(k, v)| {
+                *k == Object::Unicode(key.to_string())
+                    && matches!(v, Object::Dict(d) if d.iter().any(|(_, t)| torch_pickle::stored_tensor(t).is_some()))
+            })
+            .and_then(|(_, v)| dict(v.clone()))
     })
 }
 
@@ -250,18 +286,7 @@ fn collect_storages(o: &Object, out: &mut HashMap<String, Kind>) {
                 if let [Object::Unicode(tag), Object::Class { class_name, .. }, Object::Unicode(key), ..] =
                     parts.as_slice()
                 {
-                    let kind = match class_name.as_str() {
-                        "FloatStorage" => Some(Kind::Float),
-                        "DoubleStorage" => Some(Kind::Double),
-                        "HalfStorage" => Some(Kind::Half),
-                        "BFloat16Storage" => Some(Kind::BFloat16),
-                        "LongStorage" => Some(Kind::Int64),
-                        "IntStorage" => Some(Kind::Int),
-                        "ByteStorage" => Some(Kind::Uint8),
-                        "BoolStorage" => Some(Kind::Bool),
-                        _ => None,
-                    };
-                    if let (true, Some(kind)) = (tag == "storage", kind) {
+                    if let (true, Some(kind)) = (tag == "storage", torch_pickle::storage_kind(class_name)) {
                         out.insert(key.clone(), kind);
                     }
                 }
@@ -278,20 +303,6 @@ fn collect_storages(o: &Object, out: &mut HashMap<String, Kind>) {
         }
         _ => {}
     }
-}
-
-fn candle_to_tch(t: &candle_core::Tensor) -> candle_core::Result<Tensor> {
-    use candle_core::DType;
-    let dims: Vec<i64> = t.dims().iter().map(|&d| d as i64).collect();
-    let flat = t.flatten_all()?;
-    let out = match t.dtype() {
-        DType::I64 => Tensor::from_slice(&flat.to_vec1::<i64>()?),
-        DType::U8 => Tensor::from_slice(&flat.to_vec1::<u8>()?),
-        DType::U32 => Tensor::from_slice(&flat.to_dtype(DType::I64)?.to_vec1::<i64>()?),
-        DType::F64 => Tensor::from_slice(&flat.to_vec1::<f64>()?).to_kind(Kind::Float),
-        _ => Tensor::from_slice(&flat.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-    };
-    Ok(out.reshape(dims))
 }
 
 /// What a load found; a load that returns Ok matched every tensor exactly.
@@ -505,11 +516,22 @@ pub fn read_metadata(path: &Path) -> Result<Option<BTreeMap<String, String>>> {
         return Ok(None);
     }
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut len = [0u8; 8];
     file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
     let len = u64::from_le_bytes(len);
     if len > 100 << 20 {
         return Err(Error::bad_file(path, "safetensors header larger than 100 MiB"));
+    }
+    // Checked before the header's buffer is made: the length is the file's word.
+    if len > file_len.saturating_sub(8) {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "truncated safetensors header: {len} bytes announced, {} in the file",
+                file_len.saturating_sub(8)
+            ),
+        ));
     }
     let mut header = vec![0u8; len as usize];
     file.read_exact(&mut header)

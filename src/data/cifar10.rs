@@ -30,6 +30,8 @@ pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
 pub const TRAIN_FILES: [&str; 5] =
     ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 pub const TEST_FILE: &str = "test_batch.bin";
+/// Bytes of one official batch file (10,000 records).
+const MAX_BATCH_BYTES: u64 = 10_000 * RECORD_BYTES as u64;
 
 /// Reads one `.bin` file: `(images, labels)` with `images.len() == 3072 * labels.len()`, each
 /// image planar RGB as stored.
@@ -220,6 +222,14 @@ impl Cifar10 {
             let Some(slot) = inner.file_name().and_then(|n| wanted.iter().position(|w| n == *w)) else {
                 continue;
             };
+            // The size is the archive's word: a batch is 10,000 records; more is refused before
+            // anything is reserved or read.
+            if entry.size() > MAX_BATCH_BYTES {
+                return Err(Error::bad_file(
+                    file.join(&inner),
+                    format!("{} bytes, more than a CIFAR-10 batch ({MAX_BATCH_BYTES})", entry.size()),
+                ));
+            }
             let mut bytes = Vec::with_capacity(entry.size() as usize);
             entry.read_to_end(&mut bytes).map_err(bad)?;
             found[slot] = Some(parse_records(&bytes, &file.join(&inner))?);

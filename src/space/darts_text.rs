@@ -117,9 +117,15 @@ impl Py {
     }
 }
 
+/// Deeper than any genotype (per-node groups of pairs nest 4 deep), and shallow enough that
+/// parsing `[[[[…` never overflows the stack.
+const MAX_NESTING: usize = 32;
+
 struct Parser {
     toks: Vec<Token>,
     pos: usize,
+    /// Lists and tuples open around the current token.
+    depth: usize,
 }
 
 impl Parser {
@@ -184,6 +190,16 @@ impl Parser {
 
     /// Comma-separated values up to `close` (a trailing comma is fine).
     fn items(&mut self, close: char) -> Result<Vec<Py>, SpaceError> {
+        if self.depth >= MAX_NESTING {
+            return Err(self.fail(&format!("lists nested more than {MAX_NESTING} deep")));
+        }
+        self.depth += 1;
+        let items = self.items_inside(close);
+        self.depth -= 1;
+        items
+    }
+
+    fn items_inside(&mut self, close: char) -> Result<Vec<Py>, SpaceError> {
         let mut items = Vec::new();
         loop {
             if self.peek() == Some(&Tok::Punct(close)) {
@@ -203,7 +219,7 @@ impl Parser {
 const FIELDS: [&str; 4] = ["normal", "normal_concat", "reduce", "reduce_concat"];
 
 pub(super) fn parse(text: &str) -> Result<Genotype, SpaceError> {
-    let mut p = Parser { toks: lex(text)?, pos: 0 };
+    let mut p = Parser { toks: lex(text)?, pos: 0, depth: 0 };
     // An optional `name =` in front, as in a line copied from genotypes.py or a log.
     if matches!(p.peek(), Some(Tok::Ident(_))) && p.peek_at(1) == Some(&Tok::Punct('=')) {
         p.pos = 2;
@@ -257,8 +273,8 @@ pub(super) fn parse(text: &str) -> Result<Genotype, SpaceError> {
     let (normal, normal_concat) = (take(0)?, take(1)?);
     let (reduce, reduce_concat) = (take(2)?, take(3)?);
     Ok(Genotype {
-        normal: cell("normal", &normal, &normal_concat)?,
-        reduce: cell("reduce", &reduce, &reduce_concat)?,
+        normal: json_read::within_limits("normal", cell("normal", &normal, &normal_concat)?)?,
+        reduce: json_read::within_limits("reduce", cell("reduce", &reduce, &reduce_concat)?)?,
     })
 }
 
@@ -287,6 +303,13 @@ fn cell(which: &str, ops: &Py, concat: &Py) -> Result<Cell, SpaceError> {
         }
     }
     let concat = match concat {
+        // Bounded before it is expanded: a cell has at most one node per two edges.
+        Py::Range(a, b) if b.saturating_sub(*a) > (edges.len() as i64).saturating_add(2) => {
+            return Err(err(format!(
+                "{which}_concat: range({a}, {b}) names more nodes than the cell has ({} edges)",
+                edges.len()
+            )))
+        }
         Py::Range(a, b) => (*a..*b).map(|n| node(n, &format!("{which}_concat"))).collect::<Result<_, _>>()?,
         Py::Seq(nodes) => nodes
             .iter()

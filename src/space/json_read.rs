@@ -51,7 +51,25 @@ pub(super) fn genotype(value: &Value) -> Result<Genotype, SpaceError> {
             )))
         }
     };
-    Ok(Genotype { normal: cell(obj, "normal", &ordinals)?, reduce: cell(obj, "reduce", &ordinals)? })
+    let normal = within_limits("normal", cell(obj, "normal", &ordinals)?)?;
+    let reduce = within_limits("reduce", cell(obj, "reduce", &ordinals)?)?;
+    Ok(Genotype { normal, reduce })
+}
+
+/// Edges (and concatenated nodes) a cell may have: far more than any searched or published one
+/// (8 to 14), few enough that checking a cell, quadratic in its edges, stays instant.
+const MAX_CELL_EDGES: usize = 1024;
+
+/// `cell`, unless it is too large to be a real one (a file read whole is not otherwise bounded).
+pub(super) fn within_limits(which: &str, cell: Cell) -> Result<Cell, SpaceError> {
+    if cell.edges.len() > MAX_CELL_EDGES || cell.concat.len() > MAX_CELL_EDGES {
+        return Err(SpaceError::Invalid(format!(
+            "{which} cell has {} edges and concatenates {} nodes; at most {MAX_CELL_EDGES} of each are read",
+            cell.edges.len(),
+            cell.concat.len()
+        )));
+    }
+    Ok(cell)
 }
 
 fn cell(obj: &Map<String, Value>, which: &str, ordinals: &Ordinals) -> Result<Cell, SpaceError> {

@@ -29,6 +29,7 @@ mod data_loader;
 mod dist;
 mod export;
 mod failures;
+mod fuzz;
 mod options;
 mod pretrained;
 mod recovery;
