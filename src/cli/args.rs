@@ -50,6 +50,9 @@ pub(crate) enum Command {
     Report(ReportArgs),
     /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
     Export(Box<ExportArgs>),
+    /// Score genotypes in a trained supernet (a search's stage, or a released-code state_dict):
+    /// held-out top-1 and its standard error, as derivation scores candidates.
+    Score(Box<ScoreArgs>),
     /// Start N processes of a cnas command on this node as one data-parallel run, like
     /// `torchrun --nproc-per-node N --no-python cnas ...`: `cnas launch --nproc-per-node 2 --
     /// train --arch CNAS ...`.
@@ -130,6 +133,59 @@ pub(crate) struct PredictArgs {
     /// PNG or JPEG images, CIFAR-10 .bin files, or normalised float32 N×3×H×W .npy arrays.
     #[arg(required = true)]
     pub(crate) inputs: Vec<PathBuf>,
+}
+
+/// `cnas score`.
+#[derive(Args, Debug)]
+pub(crate) struct ScoreArgs {
+    /// A `cnas search` run directory: its data split, options and stage supernets.
+    #[arg(value_name = "RUN_DIR", required_unless_present = "supernet")]
+    pub(crate) run_dir: Option<PathBuf>,
+    /// Genotypes to score: published names, genotype files (JSON or DARTS text), or inline
+    /// genotype text; repeat or list several.
+    #[arg(long, required = true, num_args = 1..)]
+    pub(crate) arch: Vec<String>,
+    /// The supernet of stage K (RUN_DIR/stage-K) [default: the last stage]; with --supernet,
+    /// that only the first K operations of the order were trained.
+    #[arg(long, value_parser = at_least(1usize))]
+    pub(crate) stage: Option<usize>,
+    /// Score on the first N held-out images [default: the run's --derive-images; 10000].
+    #[arg(long, value_parser = at_least(1usize))]
+    pub(crate) images: Option<usize>,
+    /// Images per forward pass; BatchNorm uses each batch's statistics, so this is part of the
+    /// score [default: the run's derivation batch; 96].
+    #[arg(long, value_parser = at_least(2usize))]
+    pub(crate) batch_size: Option<usize>,
+    /// A state_dict of the released CNAS code's supernet (supernet-{stage}-{epoch}.pth) to
+    /// score in, instead of the run's.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) supernet: Option<PathBuf>,
+    /// --supernet: its operation order (op_type), all 8 operations [default: the run's, else
+    /// the released draw for --seed].
+    #[arg(long, value_delimiter = ',', value_name = "OP,OP,...", requires = "supernet")]
+    pub(crate) op_order: Option<Vec<String>>,
+    /// Data folder [default: the run's recorded one; ./data].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data: Option<PathBuf>,
+    /// Threads preparing batches [default: number of cores].
+    #[arg(long, value_parser = at_least(0usize))]
+    pub(crate) workers: Option<usize>,
+    /// Without RUN_DIR: seed of the held-out split (and of the released operation order) [2020].
+    #[arg(long, conflicts_with = "run_dir")]
+    pub(crate) seed: Option<u64>,
+    /// Without RUN_DIR: share of the training set that trained weights; the rest is held out
+    /// [0.4].
+    #[arg(long, value_parser = portion, conflicts_with = "run_dir")]
+    pub(crate) train_portion: Option<f64>,
+    /// Print a JSON array, one object per genotype.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A share in (0, 1].
+fn portion(s: &str) -> Result<f64, String> {
+    finite(s)
+        .and_then(|v| if v > 0.0 && v <= 1.0 { Ok(v) } else { Err("must be above 0 and at most 1".into()) })
 }
 
 /// `cnas download`.
@@ -703,6 +759,12 @@ mod tests {
         case(&["predict"], "--top", &["0"], "1"),
         case(&["predict"], "--batch-size", &["0"], "1"),
         case(&["export"], "--image-size", &["0", "-32"], "32"),
+        case(&["score"], "--stage", &["0", "-1"], "1"),
+        case(&["score"], "--images", &["0"], "1"),
+        case(&["score"], "--batch-size", &["0", "1"], "2"),
+        case(&["score"], "--workers", &["-1"], "0"),
+        case(&["score"], "--seed", &["-1"], "0"),
+        case(&["score"], "--train-portion", &["0", "-0.1", "1.5"], "1"),
         // launch: --node-rank must be below --nnodes (1 by default).
         case(&["launch"], "--nproc-per-node", &["0", "1025"], "2"),
         case(&["launch"], "--nnodes", &["0", "4097"], "2"),
@@ -721,6 +783,7 @@ mod tests {
             "predict" => (vec!["predict", "--weights", "w.pth"], vec!["x.png"]),
             "export" => (vec!["export", "--weights", "w.pth", "-o", "x.onnx"], vec![]),
             "launch" => (vec!["launch", "--nproc-per-node", "1"], vec!["--", "info"]),
+            "score" => (vec!["score", "--supernet", "s.pth", "--arch", "CNAS"], vec![]),
             other => panic!("no frame for `cnas {other}`: add one to this test"),
         }
     }

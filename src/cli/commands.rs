@@ -7,7 +7,8 @@ use anyhow::bail;
 use tch::Device;
 
 use super::args::{
-    DownloadArgs, DrawArgs, EvalArgs, ExportArgs, InfoArgs, PredictArgs, ReportArgs, SearchArgs, TrainArgs,
+    DownloadArgs, DrawArgs, EvalArgs, ExportArgs, InfoArgs, PredictArgs, ReportArgs, ScoreArgs, SearchArgs,
+    TrainArgs,
 };
 use cnas::dist::DataParallel;
 use cnas::report::ArchInfo;
@@ -167,6 +168,56 @@ pub(crate) fn download(args: DownloadArgs, g: &Global) -> anyhow::Result<()> {
     let dir = args.data.unwrap_or_else(|| PathBuf::from("data"));
     let placed = cnas::data::download::download_from(args.what, &dir, args.url.as_deref(), !g.quiet)?;
     println!("{}", placed.display());
+    Ok(())
+}
+
+pub(crate) fn score(args: &ScoreArgs, g: &Global) -> anyhow::Result<()> {
+    let archs = args
+        .arch
+        .iter()
+        .enumerate()
+        .map(|(i, a)| cnas::search::resolve_score_arch(a, i))
+        .collect::<cnas::Result<Vec<_>>>()?;
+    let op_order = match &args.op_order {
+        Some(names) => Some(
+            names
+                .iter()
+                .map(|n| n.trim().parse::<cnas::space::Primitive>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| cnas::Error::BadOption(format!("--op-order: {e}")))?,
+        ),
+        None => None,
+    };
+    let mut data = cnas::data::DataArgs { workers: args.workers, ..Default::default() };
+    data.seed = args.seed.unwrap_or(data.seed);
+    data.train_portion = args.train_portion.unwrap_or(data.train_portion);
+    let request = cnas::search::ScoreRequest {
+        run_dir: args.run_dir.as_deref(),
+        released: args.supernet.as_deref(),
+        op_order,
+        stage: args.stage,
+        archs: &archs,
+        images: args.images,
+        batch_size: args.batch_size,
+        data,
+        data_dir: args.data.clone(),
+    };
+    let scores = cnas::search::score_genotypes(&request, g.device, g.quiet)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&scores)?);
+        return Ok(());
+    }
+    let width = scores.iter().map(|s| s.arch.chars().count()).max().unwrap_or(0).max(4);
+    println!("{:<width$}  {:>8}  {:>7}  {:>7}", "arch", "top-1", "± s.e.", "images");
+    for s in &scores {
+        println!(
+            "{:<width$}  {:>7.2}%  {:>6.2}%  {:>7}",
+            s.arch,
+            s.score * 100.0,
+            s.std_error * 100.0,
+            s.images
+        );
+    }
     Ok(())
 }
 

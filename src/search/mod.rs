@@ -52,6 +52,7 @@ mod derive;
 mod epochs;
 mod options;
 mod pace;
+mod score;
 mod step;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,7 @@ pub use curriculum::*;
 pub use derive::*;
 pub use options::*;
 use pace::*;
+pub use score::*;
 pub use step::*;
 
 /// Where a search stands: the next thing to do.
@@ -233,11 +235,9 @@ fn open_loaders(
         LoaderOptions::train(options.batch_size).device(device).drop_last(true).shard(rank, world_size);
     let weights = limit(data.loader(Part::SearchWeights, &loader_opts)?, options.max_images)?;
     let heldout = limit(data.loader(Part::SearchHeldOut, &loader_opts)?, options.max_images)?;
-    // Candidates are scored on the first `derive_images` of the same held-out images, in
-    // order and without augmentation; sharded, the ranks together score each image once.
+    // Sharded, the ranks together score each image once.
     let derive_opts = LoaderOptions::eval(options.derive_batch()).device(device).shard(rank, world_size);
-    let derive = limit(data.loader(Part::SearchHeldOut, &derive_opts)?, options.max_images)?
-        .first(options.derive_images)?;
+    let derive = derive_loader(data, &derive_opts, options.max_images, options.derive_images)?;
     for (loader, what) in [(&weights, "weight-training"), (&heldout, "held-out")] {
         if loader.batches_per_epoch() == 0 {
             return Err(Error::BadOption(format!(
@@ -247,6 +247,17 @@ fn open_loaders(
         }
     }
     Ok([weights, heldout, derive])
+}
+
+/// The derivation images (`cnas score` reads the same): the first `images` of the held-out
+/// split (of its first `max_images`), in order, without augmentation (`opts`: `eval` ones).
+pub fn derive_loader(
+    data: &Data,
+    opts: &LoaderOptions,
+    max_images: Option<usize>,
+    images: usize,
+) -> Result<Loader> {
+    limit(data.loader(Part::SearchHeldOut, opts)?, max_images)?.first(images)
 }
 
 /// The supernet with its SGD (parameters in name order) and the map of which parameters an

@@ -34,6 +34,7 @@ mod options;
 mod pretrained;
 mod recovery;
 mod reference;
+mod score;
 mod search;
 mod see;
 mod supernet;
