@@ -285,8 +285,8 @@ pub(crate) struct SearchArgs {
     /// quick: tiny, every stage, minutes on a CPU. Options given below replace the preset's.
     #[arg(long, value_enum, default_value_t = Preset::Paper)]
     pub(crate) preset: Preset,
-    /// Curriculum: op (grow the operation set), node (grow the searched nodes), fixed (none)
-    /// [default: op].
+    /// Curriculum: op (grow the operation set), node (grow the searched nodes), fixed (none);
+    /// or random: random search with weight sharing at op's cost [default: op].
     #[arg(long, value_enum)]
     pub(crate) mode: Option<cnas::search::CurriculumMode>,
     /// Operation order of the op curriculum, comma-separated, all 8 operations [default:

@@ -191,6 +191,11 @@ impl Loader {
         [3, h, w]
     }
 
+    /// Samples of the loader's whole set, over every rank.
+    pub fn total_samples(&self) -> usize {
+        self.indices.len()
+    }
+
     /// Samples this rank sees in one epoch.
     pub fn samples_per_epoch(&self) -> usize {
         let (n, ws) = (self.indices.len(), self.cfg.world_size);

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::{NetworkConfig, NetworkKind};
 use crate::run;
 use crate::run::metrics::{
-    self, ControllerEpoch, DeriveSummary, EpochMetrics, SearchLine, SearchRecord, WeightsEpoch,
+    self, ControllerEpoch, DeriveSummary, EpochMetrics, RandomRound, SearchLine, SearchRecord, WeightsEpoch,
 };
 use crate::space::Genotype;
 
@@ -120,6 +120,7 @@ struct SearchPoints<'a> {
     weights: Vec<(f64, &'a WeightsEpoch)>,
     controller: Vec<(f64, &'a ControllerEpoch)>,
     derive: Vec<(f64, &'a DeriveSummary)>,
+    random: Vec<(f64, &'a RandomRound)>,
     stages: Vec<StageSpan>,
 }
 
@@ -140,6 +141,10 @@ impl<'a> SearchPoints<'a> {
                 SearchRecord::Derive(r) => {
                     x += 1.0;
                     points.derive.push((x, r));
+                }
+                SearchRecord::Random(r) => {
+                    x += 1.0;
+                    points.random.push((x, r));
                 }
                 SearchRecord::Controller(r) => points.controller.push((x, r)),
             }
@@ -183,6 +188,8 @@ fn search_curves(out: &mut String, lines: &[SearchLine]) -> Result<Vec<StageSpan
         series("best candidate", &p.derive, |r| Some(r.best_score)),
         series("controller samples", &p.derive, |r| Some(r.controller_mean)),
         series("uniform samples", &p.derive, |r| r.uniform_mean),
+        series("random round mean", &p.random, |r| Some(r.mean)),
+        series("random best so far", &p.random, |r| Some(r.best_so_far)),
     ];
     figure(out, "accuracy", x, &accuracy, &bands)?;
     let reward = [
@@ -201,6 +208,7 @@ fn search_curves(out: &mut String, lines: &[SearchLine]) -> Result<Vec<StageSpan
     let speed = [
         series("weights", &supernet, |r| Some(r.images_per_s)),
         series("controller", &p.controller, |r| Some(r.images_per_s)),
+        series("random scoring", &p.random, |r| Some(r.images_per_s)),
     ];
     figure(out, "images/s", x, &speed, &bands)?;
     Ok(p.stages)

@@ -42,6 +42,9 @@ pub enum SearchRecord {
     Controller(ControllerEpoch),
     /// The end of a stage: candidates scored and the best kept.
     Derive(DeriveSummary),
+    /// `--mode random`: a round of uniformly sampled candidates scored on the derivation
+    /// images.
+    Random(RandomRound),
 }
 
 /// A supernet epoch. Loss and accuracy are means over every rank's images.
@@ -119,6 +122,46 @@ pub struct DeriveSummary {
     pub scored_per_s: f64,
     #[serde(default = "nan", deserialize_with = "nan_if_null")]
     pub time_s: f64,
+}
+
+/// A round of random search's candidates (`--mode random`), each scored on the same
+/// un-augmented held-out images as a derivation's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RandomRound {
+    /// The round, 1-based (the search phase's epoch).
+    pub epoch: usize,
+    /// The round's scores, in sampling order.
+    pub scores: Vec<f64>,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub mean: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub round_best: f64,
+    /// The best score of every round so far, this one included.
+    #[serde(deserialize_with = "nan_if_null")]
+    pub best_so_far: f64,
+    /// Held-out images scored in the round (candidates × images each, over every rank).
+    pub images: usize,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub images_per_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
+    pub time_s: f64,
+}
+
+impl Default for RandomRound {
+    fn default() -> Self {
+        let n = f64::NAN;
+        RandomRound {
+            epoch: 0,
+            scores: Vec::new(),
+            mean: n,
+            round_best: n,
+            best_so_far: n,
+            images: 0,
+            images_per_s: n,
+            time_s: n,
+        }
+    }
 }
 
 /// One line of a training run's metrics: an epoch.

@@ -13,6 +13,7 @@ impl Search {
         };
         self.baseline = state.baseline;
         self.position = state.position;
+        self.scored = state.scored.into_iter().map(random::exact_score).collect();
         self.truncate_metrics(state.metrics_lines)?;
         tracing::info!(
             "resuming at stage {}, {:?} epoch {}",
@@ -89,7 +90,7 @@ impl Search {
     /// line it redoes has a step at or after the one where the process started.
     pub(super) fn log_tensorboard(&mut self, line: &serde_json::Value) -> Result<()> {
         let p = self.position;
-        let (warmup, epochs) = (self.options.warmup_epochs, self.options.epochs);
+        let (warmup, epochs) = self.phase_epochs();
         let within = match p.phase {
             Phase::Warmup => p.epoch + 1,
             Phase::Search => warmup + p.epoch + 1,
@@ -123,6 +124,7 @@ impl Search {
             position: self.position,
             baseline: self.baseline.clone(),
             metrics_lines: self.metrics_lines,
+            scored: self.scored.clone(),
         };
         let metadata = BTreeMap::from([
             ("format".to_string(), "cnas-search-checkpoint".to_string()),

@@ -13,6 +13,9 @@ pub enum CurriculumMode {
     Node,
     /// One stage over the full space (the ablation without curriculum).
     Fixed,
+    /// Random search with weight sharing at the cost of `op`: the supernet trained on uniform
+    /// samples for op's weight steps, then uniform candidates scored with op's held-out images.
+    Random,
 }
 
 /// An operation order given by hand must list each of the 8 DARTS operations once.
@@ -69,7 +72,7 @@ pub fn curriculum(
         CurriculumMode::Node => (1..=nodes)
             .map(|n| Stage { allowed: mask(order.len()), searched_nodes: n, ops: names(order.len()) })
             .collect(),
-        CurriculumMode::Fixed => {
+        CurriculumMode::Fixed | CurriculumMode::Random => {
             vec![Stage { allowed: mask(order.len()), searched_nodes: nodes, ops: names(order.len()) }]
         }
     }

@@ -128,8 +128,10 @@ impl Search {
         Ok(candidates)
     }
 
-    /// Writes the stage's candidates and pick (rank 0), logs them and returns the pick.
-    fn record_derivation(
+    /// Writes the stage's candidates and pick (rank 0), logs them and returns the pick. In
+    /// random mode `candidates` are the uniform samples of every round, scored before (`secs`
+    /// NaN): the line counts them as uniform samples, with no controller mean.
+    pub(super) fn record_derivation(
         &mut self,
         dir: &Path,
         candidates: &[Candidate],
@@ -147,17 +149,18 @@ impl Search {
         }
         let uniform_mean = (!uniform_scores.is_empty()).then(|| mean(uniform_scores));
         tracing::info!(
-            "stage {} done: best candidate {:.2}% ± {:.2} on {} held-out images (controller samples {:.2}% on average{})\n{}",
+            "stage {} done: best candidate {:.2}% ± {:.2} on {} held-out images ({} samples {:.2}% on average{})\n{}",
             self.position.stage + 1,
             best.score * 100.0,
             best.std_error * 100.0,
             best.images,
+            if self.is_random() { "uniform" } else { "controller" },
             mean(&controller_scores) * 100.0,
             uniform_mean.map_or(String::new(), |u| format!(", uniform samples {:.2}%", u * 100.0)),
             best.genotype
         );
         let scored = (controller_scores.len() + uniform_scores.len()) * best.images;
-        self.log_metrics(SearchRecord::Derive(DeriveSummary {
+        let mut summary = DeriveSummary {
             round_best: candidates.iter().filter(|c| c.round_best).map(|c| c.score).collect(),
             best_score: best.score,
             best_std_error: best.std_error,
@@ -170,7 +173,14 @@ impl Search {
             scored_per_s: scored as f64 / secs,
             time_s: secs,
             candidates: controller_scores,
-        }))?;
+        };
+        if self.is_random() {
+            // The scores are in the rounds' lines; here only what they add up to.
+            summary.uniform_mean = Some(summary.controller_mean);
+            summary.uniform_samples = summary.samples;
+            (summary.controller_mean, summary.samples, summary.candidates) = (f64::NAN, 0, Vec::new());
+        }
+        self.log_metrics(SearchRecord::Derive(summary))?;
         Ok(best)
     }
 

@@ -89,7 +89,8 @@ impl Search {
         let p = self.position;
         let mut rng = stream(self.options.seed, p.stage as u64, phase.id(), p.epoch as u64);
         let epoch = self.weights_loader.epoch(self.loader_epoch(phase));
-        let total_epochs = if uniform { self.options.warmup_epochs } else { self.options.epochs };
+        let (warmup, epochs) = self.phase_epochs();
+        let total_epochs = if uniform { warmup } else { epochs };
         let bar = self.progress(
             epoch.batch_count() as u64,
             format!(

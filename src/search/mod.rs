@@ -8,9 +8,12 @@
 //! updates over the held-out batches (or `controller_steps` of them); then candidates are
 //! sampled, scored on un-augmented held-out images, and saved. Supernet and controllers carry
 //! over. See [`weight_step`] for the supernet's update rule (PyTorch 1.5's, by default).
+//! `--mode random` is the baseline at op's cost: one stage whose warm-up has all of op's
+//! weight epochs and whose search epochs are rounds of uniform candidates (see `random.rs`).
 //!
 //! # Run directory
-//! - `config.json`: every option, the seed, the data options, the operation order, versions;
+//! - `config.json`: every option, the seed, the data options, the operation order, versions,
+//!   the budget ([`SearchBudget`]);
 //! - `metrics.jsonl`: one line per epoch and phase (and per derive);
 //! - `checkpoint.safetensors`: weights of the supernet and both controllers, both optimizers'
 //!   state, and (in its metadata) the position, the baseline and the metrics line count;
@@ -52,6 +55,7 @@ mod derive;
 mod epochs;
 mod options;
 mod pace;
+mod random;
 mod score;
 mod step;
 #[cfg(test)]
@@ -61,6 +65,7 @@ pub use curriculum::*;
 pub use derive::*;
 pub use options::*;
 use pace::*;
+pub use random::{BudgetInputs, SearchBudget};
 pub use score::*;
 pub use step::*;
 
@@ -98,6 +103,9 @@ struct CheckpointState {
     baseline: Baseline,
     /// Lines of metrics.jsonl that belong to the work done so far.
     metrics_lines: usize,
+    /// Random mode: the candidates scored so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    scored: Vec<Candidate>,
 }
 
 /// What `cnas search` writes into config.json.
@@ -108,6 +116,9 @@ pub struct RunConfig {
     /// The curriculum's operation order.
     pub op_order: Vec<String>,
     pub versions: BTreeMap<String, String>,
+    /// What the search spends (absent in runs of an older cnas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<SearchBudget>,
 }
 
 pub use crate::run::StartMode;
@@ -205,6 +216,12 @@ struct Search {
     baseline: Baseline,
     metrics_lines: usize,
     position: Position,
+    /// What the search spends, planned from the options and the data.
+    budget: SearchBudget,
+    /// Random mode: the candidates scored so far (kept in the checkpoint).
+    scored: Vec<Candidate>,
+    /// Random mode: the derivation images once read ([`Search::derive_images`]).
+    derive_cache: Option<Option<Vec<(Tensor, Tensor)>>>,
     /// TensorBoard scalars of every metrics line, opened at the first line this process logs.
     tensorboard: Option<crate::tensorboard::EventWriter>,
     /// This process's part in a data-parallel run (None: a single process).
@@ -305,6 +322,31 @@ fn build_controllers(
     Ok((vs, [normal, reduce], adam))
 }
 
+/// What a search with these options spends on this data: its own curriculum's cost, or in
+/// random mode op mode's (see [`random`]).
+fn plan_budget(
+    options: &SearchOptions,
+    primitives: &[Primitive],
+    order: &[Primitive],
+    [weights, heldout, derive]: &[&Loader; 3],
+) -> SearchBudget {
+    let world_size = weights.config().world_size;
+    let random = options.mode == CurriculumMode::Random;
+    let mode = if random { CurriculumMode::Op } else { options.mode };
+    let inputs = BudgetInputs {
+        stages: curriculum(mode, primitives, order, options.nodes).len(),
+        weight_batches: weights.batches_per_epoch(),
+        controller_steps: options.controller_steps.unwrap_or_else(|| heldout.batches_per_epoch()),
+        controller_batch: options.batch_size * world_size,
+        images_per_candidate: derive.total_samples(),
+    };
+    if random {
+        SearchBudget::random(options, inputs)
+    } else {
+        SearchBudget::curriculum(options, inputs)
+    }
+}
+
 impl Search {
     fn new(
         options: SearchOptions,
@@ -332,6 +374,8 @@ impl Search {
             build_supernet(&options, &primitives, num_classes, device)?;
         let (controller_vs, [normal_controller, reduce_controller], adam) =
             build_controllers(&options, primitives.len())?;
+        let budget =
+            plan_budget(&options, &primitives, &order, &[&weights_loader, &heldout_loader, &derive_loader]);
 
         Ok(Search {
             baseline: Baseline::new(options.baseline_decay),
@@ -354,6 +398,9 @@ impl Search {
             param_use,
             metrics_lines: 0,
             position: Position { stage: 0, phase: Phase::Warmup, epoch: 0 },
+            budget,
+            scored: Vec::new(),
+            derive_cache: None,
             tensorboard: None,
             parallel,
             sync_bn: None,
@@ -374,6 +421,7 @@ impl Search {
                     data: DataConfig::from_args(data_args),
                     op_order: order.iter().map(|p| p.name().to_string()).collect(),
                     versions: crate::util::versions(),
+                    budget: Some(self.budget.clone()),
                 };
                 run::write_config(&self.run_dir, &config)?;
             }
@@ -390,9 +438,11 @@ impl Search {
     fn where_it_stands(&self) -> String {
         let p = self.position;
         let stage = format!("stage {} of {}", p.stage + 1, self.stages.len());
+        let (warmup, epochs) = self.phase_epochs();
+        let search = if self.is_random() { "random round" } else { "search epoch" };
         let what = match p.phase {
-            Phase::Warmup => format!("warm-up epoch {} of {}", p.epoch + 1, self.options.warmup_epochs),
-            Phase::Search => format!("search epoch {} of {}", p.epoch + 1, self.options.epochs),
+            Phase::Warmup => format!("warm-up epoch {} of {warmup}", p.epoch + 1),
+            Phase::Search => format!("{search} {} of {epochs}", p.epoch + 1),
             Phase::Derive => "derivation".to_string(),
         };
         format!("the search stopped in {stage}, {what}, which a resume redoes from the last checkpoint")
@@ -448,6 +498,7 @@ impl Search {
         let mut epochs_done = 0usize;
         let mut last: Option<Candidate> = None;
         let mut pace = Pace::default();
+        let (warmup, epochs) = self.phase_epochs();
         while self.position.stage < self.stages.len() {
             if stop_after.is_some_and(|n| epochs_done >= n) {
                 tracing::info!("stopping after {epochs_done} epochs as asked; resume with --resume");
@@ -455,10 +506,10 @@ impl Search {
             }
             let p = self.position;
             match p.phase {
-                Phase::Warmup if p.epoch >= self.options.warmup_epochs => {
+                Phase::Warmup if p.epoch >= warmup => {
                     self.position = Position { phase: Phase::Search, epoch: 0, ..p };
                 }
-                Phase::Search if p.epoch >= self.options.epochs => {
+                Phase::Search if p.epoch >= epochs => {
                     self.position = Position { phase: Phase::Derive, epoch: 0, ..p };
                 }
                 Phase::Warmup => {
@@ -472,8 +523,7 @@ impl Search {
                 }
                 Phase::Search => {
                     let start = Instant::now();
-                    self.train_weights(false)?;
-                    self.train_controllers()?;
+                    self.search_epoch()?;
                     self.position.epoch += 1;
                     self.save_checkpoint()?;
                     epochs_done += 1;
@@ -481,7 +531,7 @@ impl Search {
                     self.log_time_left(&pace);
                 }
                 Phase::Derive => {
-                    last = Some(self.finish_stage()?);
+                    last = Some(if self.is_random() { self.finish_random()? } else { self.finish_stage()? });
                     self.position = Position { stage: p.stage + 1, phase: Phase::Warmup, epoch: 0 };
                     self.save_checkpoint()?;
                 }
@@ -511,10 +561,19 @@ impl Search {
         Ok(Some(SearchOutcome { best, run_dir: self.run_dir.clone() }))
     }
 
+    /// An epoch of the search phase: weights then controllers, or a round of random search.
+    fn search_epoch(&mut self) -> Result<()> {
+        if self.is_random() {
+            return self.score_random_round();
+        }
+        self.train_weights(false)?;
+        self.train_controllers()
+    }
+
     /// Logs how long the rest of the search should take at this process's pace so far.
     fn log_time_left(&self, pace: &Pace) {
-        let o = &self.options;
-        let (warmup, search) = epochs_left(self.position, self.stages.len(), o.warmup_epochs, o.epochs);
+        let (warmup, epochs) = self.phase_epochs();
+        let (warmup, search) = epochs_left(self.position, self.stages.len(), warmup, epochs);
         if let Some(secs) = pace.time_left(warmup, search) {
             let mins = (secs / 60.0).round() as u64;
             tracing::info!(

@@ -159,3 +159,29 @@ fn epochs_left_counts_this_stage_and_the_later_ones() {
     assert_eq!(epochs_left(at(2, Phase::Search, 15), 8, 20, 40), (100, 225));
     assert_eq!(epochs_left(at(7, Phase::Derive, 0), 8, 20, 40), (0, 0));
 }
+
+/// Random mode's cost at the defaults (208 weight batches, 312 held-out batches, 10,000
+/// derivation images): op's 8 × (20 + 40) weight epochs, and as many whole candidates as op's
+/// 8 × 40 × 312 controller batches of 96 and 8 × 30 candidates of 10,000 images pay for.
+#[test]
+fn random_mode_spends_op_mode_s_budget() {
+    let o = SearchOptions::default();
+    let inputs = BudgetInputs {
+        stages: 8,
+        weight_batches: 208,
+        controller_steps: 312,
+        controller_batch: 96,
+        images_per_candidate: 10_000,
+    };
+    let op = SearchBudget::curriculum(&o, inputs);
+    assert_eq!((op.weight_epochs, op.weight_steps, op.controller_steps), (480, 99_840, 99_840));
+    assert_eq!((op.candidates, op.heldout_images), (240, 99_840 * 96 + 240 * 10_000));
+    let random = SearchBudget::random(&o, inputs);
+    assert_eq!((random.weight_epochs, random.weight_steps, random.controller_steps), (480, 99_840, 0));
+    assert_eq!((random.candidates, random.heldout_images), (1198, 11_980_000));
+    assert_eq!(random.rounds(10), 120);
+    assert_eq!(SearchBudget { candidates: 41, ..random.clone() }.rounds(2), 21);
+    // Without search epochs, only op's derivations are paid for: 8 × 30 candidates.
+    let none = SearchBudget::random(&SearchOptions { epochs: 0, ..o }, inputs);
+    assert_eq!((none.weight_epochs, none.candidates), (160, 240));
+}

@@ -670,3 +670,162 @@ fn a_controller_step_trains_both_controllers_within_the_stage() {
 fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()
 }
+
+/// `--mode op` and `--mode random` at the same tiny options: op's 8 stages of 1 + 1 epochs of
+/// 2 batches, 1 controller step of 16 images per search epoch and 2 candidates of 24 images per
+/// stage (and 1 uniform sample, a diagnostic outside the budget).
+const EQUAL_COST: [&str; 24] = [
+    "--preset",
+    "quick",
+    "--nodes",
+    "2",
+    "--init-channels",
+    "4",
+    "--layers",
+    "3",
+    "--max-images",
+    "32",
+    "--batch-size",
+    "16",
+    "--controller-steps",
+    "1",
+    "--derive-rounds",
+    "1",
+    "--derive-samples",
+    "2",
+    "--derive-images",
+    "24",
+    "--derive-uniform",
+    "1",
+    "--workers",
+    "2",
+];
+
+fn with_mode<'a>(mode: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    [&EQUAL_COST[..], &["--mode", mode], extra].concat()
+}
+
+fn count(m: &serde_json::Value, key: &str) -> u64 {
+    m[key].as_u64().unwrap_or_else(|| panic!("{key} in {m}"))
+}
+
+/// Weight steps of a run, counted from its metrics lines (images of every weight-training
+/// epoch over the batch).
+fn weight_steps(metrics: &[serde_json::Value]) -> u64 {
+    let epochs = metrics.iter().filter(|m| m["phase"] == "warmup" || m["phase"] == "weights");
+    epochs.map(|m| count(m, "images") / 16).sum()
+}
+
+/// Held-out images a run put through the supernet to choose its genotype, from its metrics
+/// lines: controller steps' batches and derived candidates' images (not the diagnostic uniform
+/// samples), or random rounds' images.
+fn heldout_images(metrics: &[serde_json::Value]) -> u64 {
+    let per_line = |m: &serde_json::Value| match m["phase"].as_str() {
+        Some("controller") => count(m, "steps") * 16,
+        Some("derive") => count(m, "samples") * count(m, "images"),
+        Some("random") => count(m, "images"),
+        _ => 0,
+    };
+    metrics.iter().map(per_line).sum()
+}
+
+/// Random search with weight sharing costs what the op curriculum costs at the same options:
+/// the same weight steps (8 × 2 epochs × 2 batches, all uniform), and op's held-out images
+/// spent on whole candidates of 24 images (op: 8 × 1 × 16 + 8 × 2 × 24 = 512; random: 21 ×
+/// 24 = 504, in 11 rounds). Its genotype is the first highest score among its candidates, its
+/// report renders.
+#[test]
+fn random_mode_spends_op_mode_s_weight_steps_and_picks_its_best_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (op, random) = (dir.path().join("op"), dir.path().join("random"));
+    ok(&search(&op, &with_mode("op", &[])));
+    ok(&search(&random, &with_mode("random", &[])));
+    let (op_lines, random_lines) = (metrics_without_timing(&op), metrics_without_timing(&random));
+    assert_eq!(weight_steps(&op_lines), 32);
+    assert_eq!(weight_steps(&random_lines), 32, "random mode's weight steps differ from op mode's");
+    let phases =
+        |lines: &[serde_json::Value], phase: &str| lines.iter().filter(|m| m["phase"] == phase).count();
+    assert_eq!((phases(&random_lines, "warmup"), phases(&random_lines, "weights")), (16, 0));
+    assert_eq!((phases(&random_lines, "controller"), phases(&random_lines, "random")), (0, 11));
+    assert_eq!(phases(&random_lines, "derive"), 1);
+    let (op_heldout, random_heldout) = (heldout_images(&op_lines), heldout_images(&random_lines));
+    assert_eq!(op_heldout, 512);
+    assert!(
+        random_heldout <= op_heldout && op_heldout - random_heldout < 24,
+        "{random_heldout} of {op_heldout}"
+    );
+    for (run, steps, heldout, candidates) in [(&op, 32, op_heldout, 16), (&random, 32, random_heldout, 21)] {
+        let budget = &read_json(&run.join("config.json"))["budget"];
+        assert_eq!((count(budget, "weight_steps"), count(budget, "heldout_images")), (steps, heldout));
+        assert_eq!((count(budget, "candidates"), count(budget, "images_per_candidate")), (candidates, 24));
+    }
+
+    // Every candidate of the rounds' lines is in candidates.json, scored on the same 24
+    // images, over all 8 operations; the genotype is the first of the highest scores.
+    let candidates = read_json(&random.join("stage-1/candidates.json"));
+    let candidates = candidates.as_array().unwrap();
+    let scores: Vec<f64> = candidates.iter().map(|c| c["score"].as_f64().unwrap()).collect();
+    let from_lines: Vec<f64> = random_lines
+        .iter()
+        .filter(|m| m["phase"] == "random")
+        .flat_map(|m| m["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()))
+        .collect();
+    assert_eq!(scores, from_lines);
+    assert!(candidates.iter().all(|c| c["images"] == 24));
+    assert_eq!(random_lines[0]["ops"].as_array().unwrap().len(), 8);
+    let top = scores.iter().copied().fold(f64::MIN, f64::max);
+    let best = &candidates[scores.iter().position(|&s| s == top).unwrap()];
+    let genotype = |path: &Path| Genotype::parse_any(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let best_genotype = Genotype::parse_any(&best["genotype"].to_string()).unwrap();
+    assert_eq!(genotype(&random.join("genotype.json")), best_genotype);
+    assert_eq!(genotype(&random.join("stage-1/genotype.json")), best_genotype);
+    let derive = random_lines.last().unwrap();
+    assert_eq!((derive["best_score"].as_f64(), count(derive, "uniform_samples")), (Some(top), 21));
+    let distinct: BTreeSet<String> = candidates.iter().map(|c| c["genotype"].to_string()).collect();
+    assert!(distinct.len() > 15, "the uniform samples do not vary");
+
+    // The report of a random run: supernet loss, accuracy, learning rate and images/s (no
+    // controller), the final genotype and the stage's.
+    let html = random.join("report.html");
+    ok(&common::cnas_quiet(&["report", random.to_str().unwrap(), "-o", html.to_str().unwrap()]));
+    let text = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(text.matches("data-plot=").count(), 4);
+    assert!(text.contains("random best so far"));
+    crate::see::check_in_chromium(&html, 4, 2);
+}
+
+/// A random search interrupted in its warm-up and again in its rounds (candidates scored so far
+/// are in the checkpoint) ends exactly like an uninterrupted one.
+#[test]
+fn a_resumed_random_search_ends_exactly_like_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    // 8 × 2 warm-up epochs, then 11 rounds of 2 candidates (the last of 1).
+    let args = with_mode("random", &["--seed", "4"]);
+    ok(&search(&a, &args));
+    ok(&search(&b, &[&args[..], &["--stop-after-epochs", "5"]].concat()));
+    let mut cmd = common::cnas();
+    cmd.args(["--device", "cpu", "--quiet", "search", "--resume"])
+        .arg(&b)
+        .args(["--stop-after-epochs", "14"]);
+    ok(&cmd.output().unwrap());
+    let lines = metrics_without_timing(&b);
+    assert_eq!((lines.len(), lines.last().unwrap()["phase"].as_str()), (19, Some("random")));
+    ok(&resume(&b));
+    assert_eq!(metrics_without_timing(&b), metrics_without_timing(&a));
+    for file in ["genotype.json", "stage-1/candidates.json", "stage-1/genotype.json"] {
+        assert_eq!(
+            std::fs::read_to_string(b.join(file)).unwrap(),
+            std::fs::read_to_string(a.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    let weights = |dir: &Path| {
+        let mut w = cnas::weights::read(&dir.join("stage-1/supernet.safetensors")).unwrap();
+        w.sort_by(|x, y| x.0.cmp(&y.0));
+        w
+    };
+    for ((na, ta), (_, tb)) in weights(&a).iter().zip(weights(&b).iter()) {
+        assert!(ta.equal(tb), "{na} differs after resume");
+    }
+}

@@ -191,7 +191,7 @@ fn fake_training_run(dir: &Path) {
 /// Renders `html` in headless Chromium: no console message (the page has no script, so any is
 /// an error), and the DOM it built holds `plots` plots and `cells` cell drawings. Skips when
 /// Chromium is missing, except under CI, where it must be there.
-fn check_in_chromium(html: &Path, plots: usize, cells: usize) {
+pub(crate) fn check_in_chromium(html: &Path, plots: usize, cells: usize) {
     let Some(chromium) = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
