@@ -539,8 +539,9 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
     };
     match number.trim().parse::<f64>() {
         // try_from: a finite number past Duration's range (1e300h) is refused, not a panic.
-        Ok(v) if v.is_finite() && v > 0.0 => Duration::try_from_secs_f64(v * scale)
-            .map_err(|_| format!("'{s}' is too long a duration")),
+        Ok(v) if v.is_finite() && v > 0.0 => {
+            Duration::try_from_secs_f64(v * scale).map_err(|_| format!("'{s}' is too long a duration"))
+        }
         _ => Err(format!("'{s}' is not a duration (e.g. 600, 90s, 10m, 1h)")),
     }
 }

@@ -184,20 +184,9 @@ impl Search {
         Ok(best)
     }
 
-    /// The derivation images: on the device, batched, when they fit in a modest budget (scored
-    /// once per candidate, so kept); otherwise `None` and every candidate reads them again.
+    /// The derivation images, kept on the device when they fit ([`keep_batches`]).
     pub(super) fn derive_images(&self) -> Result<Option<Vec<(Tensor, Tensor)>>> {
-        const KEEP_BYTES: usize = 2 << 30;
-        let [c, h, w] = self.derive_loader.image_shape();
-        if self.derive_loader.samples_per_epoch() * c * h * w * 4 > KEEP_BYTES {
-            return Ok(None);
-        }
-        let mut batches = Vec::with_capacity(self.derive_loader.batches_per_epoch());
-        for batch in self.derive_loader.epoch(0) {
-            let (images, labels) = batch?;
-            batches.push((to_device(&images, self.device), to_device(&labels, self.device)));
-        }
-        Ok(Some(batches))
+        keep_batches(&self.derive_loader, self.device)
     }
 
     /// Top-1 accuracy of the supernet running a pair on the derivation images, and how many
@@ -208,26 +197,8 @@ impl Search {
         normal: &Cell,
         reduce: &Cell,
     ) -> Result<(f64, usize)> {
-        let mut correct = Tensor::zeros([], (Kind::Int64, self.device));
-        let mut count = 0usize;
-        let mut add = |images: &Tensor, labels: &Tensor| -> Result<()> {
-            correct += supernet_correct(&self.supernet, (images, labels), (normal, reduce))?;
-            count += labels.size()[0] as usize;
-            Ok(())
-        };
-        match kept {
-            Some(batches) => {
-                for (images, labels) in batches {
-                    add(images, labels)?;
-                }
-            }
-            None => {
-                for batch in self.derive_loader.epoch(0) {
-                    let (images, labels) = batch?;
-                    add(&to_device(&images, self.device), &to_device(&labels, self.device))?;
-                }
-            }
-        }
+        let (correct, count) =
+            count_correct(&self.supernet, &self.derive_loader, kept, self.device, (normal, reduce), || ())?;
         let (mut correct, mut count) = (correct.double_value(&[]), count as f64);
         if let Some(p) = &self.parallel {
             let sums = p.group().sum_f64(&[correct, count])?;
@@ -235,4 +206,50 @@ impl Search {
         }
         Ok((correct / count.max(1.0), count as usize))
     }
+}
+
+/// A loader's batches on the device when they fit in a modest budget (scored once per
+/// candidate, so kept); otherwise `None` and every candidate reads them again.
+pub(super) fn keep_batches(loader: &Loader, device: Device) -> Result<Option<Vec<(Tensor, Tensor)>>> {
+    const KEEP_BYTES: usize = 2 << 30;
+    let [c, h, w] = loader.image_shape();
+    if loader.samples_per_epoch() * c * h * w * 4 > KEEP_BYTES {
+        return Ok(None);
+    }
+    let mut batches = Vec::with_capacity(loader.batches_per_epoch());
+    for batch in loader.epoch(0) {
+        let (images, labels) = batch?;
+        batches.push((to_device(&images, device), to_device(&labels, device)));
+    }
+    Ok(Some(batches))
+}
+
+/// The supernet running `pair` on every batch (the `kept` ones, else the loader's): correct
+/// predictions as a device scalar (no host sync) and the number of images; `on_batch` after each.
+pub(super) fn count_correct(
+    supernet: &Supernet,
+    loader: &Loader,
+    kept: &Option<Vec<(Tensor, Tensor)>>,
+    device: Device,
+    pair: (&Cell, &Cell),
+    mut on_batch: impl FnMut(),
+) -> Result<(Tensor, usize)> {
+    let mut correct = Tensor::zeros([], (Kind::Int64, device));
+    let mut count = 0usize;
+    let mut add = |images: &Tensor, labels: &Tensor| -> Result<()> {
+        correct += supernet_correct(supernet, (images, labels), pair)?;
+        count += labels.size()[0] as usize;
+        on_batch();
+        Ok(())
+    };
+    match kept {
+        Some(batches) => batches.iter().try_for_each(|(x, y)| add(x, y))?,
+        None => {
+            for batch in loader.epoch(0) {
+                let (images, labels) = batch?;
+                add(&to_device(&images, device), &to_device(&labels, device))?;
+            }
+        }
+    }
+    Ok((correct, count))
 }

@@ -307,22 +307,6 @@ fn check_fits(name: &str, genotype: &Genotype, trained: &Trained) -> Result<()> 
     Ok(())
 }
 
-/// The loader's batches on the device when they fit in a modest budget (scored once per
-/// genotype, so kept), as derivation keeps them; otherwise `None`.
-fn keep_batches(loader: &Loader, device: Device) -> Result<Option<Vec<(Tensor, Tensor)>>> {
-    const KEEP_BYTES: usize = 2 << 30;
-    let [c, h, w] = loader.image_shape();
-    if loader.samples_per_epoch() * c * h * w * 4 > KEEP_BYTES {
-        return Ok(None);
-    }
-    let mut batches = Vec::with_capacity(loader.batches_per_epoch());
-    for batch in loader.epoch(0) {
-        let (images, labels) = batch?;
-        batches.push((to_device(&images, device), to_device(&labels, device)));
-    }
-    Ok(Some(batches))
-}
-
 /// Correct predictions and images of `genotype` on every batch: one host sync.
 fn score_pair(
     supernet: &Supernet,
@@ -332,24 +316,8 @@ fn score_pair(
     genotype: &Genotype,
     bar: &ProgressBar,
 ) -> Result<(usize, usize)> {
-    let mut correct = Tensor::zeros([], (Kind::Int64, device));
-    let mut count = 0usize;
     let pair = (&genotype.normal, &genotype.reduce);
-    let mut add = |images: &Tensor, labels: &Tensor| -> Result<()> {
-        correct += supernet_correct(supernet, (images, labels), pair)?;
-        count += labels.size()[0] as usize;
-        bar.inc(1);
-        Ok(())
-    };
-    match kept {
-        Some(batches) => batches.iter().try_for_each(|(x, y)| add(x, y))?,
-        None => {
-            for batch in loader.epoch(0) {
-                let (images, labels) = batch?;
-                add(&to_device(&images, device), &to_device(&labels, device))?;
-            }
-        }
-    }
+    let (correct, count) = count_correct(supernet, loader, kept, device, pair, || bar.inc(1))?;
     Ok((correct.int64_value(&[]) as usize, count))
 }
 

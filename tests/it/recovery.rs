@@ -8,33 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{self, cifar10_arg, ok};
-
-/// Two stages (node curriculum over 2 nodes), one warm-up and one search epoch each; on the
-/// CPU a few seconds.
-const TINY_SEARCH: [&str; 22] = [
-    "--preset",
-    "quick",
-    "--mode",
-    "node",
-    "--nodes",
-    "2",
-    "--init-channels",
-    "4",
-    "--layers",
-    "3",
-    "--max-images",
-    "64",
-    "--batch-size",
-    "16",
-    "--controller-steps",
-    "3",
-    "--derive-rounds",
-    "2",
-    "--derive-samples",
-    "2",
-    "--workers",
-    "2",
-];
+use crate::search::TINY;
 
 fn search_cmd(run: &Path, extra: &[&str]) -> Command {
     search_on(&cifar10_arg(), run, extra)
@@ -43,7 +17,7 @@ fn search_cmd(run: &Path, extra: &[&str]) -> Command {
 fn search_on(data: &str, run: &Path, extra: &[&str]) -> Command {
     let mut cmd = common::cnas();
     cmd.args(["--device", "cpu", "--quiet", "search", "--data", data, "-o"]).arg(run);
-    cmd.args(TINY_SEARCH).args(extra);
+    cmd.args(TINY).args(extra);
     cmd
 }
 

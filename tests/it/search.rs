@@ -29,7 +29,7 @@ fn resume(run_dir: &Path) -> Output {
 }
 
 /// Two stages (node curriculum over 2 nodes), one warm-up and one search epoch each.
-const TINY: [&str; 22] = [
+pub(crate) const TINY: [&str; 22] = [
     "--preset",
     "quick",
     "--mode",
