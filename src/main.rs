@@ -71,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(args) => commands::report(args, &global),
         Command::Export(args) => commands::export(&args),
         Command::Download(args) => commands::download(args, &global),
+        Command::Compare(args) => commands::compare(&args),
         Command::Score(args) => commands::score(&args, &global),
         Command::Launch(args) => cli::launch::launch(&args),
     }

@@ -50,6 +50,9 @@ pub(crate) enum Command {
     Report(ReportArgs),
     /// Write trained weights as ONNX (inference graph), a PyTorch state_dict (.pth) or safetensors.
     Export(Box<ExportArgs>),
+    /// Many search and training runs side by side: cost, held-out score, retrained accuracy,
+    /// mean ± std per mode (Markdown tables; an HTML page with curves and cells with -o).
+    Compare(CompareArgs),
     /// Score genotypes in a trained supernet (a search's stage, or a released-code state_dict):
     /// held-out top-1 and its standard error, as derivation scores candidates.
     Score(Box<ScoreArgs>),
@@ -242,6 +245,24 @@ pub(crate) struct DrawArgs {
     /// Which cells to draw.
     #[arg(long, value_enum, default_value_t = cnas::draw::Cells::Both)]
     pub(crate) cell: cnas::draw::Cells,
+}
+
+/// `cnas compare`.
+#[derive(Args, Debug)]
+pub(crate) struct CompareArgs {
+    /// Search and training runs, any number, any order (training runs are matched to the
+    /// search whose genotype file their --arch named).
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub(crate) runs: Vec<PathBuf>,
+    /// Also write the comparison as one self-contained HTML page (curves, cells) here.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Print the comparison as JSON instead of Markdown tables.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Graph layout of the cells drawn in the page.
+    #[arg(long, value_enum, default_value_t = cnas::draw::Layout::Auto)]
+    pub(crate) layout: cnas::draw::Layout,
 }
 
 /// `cnas report`.

@@ -7,8 +7,8 @@ use anyhow::bail;
 use tch::Device;
 
 use super::args::{
-    DownloadArgs, DrawArgs, EvalArgs, ExportArgs, InfoArgs, PredictArgs, ReportArgs, ScoreArgs, SearchArgs,
-    TrainArgs,
+    CompareArgs, DownloadArgs, DrawArgs, EvalArgs, ExportArgs, InfoArgs, PredictArgs, ReportArgs, ScoreArgs,
+    SearchArgs, TrainArgs,
 };
 use cnas::dist::DataParallel;
 use cnas::report::ArchInfo;
@@ -156,6 +156,23 @@ pub(crate) fn report(args: ReportArgs, g: &Global) -> anyhow::Result<()> {
     let out = args.out.unwrap_or_else(|| args.run_dir.join("report.html"));
     cnas::report::html::write_report(&args.run_dir, &out, args.layout, g.device)?;
     println!("{}", out.display());
+    Ok(())
+}
+
+pub(crate) fn compare(args: &CompareArgs) -> anyhow::Result<()> {
+    let comparison = cnas::report::compare::compare(&args.runs)?;
+    if let Some(out) = &args.out {
+        let html = comparison.html(args.layout)?;
+        cnas::util::write_atomic(out, html.as_bytes())?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    } else {
+        print!("{}", comparison.markdown());
+    }
+    if let Some(out) = &args.out {
+        eprintln!("wrote {}", out.display());
+    }
     Ok(())
 }
 

@@ -82,12 +82,18 @@ fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "—".into())
 }
 
-fn escape(s: &str) -> String {
+pub(super) fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A chart wrapped in a figure (nothing when no series has a point).
-fn figure(out: &mut String, title: &str, x_desc: &str, series: &[Series], bands: &[Band]) -> Result<()> {
+pub(super) fn figure(
+    out: &mut String,
+    title: &str,
+    x_desc: &str,
+    series: &[Series],
+    bands: &[Band],
+) -> Result<()> {
     if let Some(svg) = line_chart(title, x_desc, series, bands)? {
         let _ = writeln!(out, "<figure class=\"plot\" data-plot=\"{}\">{svg}</figure>", escape(title));
     }
@@ -234,7 +240,7 @@ fn train_curves(out: &mut String, metrics: &[EpochMetrics]) -> Result<()> {
 }
 
 /// A genotype drawn inline, with its DARTS text.
-fn cells_block(out: &mut String, genotype: &Genotype, title: &str, layout: Layout) -> Result<()> {
+pub(super) fn cells_block(out: &mut String, genotype: &Genotype, title: &str, layout: Layout) -> Result<()> {
     let svg = genotype_svg(genotype, Cells::Both, layout, None)?;
     let _ = writeln!(
         out,
@@ -273,7 +279,7 @@ fn size_table(out: &mut String, info: &ArchInfo, note: &str) {
     );
 }
 
-const STYLE: &str =
+pub(super) const STYLE: &str =
     "body{font-family:sans-serif;margin:24px auto;max-width:1260px;color:#222;padding:0 12px}\
 h1{font-size:24px}h2{font-size:19px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}\
 h3{font-size:16px;margin:18px 0 6px}\

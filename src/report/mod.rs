@@ -65,5 +65,6 @@ impl std::fmt::Display for ArchInfo {
     }
 }
 
+pub mod compare;
 pub mod html;
 pub mod plot;

@@ -79,6 +79,10 @@ pub struct TrainConfig {
     pub kind: String,
     /// The published name or file the genotype came from.
     pub arch: String,
+    /// The genotype file `--arch` named, made absolute (absent for a published name, and in
+    /// runs of an older cnas): tells `cnas compare` which search a training run came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch_file: Option<PathBuf>,
     pub network: NetworkConfig,
     pub options: TrainOptions,
     pub data: DataConfig,
@@ -221,9 +225,15 @@ fn run_config(request: Option<TrainRequest<'_>>, run_dir: &Path, start: StartMod
         auxiliary: o.auxiliary_weight > 0.0,
     };
     network.validate()?;
+    // A published name wins over a file of the same name, as in resolve_arch.
+    let arch_file = match crate::space::published_name(&request.arch) {
+        Some(_) => None,
+        None => Path::new(&request.arch).canonicalize().ok().filter(|p| p.is_file()),
+    };
     Ok(TrainConfig {
         kind: "train".into(),
         arch: request.arch,
+        arch_file,
         network,
         options: request.options,
         data: DataConfig::from_args(request.data),

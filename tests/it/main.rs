@@ -21,6 +21,7 @@
 mod common;
 
 mod cli;
+mod compare;
 mod controller;
 mod data_cifar;
 mod data_download;

@@ -2,9 +2,10 @@
 //! run-directory safety, fidelity to the released CNAS code (defaults, operation order, the op
 //! curriculum, derivation, which parameters a step updates, the REINFORCE step), and that the
 //! controller learns something in a short search.
-use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use cnas::controller::{uniform_cell, Baseline, Controller, ControllerConfig};
 use cnas::optim::{Adam, Sgd};
@@ -705,6 +706,21 @@ fn with_mode<'a>(mode: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     [&EQUAL_COST[..], &["--mode", mode], extra].concat()
 }
 
+/// A search at `EQUAL_COST` in `mode` with `--seed seed`, made once per test binary (under
+/// cargo's target tmp folder) and shared by the tests that only read it.
+pub(crate) fn equal_cost_run(mode: &'static str, seed: &'static str) -> PathBuf {
+    type Runs = BTreeMap<(&'static str, &'static str), Arc<OnceLock<PathBuf>>>;
+    static RUNS: Mutex<Runs> = Mutex::new(BTreeMap::new());
+    let cell = RUNS.lock().unwrap().entry((mode, seed)).or_default().clone();
+    cell.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("equal-cost").join(format!("{mode}-{seed}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        ok(&search(&dir, &with_mode(mode, &["--seed", seed])));
+        dir
+    })
+    .clone()
+}
+
 fn count(m: &serde_json::Value, key: &str) -> u64 {
     m[key].as_u64().unwrap_or_else(|| panic!("{key} in {m}"))
 }
@@ -736,10 +752,7 @@ fn heldout_images(metrics: &[serde_json::Value]) -> u64 {
 /// report renders.
 #[test]
 fn random_mode_spends_op_mode_s_weight_steps_and_picks_its_best_candidate() {
-    let dir = tempfile::tempdir().unwrap();
-    let (op, random) = (dir.path().join("op"), dir.path().join("random"));
-    ok(&search(&op, &with_mode("op", &[])));
-    ok(&search(&random, &with_mode("random", &[])));
+    let (op, random) = (equal_cost_run("op", "2020"), equal_cost_run("random", "2020"));
     let (op_lines, random_lines) = (metrics_without_timing(&op), metrics_without_timing(&random));
     assert_eq!(weight_steps(&op_lines), 32);
     assert_eq!(weight_steps(&random_lines), 32, "random mode's weight steps differ from op mode's");
@@ -786,7 +799,8 @@ fn random_mode_spends_op_mode_s_weight_steps_and_picks_its_best_candidate() {
 
     // The report of a random run: supernet loss, accuracy, learning rate and images/s (no
     // controller), the final genotype and the stage's.
-    let html = random.join("report.html");
+    let page = tempfile::tempdir().unwrap();
+    let html = page.path().join("report.html");
     ok(&common::cnas_quiet(&["report", random.to_str().unwrap(), "-o", html.to_str().unwrap()]));
     let text = std::fs::read_to_string(&html).unwrap();
     assert_eq!(text.matches("data-plot=").count(), 4);
@@ -799,10 +813,9 @@ fn random_mode_spends_op_mode_s_weight_steps_and_picks_its_best_candidate() {
 #[test]
 fn a_resumed_random_search_ends_exactly_like_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let (a, b) = (equal_cost_run("random", "4"), dir.path().join("b"));
     // 8 × 2 warm-up epochs, then 11 rounds of 2 candidates (the last of 1).
     let args = with_mode("random", &["--seed", "4"]);
-    ok(&search(&a, &args));
     ok(&search(&b, &[&args[..], &["--stop-after-epochs", "5"]].concat()));
     let mut cmd = common::cnas();
     cmd.args(["--device", "cpu", "--quiet", "search", "--resume"])
