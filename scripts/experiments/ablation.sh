@@ -5,6 +5,7 @@
 # mode's last-stage candidates, and compare the runs.
 #
 #   scripts/experiments/ablation.sh --scale cpu|gpu|smoke --seeds N [--out DIR] [--cnas PATH]
+#                                   [--data DIR]
 #
 #   --scale cpu    about 45-50 min wall on a quiet 2-core CPU with --seeds 2 (see the comment
 #                  on the cpu scale below for how that was measured)
@@ -22,14 +23,19 @@
 # genotype.json and a training with an eval.json are done and skipped; an unfinished one with a
 # checkpoint is continued with --resume; one without a checkpoint starts over (--force).
 # Everything cnas prints goes to OUT/logs/; the final summary is also written to OUT/summary.md.
+# Environment: ABLATION_JOBS=N runs N runs at a time instead of the scale's (cpu 2, gpu 2);
+# on the CPU each run has one thread unless OMP_NUM_THREADS says otherwise; PYTHON (default
+# python3) runs the small JSON steps and kendall.py (standard library only).
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 COMMAND_LINE="$0 $*"
 
-usage() {
-    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+usage() {   # the comment above, on stdout (--help) or stderr (a wrong argument)
+    local text
+    text=$(sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//')
+    if [[ "${1:-0}" -eq 0 ]]; then echo "$text"; else echo "$text" >&2; fi
     exit "${1:-0}"
 }
 
@@ -79,22 +85,24 @@ case "$scale" in
     cpu)
         # Sized by measurement on the 2-core development machine (Intel Xeon), one thread per
         # run, while other builds and tests shared it: the CPU seconds of each run (what it
-        # takes on a quiet core; its wall time then was up to 2x longer):
-        #   search op (these options)  ~500 s    random ~0.9 op   node ~0.5 op   fixed ~1/8 op
-        #     (weight steps 60-115 images/s depending on op's stage, candidates ~450 images/s)
-        #   retraining (this recipe)   ~185 s    (~220 training images/s, 8 ch x 5 cells)
-        # --seeds 2: 2 x (500 + 450 + 250 + 60) s of searches + 14 x 185 s of retraining
-        # = ~5100 CPU-s, two runs at a time: ~43 min, ~45 min with the pool's uneven ends
-        # and start-ups, on a quiet machine; a machine that is busy besides takes longer.
+        # takes on a quiet core; its wall time then was 1.7-2x longer):
+        #   search op      455 s  (weights 60-115 images/s depending on the stage's ops,
+        #                          controller ~350, candidates ~450 images/s)
+        #   search random ~400 s   node 150 s   fixed 45 s
+        #   retraining    ~210 s  (~220 training images/s; 5 epochs measured 172 s)
+        # --seeds 2: 2 x ~1050 s of searches + 14 x 210 s of retraining = ~5060 CPU-s; two runs
+        # at a time: ~42 min, ~44 min with start-ups, scoring and the pool's uneven ends, on a
+        # quiet machine; more if the two runs slow each other down or the machine is busy.
         # The supernet learns above chance at this size: op seed 1's best candidates scored
-        # 21-25% on held-out images from stage 1 on (chance: 10%).
+        # 21-27% on 512 held-out images in every stage, the controller's mean 18-22%
+        # (chance: 10%); the retraining reached 46% top-1 (5 epochs) on op's genotype.
         DEVICE=cpu
         JOBS=2
         SEARCH_OPTS=(--init-channels 8 --layers 5 --batch-size 32 --max-images 2048
             --warmup-epochs 1 --epochs 1 --controller-steps 16
             --derive-rounds 2 --derive-samples 4 --derive-images 512 --derive-uniform 0
             --controller-lr 3.5e-3)
-        TRAIN_OPTS=(--init-channels 8 --layers 5 --batch-size 64 --epochs 5
+        TRAIN_OPTS=(--init-channels 8 --layers 5 --batch-size 64 --epochs 6
             --max-images 8000 --max-eval-images 1000 --auxiliary-weight 0 --cutout 0
             --drop-path-prob 0 --seed 1)
         ;;
