@@ -88,14 +88,15 @@ case "$scale" in
         # takes on a quiet core; its wall time then was 1.7-2x longer):
         #   search op      455 s  (weights 60-115 images/s depending on the stage's ops,
         #                          controller ~350, candidates ~450 images/s)
-        #   search random ~400 s   node 150 s   fixed 45 s
-        #   retraining    ~210 s  (~220 training images/s; 5 epochs measured 172 s)
-        # --seeds 2: 2 x ~1050 s of searches + 14 x 210 s of retraining = ~5060 CPU-s; two runs
-        # at a time: ~42 min, ~44 min with start-ups, scoring and the pool's uneven ends, on a
-        # quiet machine; more if the two runs slow each other down or the machine is busy.
-        # The supernet learns above chance at this size: op seed 1's best candidates scored
-        # 21-27% on 512 held-out images in every stage, the controller's mean 18-22%
-        # (chance: 10%); the retraining reached 46% top-1 (5 epochs) on op's genotype.
+        #   search random  332 s   node 150 s   fixed 45 s
+        #   retraining    ~206 s  (~220 training images/s; 5 epochs measured 172 s)
+        # --seeds 2: 2 x 982 s of searches + 14 x ~206 s of retraining = ~4850 CPU-s; two runs
+        # at a time: ~41 min with start-ups and scoring on a quiet machine, ~45 min if two
+        # runs side by side slow each other by 10%; more on a machine busy with other work.
+        # The supernet learns above chance at this size (seed 1; chance: 10%): op's best
+        # candidate scored 21-27% on 512 held-out images in every stage (controller mean
+        # 18-22%), node's 22-26%, fixed's 20%, random's 29% (best of 72, optimistic); the
+        # retraining reached 46% top-1 (5 epochs) on an op genotype.
         DEVICE=cpu
         JOBS=2
         SEARCH_OPTS=(--init-channels 8 --layers 5 --batch-size 32 --max-images 2048
@@ -338,7 +339,7 @@ EOF
 )
 read -r last_stage n_distinct <<<"$last_stage"
 mapfile -t tau_archs < <(find "$tau_dir" -maxdepth 1 -name 'arch-*.json' | sort -V)
-echo "# $(date -u +%FT%TZ) $cnas score $op1 --device $DEVICE --arch ${tau_archs[*]} --json" \
+echo "# $(date -u +%FT%TZ) $cnas score $op1 --quiet --device $DEVICE ${THREAD_OPTS[*]} --arch ${tau_archs[*]} --json" \
     >>"$out/logs/tau-score.log"
 if ! "$cnas" score "$op1" --quiet --device "$DEVICE" "${THREAD_OPTS[@]}" --arch "${tau_archs[@]}" --json \
     >"$tau_dir/scores.json" 2>>"$out/logs/tau-score.log"; then
