@@ -73,11 +73,13 @@ DATA=${data:-$REPO/data}
 # --- The scales -------------------------------------------------------------------------
 # Sizes follow --preset quick (8 channels, 5 cells, batch 32, 1 + 1 epochs per stage) with
 # more images, fewer candidates and no uniform diagnostic samples (--derive-uniform 0).
-# The search options are the same for every mode. With the same per-stage options the modes
-# do NOT cost the same: op has 8 stages, node 4 (one per intermediate node), fixed 1, and
-# random spends op's budget (8 stages' weight epochs; op's held-out images on scoring uniform
-# candidates). config.json's `budget` records each. Relative cost per seed: op 1, random ~1,
-# node 1/2, fixed 1/8.
+# Every mode gets op's budget, so that the comparison is the paper's (a curriculum against
+# the full space at the same cost): op has 8 stages, node 4 (one per intermediate node),
+# fixed 1, so node's per-stage warm-up epochs, search epochs and derive rounds are doubled
+# and fixed's multiplied by 8 (SPAN below); random spends op's budget by itself (op's weight
+# steps with uniform samples, op's held-out images on scoring uniform candidates). Then every
+# mode takes the same weight steps, REINFORCE steps and scored candidates; config.json's
+# `budget` records each, and `cnas compare` shows them.
 #
 # The retraining recipe is the same for every genotype, including the training seed
 # (--seed 1 whatever the search seed): only the genotype differs between retrainings.
@@ -100,10 +102,10 @@ case "$scale" in
         DEVICE=cpu
         JOBS=2
         SEARCH_OPTS=(--init-channels 8 --layers 5 --batch-size 32 --max-images 2048
-            --warmup-epochs 1 --epochs 1 --controller-steps 16
-            --derive-rounds 2 --derive-samples 4 --derive-images 512 --derive-uniform 0
+            --controller-steps 16
+            --derive-samples 4 --derive-images 512 --derive-uniform 0
             --controller-lr 3.5e-3)
-        TRAIN_OPTS=(--init-channels 8 --layers 5 --batch-size 64 --epochs 6
+        TRAIN_OPTS=(--init-channels 8 --layers 5 --batch-size 64 --epochs 5
             --max-images 8000 --max-eval-images 1000 --auxiliary-weight 0 --cutout 0
             --drop-path-prob 0 --seed 1)
         ;;
@@ -123,8 +125,8 @@ case "$scale" in
         DEVICE=cuda
         JOBS=2
         SEARCH_OPTS=(--init-channels 16 --layers 8 --batch-size 96 --max-images 5000
-            --warmup-epochs 1 --epochs 1 --controller-steps 16
-            --derive-rounds 2 --derive-samples 8 --derive-images 1000 --derive-uniform 0
+            --controller-steps 16
+            --derive-samples 8 --derive-images 1000 --derive-uniform 0
             --controller-lr 3.5e-3)
         TRAIN_OPTS=(--init-channels 16 --layers 8 --batch-size 96 --epochs 8
             --max-images 10000 --max-eval-images 2000 --auxiliary-weight 0 --cutout 0
@@ -135,13 +137,19 @@ case "$scale" in
         DEVICE=cpu
         JOBS=2
         SEARCH_OPTS=(--init-channels 4 --layers 3 --batch-size 16 --max-images 64
-            --warmup-epochs 1 --epochs 1 --controller-steps 2
-            --derive-rounds 2 --derive-samples 4 --derive-images 32 --derive-uniform 0
+            --controller-steps 2
+            --derive-samples 4 --derive-images 32 --derive-uniform 0
             --controller-lr 3.5e-3)
         TRAIN_OPTS=(--init-channels 4 --layers 3 --batch-size 16 --epochs 1
             --max-images 128 --max-eval-images 128 --auxiliary-weight 0 --seed 1)
         ;;
 esac
+# Per curriculum stage of op mode: warm-up epochs, search epochs, derive rounds; the other
+# modes' stages get SPAN times as many (their stages span SPAN of op's).
+WARMUP=1
+EPOCHS=1
+ROUNDS=2
+declare -A SPAN=([op]=1 [random]=1 [node]=2 [fixed]=8)
 JOBS=${ABLATION_JOBS:-$JOBS}   # runs at a time (ABLATION_JOBS overrides the scale's)
 TAU_N=6   # distinct last-stage candidates of op seed 1 retrained for Kendall's tau
 
@@ -216,7 +224,8 @@ search() {
         step_done "$name" "$start" "resumed"
     else
         run_logged "$name" search --quiet --device "$DEVICE" "${THREAD_OPTS[@]}" --data "$DATA" \
-            --mode "$mode" --seed "$seed" "${SEARCH_OPTS[@]}" --force -o "$dir"
+            --mode "$mode" --seed "$seed" "${SEARCH_OPTS[@]}" --warmup-epochs $((WARMUP * SPAN[$mode])) \
+            --epochs $((EPOCHS * SPAN[$mode])) --derive-rounds $((ROUNDS * SPAN[$mode])) --force -o "$dir"
         step_done "$name" "$start" "searched"
     fi
 }
@@ -284,13 +293,10 @@ stop_pool() {   # on an interruption: ends this script's own runs (their cnas, t
 trap stop_pool EXIT
 trap 'exit 130' INT TERM
 
-# Best validation top-1 of a training run (its metrics.jsonl), as a fraction.
-best_top1() {
-    "$PYTHON" - "$1/metrics.jsonl" <<'EOF'
-import json, sys
-best = max(json.loads(l).get("val_top1") or 0.0 for l in open(sys.argv[1]) if l.strip())
-print(f"{best:.4f}")
-EOF
+# The final network's test top-1 of a training run (its eval.json), as a fraction: not the
+# best epoch's, which would select on the test split (as cnas compare).
+final_top1() {
+    "$PYTHON" -c 'import json, sys; print("%.4f" % json.load(open(sys.argv[1]))["top1"])' "$1/eval.json"
 }
 
 echo "ablation: scale $scale, seeds 1..$seeds, device $DEVICE, $JOBS run(s) at a time, out $out"
@@ -365,9 +371,9 @@ drain
 for i in $(seq 1 "${#tau_archs[@]}"); do
     score=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))[int(sys.argv[2])-1]["score"])' \
         "$tau_dir/scores.json" "$i")
-    echo "$score $(best_top1 "$out/tau-$i")  # arch-$i" >>"$tau_dir/pairs.txt"
+    echo "$score $(final_top1 "$out/tau-$i")  # arch-$i" >>"$tau_dir/pairs.txt"
 done
-tau_line="op seed 1, stage $last_stage: one-shot score vs retrained best top-1: $("$PYTHON" "$SCRIPT_DIR/kendall.py" "$tau_dir/pairs.txt")"
+tau_line="op seed 1, stage $last_stage: one-shot score vs retrained final top-1: $("$PYTHON" "$SCRIPT_DIR/kendall.py" "$tau_dir/pairs.txt")"
 
 # --- 3. Comparison ---------------------------------------------------------------------
 echo "== compare"
@@ -378,6 +384,9 @@ for kind in search train; do
             runs+=("$out/$kind-$mode-s$seed")
         done
     done
+done
+for i in $(seq 1 "${#tau_archs[@]}"); do
+    runs+=("$out/tau-$i")   # listed under op seed 1, not counted in its row
 done
 start=$(date +%s)
 compare_log=$out/logs/compare.log
@@ -462,5 +471,5 @@ total=$(($(date +%s) - T0))
     echo
     echo "$tau_line"
     echo
-    echo "Pairs (score, retrained best top-1): \`$(tr '\n' ';' <"$tau_dir/pairs.txt")\`"
+    echo "Pairs (score, retrained final top-1): \`$(tr '\n' ';' <"$tau_dir/pairs.txt")\`"
 } | tee "$out/summary.md"
