@@ -314,7 +314,7 @@ drain
 # --- Kendall's tau candidates: op seed 1's last stage ----------------------------------------
 echo "== Kendall tau: op seed 1, last stage"
 op1=$out/search-op-s1
-tau_dir=$out/tau
+tau_dir=$op1/tau   # inside the search: cnas compare lists the tau runs under it
 mkdir -p "$tau_dir"
 start=$(date +%s)
 # Distinct genotypes of the last stage's candidates, sorted by score, TAU_N of them picked
@@ -386,7 +386,7 @@ for kind in search train; do
     done
 done
 for i in $(seq 1 "${#tau_archs[@]}"); do
-    runs+=("$out/tau-$i")   # listed under op seed 1, not counted in its row
+    runs+=("$out/tau-$i")   # listed under op seed 1 (their genotype files are in it)
 done
 start=$(date +%s)
 compare_log=$out/logs/compare.log
