@@ -7,7 +7,7 @@
 #   scripts/experiments/ablation.sh --scale cpu|gpu|smoke --seeds N [--out DIR] [--cnas PATH]
 #                                   [--data DIR]
 #
-#   --scale cpu    about 45-50 min wall on a quiet 2-core CPU with --seeds 2 (see the comment
+#   --scale cpu    about 62 min wall on a quiet 2-core CPU with --seeds 2 (measured; see the comment
 #                  on the cpu scale below for how that was measured)
 #   --scale gpu    sized for at most ~9 min on one H100-class GPU with --seeds 1;
 #                  NOT RUN YET (no GPU was lent), sized by estimate
@@ -23,7 +23,7 @@
 # genotype.json and a training with an eval.json are done and skipped; an unfinished one with a
 # checkpoint is continued with --resume; one without a checkpoint starts over (--force).
 # Everything cnas prints goes to OUT/logs/; the final summary is also written to OUT/summary.md.
-# Environment: ABLATION_JOBS=N runs N runs at a time instead of the scale's (cpu 2, gpu 2);
+# Environment: ABLATION_JOBS=N runs N runs at a time instead of the scale's (cpu 2, gpu 3);
 # on the CPU each run has one thread unless OMP_NUM_THREADS says otherwise; PYTHON (default
 # python3) runs the small JSON steps and kendall.py (standard library only).
 set -euo pipefail
@@ -99,6 +99,10 @@ case "$scale" in
         # candidate scored 21-27% on 512 held-out images in every stage (controller mean
         # 18-22%), node's 22-26%, fixed's 20%, random's 29% (best of 72, optimistic); the
         # retraining reached 46% top-1 (5 epochs) on an op genotype.
+        # Measured 2026-12-02 on a quiet 2-core machine (EXPERIMENTS.md): --seeds 2 took
+        # 3726 s (62 min): searches 256-362 s each (all modes at op's budget), retrainings
+        # 115-467 s each, two at a time (each run's loader thread shares the cores). To
+        # shorten it, lower the retraining's --epochs or TAU_N.
         DEVICE=cpu
         JOBS=2
         SEARCH_OPTS=(--init-channels 8 --layers 5 --batch-size 32 --max-images 2048
@@ -114,16 +118,16 @@ case "$scale" in
         # Assumed on one H100-class GPU (BENCHMARKS.md has no GPU row yet): ~1500 weight-step
         # images/s for this supernet (16 channels, 8 cells, batch 96, the paper's), ~5000
         # images/s for scoring candidates, ~2500 training images/s for the retrained network,
-        # ~10 s of start-up (CUDA, data) per process. Two runs share the GPU at a time (small
-        # networks leave it mostly idle between kernel launches).
+        # ~10 s of start-up (CUDA, data) per process. Runs share the GPU (JOBS below).
         #   search op: 8 x 2 epochs x 5000 images (~55 s) + 128 controller steps (~6 s)
-        #     + 8 x 16 candidates x 1000 images (~26 s) + start-up: ~1.7 min; random ~op,
-        #     node ~1/2, fixed ~1/8: ~4.7 GPU-min per seed;
+        #     + 8 x 16 candidates x 1000 images (~26 s) + start-up: ~1.7 min; every mode
+        #     spends op's budget: ~7 GPU-min per seed;
         #   retraining: 8 epochs x 10000 images + 8 x 2000 test images: ~45 s each.
-        # --seeds 1 (4 searches, 4 + 6 retrainings): ~12 GPU-min in series, ~7 min wall two
-        # at a time: the recommended setting for a 9-minute budget. --seeds 2 is ~12 min.
+        # --seeds 1 (4 searches, 4 + 6 retrainings): ~14 GPU-min in series; three runs at a
+        # time on the one GPU (these small networks leave it mostly waiting on kernel
+        # launches): ~5-7 min wall, the recommended setting for a 9-minute budget.
         DEVICE=cuda
-        JOBS=2
+        JOBS=3
         SEARCH_OPTS=(--init-channels 16 --layers 8 --batch-size 96 --max-images 5000
             --controller-steps 16
             --derive-samples 8 --derive-images 1000 --derive-uniform 0
