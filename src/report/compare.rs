@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::html::{cells_block, escape, figure, STYLE};
+use super::html::{cells_block, escape, figure, pct, read_genotype, STYLE};
 use super::plot::Series;
 use crate::draw::Layout;
 use crate::error::{Error, Result};
@@ -133,10 +133,6 @@ fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
-fn read_genotype(path: &Path) -> Result<Genotype> {
-    Genotype::parse_any(&read_text(path)?).map_err(|e| Error::bad_file(path, e.to_string()))
-}
-
 /// A path made absolute and free of `..` and links where it exists (else as it is).
 fn canonical(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
@@ -174,19 +170,13 @@ fn load_search(dir: &Path, config: RunConfig) -> Result<SearchRow> {
     let mut seconds = 0.0;
     let mut last_derive = None;
     for line in &lines {
-        let time_s = match &line.record {
-            SearchRecord::Warmup(r) | SearchRecord::Weights(r) => {
-                weight_images += r.images as u64;
-                r.time_s
-            }
-            SearchRecord::Controller(r) => r.time_s,
-            SearchRecord::Random(r) => r.time_s,
-            SearchRecord::Derive(r) => {
-                last_derive = Some(r);
-                r.time_s
-            }
-        };
+        match &line.record {
+            SearchRecord::Warmup(r) | SearchRecord::Weights(r) => weight_images += r.images as u64,
+            SearchRecord::Derive(r) => last_derive = Some(r),
+            _ => {}
+        }
         // A line that did not time itself (random mode's closing derive) adds nothing.
+        let time_s = line.record.time_s();
         if time_s.is_finite() {
             seconds += time_s;
         }
@@ -352,10 +342,6 @@ fn mode_rank(mode: &str) -> usize {
     ["op", "node", "fixed", "random"].iter().position(|m| *m == mode).unwrap_or(4)
 }
 
-fn pct(v: Option<f64>) -> String {
-    v.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "—".into())
-}
-
 /// `mean ± std` in percent, with n when `with_n`.
 fn pct_spread(s: &Spread, with_n: bool) -> String {
     let body = match (s.mean, s.std) {
@@ -388,7 +374,7 @@ fn count(n: u64) -> String {
 }
 
 impl SearchRow {
-    fn cells(&self) -> [String; 8] {
+    fn cells(&self) -> [String; 9] {
         let score = match (self.score, self.score_std_error) {
             (Some(s), Some(e)) => format!("{:.2} ± {:.2}%", s * 100.0, e * 100.0),
             (s, _) => pct(s),
@@ -400,6 +386,7 @@ impl SearchRow {
         };
         let state = if self.finished { String::new() } else { " (unfinished)".into() };
         [
+            self.run.display().to_string(),
             format!("{}{state}", self.mode),
             self.seed.to_string(),
             self.stages.to_string(),
@@ -453,6 +440,11 @@ impl ModeSummary {
 }
 
 impl TrainingRow {
+    /// Test top-1 (%) per validated epoch.
+    fn test_curve(&self) -> Vec<(f64, f64)> {
+        self.lines.iter().filter_map(|m| m.val_top1.map(|v| (m.epoch as f64, v * 100.0))).collect()
+    }
+
     fn cells(&self) -> [String; 8] {
         let state = if self.finished { "" } else { " (unfinished)" };
         [
@@ -493,12 +485,7 @@ impl Comparison {
         let mut out = String::new();
         if !self.searches.is_empty() {
             let _ = writeln!(out, "Searches:\n");
-            let rows = self.searches.iter().map(|s| {
-                let mut row = vec![s.run.display().to_string()];
-                row.extend(s.cells());
-                row
-            });
-            markdown_table(&mut out, &SEARCH_HEAD, rows);
+            markdown_table(&mut out, &SEARCH_HEAD, self.searches.iter().map(|s| s.cells().to_vec()));
             let _ =
                 writeln!(out, "\nPer mode (mean ± sample standard deviation over its finished searches):\n");
             markdown_table(&mut out, &MODE_HEAD, self.modes.iter().map(|m| m.cells().to_vec()));
@@ -534,12 +521,7 @@ impl Comparison {
             );
             html_table(&mut body, &MODE_HEAD, self.modes.iter().map(|m| m.cells().to_vec()));
             let _ = writeln!(body, "<h2>Searches</h2>");
-            let rows = self.searches.iter().map(|s| {
-                let mut row = vec![s.run.display().to_string()];
-                row.extend(s.cells());
-                row
-            });
-            html_table(&mut body, &SEARCH_HEAD, rows);
+            html_table(&mut body, &SEARCH_HEAD, self.searches.iter().map(|s| s.cells().to_vec()));
         }
         if !self.trainings.is_empty() {
             let _ = writeln!(body, "<h2>Training runs</h2>");
@@ -604,12 +586,7 @@ impl Comparison {
                     let mut best = f64::NEG_INFINITY;
                     let mut minutes = 0.0;
                     for l in &s.lines {
-                        let time_s = match &l.record {
-                            SearchRecord::Warmup(r) | SearchRecord::Weights(r) => r.time_s,
-                            SearchRecord::Controller(r) => r.time_s,
-                            SearchRecord::Random(r) => r.time_s,
-                            SearchRecord::Derive(r) => r.time_s,
-                        };
+                        let time_s = l.record.time_s();
                         if time_s.is_finite() {
                             minutes += time_s / 60.0;
                         }
@@ -650,11 +627,7 @@ impl Comparison {
                     let seed = runs.iter().find(|s| t.search.as_ref() == Some(&s.run)).map(|s| s.seed);
                     let mut series =
                         Series::new(format!("seed {}: {}", seed.unwrap_or_default(), t.run.display()));
-                    series.points = t
-                        .lines
-                        .iter()
-                        .filter_map(|m| m.val_top1.map(|v| (m.epoch as f64, v * 100.0)))
-                        .collect();
+                    series.points = t.test_curve();
                     series
                 })
                 .collect();
@@ -668,8 +641,7 @@ impl Comparison {
             .filter(|t| !t.final_genotype)
             .map(|t| {
                 let mut series = Series::new(t.run.display().to_string());
-                series.points =
-                    t.lines.iter().filter_map(|m| m.val_top1.map(|v| (m.epoch as f64, v * 100.0))).collect();
+                series.points = t.test_curve();
                 series
             })
             .collect();

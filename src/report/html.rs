@@ -78,7 +78,7 @@ fn num(v: &Value, key: &str) -> Option<f64> {
 }
 
 /// A fraction as a percentage, or a dash.
-fn pct(v: Option<f64>) -> String {
+pub(super) fn pct(v: Option<f64>) -> String {
     v.map(|v| format!("{:.2}%", v * 100.0)).unwrap_or_else(|| "—".into())
 }
 
@@ -251,7 +251,7 @@ pub(super) fn cells_block(out: &mut String, genotype: &Genotype, title: &str, la
     Ok(())
 }
 
-fn read_genotype(path: &Path) -> Result<Genotype> {
+pub(super) fn read_genotype(path: &Path) -> Result<Genotype> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     Genotype::parse_any(&text).map_err(|e| Error::bad_file(path, e.to_string()))
 }

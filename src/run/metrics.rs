@@ -47,6 +47,18 @@ pub enum SearchRecord {
     Random(RandomRound),
 }
 
+impl SearchRecord {
+    /// Seconds the line measured (NaN where it did not time itself).
+    pub fn time_s(&self) -> f64 {
+        match self {
+            SearchRecord::Warmup(r) | SearchRecord::Weights(r) => r.time_s,
+            SearchRecord::Controller(r) => r.time_s,
+            SearchRecord::Derive(r) => r.time_s,
+            SearchRecord::Random(r) => r.time_s,
+        }
+    }
+}
+
 /// A supernet epoch. Loss and accuracy are means over every rank's images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
