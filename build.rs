@@ -3,7 +3,8 @@
 //!    linker drops it and CUDA is silently unavailable at run time;
 //! 2. add an rpath to libtorch's folder so binaries and tests run without LD_LIBRARY_PATH;
 //! 3. compile `csrc/`, the few libtorch C++ calls tch does not expose (bf16 autocast,
-//!    multi-tensor optimizer steps, c10d collectives, a seeded randperm; they share
+//!    multi-tensor optimizer steps, c10d collectives, a seeded randperm,
+//!    TorchScript tracing with named parameters; they share
 //!    `csrc/cnas.h`, and Rust declares them in `src/sys.rs`); the NCCL part only where the
 //!    CUDA and NCCL headers of the nvidia-* wheels are found next to libtorch (see README,
 //!    "Distributed").
@@ -33,6 +34,7 @@ fn main() {
         .std("c++17")
         .file("csrc/amp.cpp")
         .file("csrc/dist.cpp")
+        .file("csrc/jit.cpp")
         .file("csrc/optim.cpp")
         .file("csrc/random.cpp")
         .include(&include)

@@ -1,7 +1,8 @@
 //! The one door to the C++ shims in `csrc/` (libtorch calls tch 0.24 does not expose): every
 //! `extern "C"` declaration of the crate, and the helpers their callers share. Nothing else in
 //! the crate declares foreign functions; the modules that need a shim ([`crate::amp`],
-//! [`crate::optim`], [`crate::dist`], [`crate::data`]'s randperm) call these.
+//! [`crate::optim`], [`crate::dist`], [`crate::data`]'s randperm, [`crate::export`]'s
+//! TorchScript tracing) call these.
 //!
 //! # Safety
 //! The contract on both sides (`csrc/cnas.h` says it for C++):
@@ -27,6 +28,23 @@ extern "C" {
     pub(crate) fn cnas_autocast_enter_bf16(cuda: c_int) -> c_int;
     pub(crate) fn cnas_autocast_exit(cuda: c_int, previous: c_int) -> c_int;
     pub(crate) fn cnas_autocast_enabled(cuda: c_int) -> c_int;
+
+    // csrc/jit.cpp
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn cnas_jit_trace_save(
+        names: *const *const c_char,
+        tensors: *mut *mut c_void,
+        buffer: *const c_int,
+        n: c_int,
+        input: *mut c_void,
+        forward: extern "C" fn(data: *mut c_void, input: *mut c_void) -> *mut c_void,
+        data: *mut c_void,
+        extra_names: *const *const c_char,
+        extra_values: *const *const c_char,
+        extra_lens: *const usize,
+        n_extra: c_int,
+        sink: extern "C" fn(data: *mut c_void, bytes: *const c_char, len: usize),
+    ) -> c_int;
 
     // csrc/random.cpp
     pub(crate) fn cnas_randperm(n: i64, seed: u64, out: *mut i64) -> c_int;

@@ -9,6 +9,11 @@
         onnx.checker.check_model (full check), then onnxruntime on X's "input" one sample at a
         time ("logits_batch1") and all at once ("logits_batchN"); prints the graph's op types,
         opset and input shape as JSON.
+    check_export.py torchscript --model M.pt --input X.safetensors --out Y.safetensors [--pth F.pth]
+        torch.jit.load(M) with its extra file cnas.json, .eval(), then its logits on X's "input"
+        one sample at a time ("logits_batch1") and all at once ("logits_batchN"); prints the
+        state_dict's keys, which of them are parameters, and the extra file as JSON; with --pth,
+        whether the state_dict equals torch.load(F)'s (same keys, order and values).
     check_export.py pretrained --genotype G.json --image-size S --out DIR [--legacy]
         A file laid out like the published CNAS ImageNet weights: darts_model's ImageNet
         network (48 channels, 14 cells, 1000 classes, auxiliary head) with randomised BatchNorm,
@@ -82,6 +87,29 @@ def check_onnx(a):
     }))
 
 
+def check_torchscript(a):
+    from safetensors.torch import load_file, save_file
+    extra = {"cnas.json": ""}
+    model = torch.jit.load(a.model, map_location="cpu", _extra_files=extra)
+    model.eval()
+    x = load_file(a.input)["input"]
+    with torch.no_grad():
+        one = torch.cat([model(x[i:i + 1]) for i in range(x.shape[0])])
+        batch = model(x)
+    save_file({"logits_batch1": one.contiguous(), "logits_batchN": batch.contiguous()}, a.out)
+    state = model.state_dict()
+    report = {
+        "keys": list(state.keys()),
+        "parameters": [k for k, _ in model.named_parameters()],
+        "extra": json.loads(extra["cnas.json"]),
+    }
+    if a.pth:
+        pth = torch.load(a.pth, map_location="cpu", weights_only=True)
+        report["equals_pth"] = list(pth.keys()) == list(state.keys()) and all(
+            torch.equal(pth[k], state[k]) for k in pth)
+    print(json.dumps(report))
+
+
 def make_pretrained(a):
     import numpy as np
     from safetensors.torch import save_file
@@ -145,6 +173,11 @@ def main():
     q.add_argument("--model", required=True)
     q.add_argument("--input", required=True)
     q.add_argument("--out", required=True)
+    q = sub.add_parser("torchscript")
+    q.add_argument("--model", required=True)
+    q.add_argument("--input", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--pth")
     q = sub.add_parser("pretrained")
     q.add_argument("--genotype", required=True)
     q.add_argument("--image-size", type=int, default=224)
@@ -154,7 +187,7 @@ def main():
     q.add_argument("--out", required=True)
     a = p.parse_args()
     torch.set_num_threads(2)
-    {"pth": check_pth, "onnx": check_onnx, "pretrained": make_pretrained,
+    {"pth": check_pth, "onnx": check_onnx, "torchscript": check_torchscript, "pretrained": make_pretrained,
      "legacy": make_legacy}[a.what](a)
 
 

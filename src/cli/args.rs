@@ -618,19 +618,22 @@ pub(crate) struct ExportArgs {
     /// Trained weights: cnas's own file, a training checkpoint, a PyTorch state_dict, safetensors.
     #[arg(long, alias = "checkpoint", value_name = "FILE")]
     pub(crate) weights: PathBuf,
-    /// Output format [default: from the output's extension].
+    /// Output format [default: from the output's extension: .onnx, .pth/.pt, .safetensors,
+    /// .torchscript].
     #[arg(long, value_enum)]
     pub(crate) format: Option<cnas::export::ExportFormat>,
     /// The file to write.
     #[arg(short = 'o', long, value_name = "OUT")]
     pub(crate) out: PathBuf,
-    /// Leave the auxiliary head out (.pth, safetensors; ONNX never has it).
+    /// Leave the auxiliary head's weights out (.pth, safetensors, TorchScript; ONNX never has
+    /// it, and a TorchScript module's forward never runs it).
     #[arg(long)]
     pub(crate) drop_auxiliary: bool,
     /// ONNX: keep BatchNormalization nodes instead of folding them into the convolutions.
     #[arg(long)]
     pub(crate) keep_bn: bool,
-    /// ONNX: input height and width [default: 32 for cifar10, 224 for imagenet].
+    /// ONNX and TorchScript: input height and width [default: 32 for cifar10, 224 for
+    /// imagenet].
     #[arg(long, value_parser = at_least(1i64))]
     pub(crate) image_size: Option<i64>,
 }

@@ -1,6 +1,6 @@
 //! `cnas export`: a trained fixed network's weights as a PyTorch `state_dict` (`.pth`), as
-//! safetensors (cnas's own format, with the network description), or as an ONNX inference
-//! graph.
+//! safetensors (cnas's own format, with the network description), as an ONNX inference graph,
+//! or as a TorchScript module (weights and traced forward pass in one file).
 //!
 //! The input is any weights file cnas reads ([`crate::weights::read`]); the network is the
 //! one its metadata describes (cnas files) or the one the caller gives. The weights are loaded
@@ -18,6 +18,7 @@ use crate::weights::{self, NamedTensors};
 
 pub mod onnx;
 pub mod pth;
+pub mod torchscript;
 
 /// What `cnas export` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -28,16 +29,22 @@ pub enum ExportFormat {
     Pth,
     /// safetensors with cnas's network description in its metadata.
     Safetensors,
+    /// TorchScript module (torch.jit.load): the weights as named parameters and the evaluation
+    /// forward pass, traced.
+    #[value(name = "torchscript")]
+    TorchScript,
 }
 
 impl ExportFormat {
-    /// The format a file name implies: `.onnx`, `.pth`/`.pt`, `.safetensors`.
+    /// The format a file name implies: `.onnx`, `.pth`/`.pt`, `.safetensors`, `.torchscript`
+    /// (`.pt` stays a state_dict, as before; give `--format torchscript` for a `.pt` module).
     pub fn from_extension(path: &Path) -> Option<Self> {
         let ext = path.extension()?.to_string_lossy().to_ascii_lowercase();
         match ext.as_str() {
             "onnx" => Some(ExportFormat::Onnx),
             "pth" | "pt" => Some(ExportFormat::Pth),
             "safetensors" => Some(ExportFormat::Safetensors),
+            "torchscript" => Some(ExportFormat::TorchScript),
             _ => None,
         }
     }
@@ -49,6 +56,7 @@ impl fmt::Display for ExportFormat {
             ExportFormat::Onnx => "onnx",
             ExportFormat::Pth => "pth",
             ExportFormat::Safetensors => "safetensors",
+            ExportFormat::TorchScript => "torchscript",
         })
     }
 }
@@ -62,11 +70,13 @@ pub struct ExportOptions {
     /// not describe its own network (PyTorch and plain safetensors files).
     pub network: NetworkConfig,
     pub network_given: bool,
-    /// Leave the auxiliary head out of `.pth` and safetensors exports (ONNX never has it).
+    /// Leave the auxiliary head out of `.pth`, safetensors and TorchScript exports (ONNX never
+    /// has it; a TorchScript module keeps its weights but its forward pass never runs it).
     pub drop_auxiliary: bool,
     /// ONNX: keep BatchNormalization nodes instead of folding them into the convolutions.
     pub keep_bn: bool,
-    /// ONNX input height and width [the family's: 32 for CIFAR, 224 for ImageNet].
+    /// ONNX and TorchScript input height and width [the family's: 32 for CIFAR, 224 for
+    /// ImageNet].
     pub image_size: Option<i64>,
 }
 
@@ -106,7 +116,7 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
         Some(f) => f,
         None => {
             return Err(Error::BadOption(format!(
-                "cannot tell the format from '{}'; give --format onnx, pth or safetensors",
+                "cannot tell the format from '{}'; give --format onnx, pth, safetensors or torchscript",
                 output.display()
             )))
         }
@@ -120,7 +130,7 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
                 _ => options.network.clone(),
             };
             image_size.set(options.image_size.unwrap_or_else(|| config.kind.default_image_size()));
-            if format == ExportFormat::Onnx {
+            if matches!(format, ExportFormat::Onnx | ExportFormat::TorchScript) {
                 config.check_input_size(image_size.get(), false)?;
             }
             Ok(config)
@@ -137,15 +147,33 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
             vs.variables().len()
         }
         ExportFormat::Pth => {
-            let state_dict = state_dict(&vs, &tensors);
+            let state_dict = state_dict(&vs, &tensors, true);
             pth::write_state_dict(&state_dict, output)?;
             state_dict.len()
         }
-        ExportFormat::Onnx => {
-            let (mean, std) = match config.kind {
-                NetworkKind::Cifar => (crate::data::CIFAR10_MEAN, crate::data::CIFAR10_STD),
-                NetworkKind::Imagenet => (crate::data::IMAGENET_MEAN, crate::data::IMAGENET_STD),
+        ExportFormat::TorchScript => {
+            // The variables themselves, not copies: the tracer knows them by identity.
+            let entries = state_dict(&vs, &tensors, false);
+            let (mean, std) = input_normalisation(config.kind);
+            let description = serde_json::json!({
+                "format": "cnas",
+                "network": config,
+                "input": {
+                    "shape": ["N", 3, image_size, image_size],
+                    "pixels": "RGB in [0, 1], then (x - mean) / std per channel",
+                    "mean_rgb": mean,
+                    "std_rgb": std,
+                },
+                "output": "N×num_classes logits (evaluation mode: no auxiliary head, no drop-path)",
+            });
+            let is_buffer = |name: &str| {
+                ["running_mean", "running_var", "num_batches_tracked"].iter().any(|b| name.ends_with(b))
             };
+            torchscript::write(&network, &entries, is_buffer, image_size, &description.to_string(), output)?;
+            entries.len()
+        }
+        ExportFormat::Onnx => {
+            let (mean, std) = input_normalisation(config.kind);
             let onnx_options = onnx::OnnxOptions {
                 keep_bn: options.keep_bn,
                 image_size,
@@ -163,13 +191,22 @@ pub fn export(input: &Path, output: &Path, options: &ExportOptions) -> Result<Ex
     Ok(Exported { path: output.to_path_buf(), format, config, items })
 }
 
+/// The per-channel mean and standard deviation the network's inputs are normalised with.
+fn input_normalisation(kind: NetworkKind) -> ([f32; 3], [f32; 3]) {
+    match kind {
+        NetworkKind::Cifar => (crate::data::CIFAR10_MEAN, crate::data::CIFAR10_STD),
+        NetworkKind::Imagenet => (crate::data::IMAGENET_MEAN, crate::data::IMAGENET_STD),
+    }
+}
+
 fn network_json(config: &NetworkConfig) -> Result<String> {
     serde_json::to_string(config).map_err(|e| Error::BadOption(format!("cannot describe the network: {e}")))
 }
 
 /// The network's variables plus BatchNorm's `num_batches_tracked` counters (taken from the
-/// input when it has them, else 0), in PyTorch's module order.
-fn state_dict(vs: &nn::VarStore, input: &NamedTensors) -> Vec<(String, Tensor)> {
+/// input when it has them, else 0), in PyTorch's module order; `detach`: copies of the
+/// variables' handles without their autograd history, else the variables themselves.
+fn state_dict(vs: &nn::VarStore, input: &NamedTensors, detach: bool) -> Vec<(String, Tensor)> {
     let counters: BTreeMap<&str, &Tensor> = input
         .iter()
         .filter(|(n, _)| n.ends_with(".num_batches_tracked"))
@@ -185,7 +222,7 @@ fn state_dict(vs: &nn::VarStore, input: &NamedTensors) -> Vec<(String, Tensor)> 
                 .unwrap_or_else(|| Tensor::from(0i64));
             out.push((counter, value));
         }
-        out.push((name, t.detach()));
+        out.push((name, if detach { t.detach() } else { t }));
     }
     out.sort_by(|a, b| pth::pytorch_order(&a.0, &b.0));
     out

@@ -385,7 +385,7 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
     common::assert_user_error(&run(&["export", "--weights", p(&empty), "-o", p(&onnx)]), "empty file");
     common::assert_user_error(
         &run(&["export", "--weights", p(&weights), "-o", p(&d.join("out.bin"))]),
-        "give --format onnx, pth or safetensors",
+        "give --format onnx, pth, safetensors or torchscript",
     );
     common::assert_user_error(&run(&["export", "--weights", p(&weights), "-o", p(d)]), "is a folder");
     let unwritable = d.join("no/such/folder/out.onnx");
@@ -431,4 +431,100 @@ fn user_mistakes_get_one_line_and_exit_code_2() {
         "not a trained network",
     );
     assert!(!onnx.exists(), "nothing is written on a mistake");
+}
+
+/// `cnas predict --json`'s logits for the images of `npy` (one line per image).
+fn predict_logits(weights: &Path, npy: &Path) -> Tensor {
+    let out = run(&["predict", "--weights", p(weights), p(npy), "--json", "--top", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<f32>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+        })
+        .collect();
+    let (n, k) = (rows.len() as i64, rows[0].len() as i64);
+    Tensor::from_slice(&rows.concat()).view([n, k])
+}
+
+/// Exports `model` as TorchScript with the CLI (and as .pth, with the same auxiliary choice),
+/// then checks the module in PyTorch (Python: `torch.jit.load`, batch 1 and N) and in C++
+/// (libtorch's `torch::jit::load` through tch, no cnas code) against `cnas predict --json` on
+/// the same images, and its state_dict against the .pth export.
+fn check_torchscript(name: &str, model: &Trained, x: &Tensor, image_size: Option<i64>, drop_auxiliary: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("trained.safetensors");
+    model.save_checkpoint(&weights);
+    let module = dir.path().join("net.pt");
+    let pth = dir.path().join("net.pth");
+    let size = image_size.map(|s| s.to_string());
+    for (path, format) in [(&module, "torchscript"), (&pth, "pth")] {
+        let mut args = vec!["export", "--weights", p(&weights), "--format", format, "-o", p(path)];
+        if let Some(size) = &size {
+            args.extend(["--image-size", size]);
+        }
+        if drop_auxiliary {
+            args.push("--drop-auxiliary");
+        }
+        let out = run(&args);
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let npy = dir.path().join("images.npy");
+    x.write_npy(&npy).unwrap();
+    let predicted = predict_logits(&weights, &npy);
+    assert!(max_abs_diff(&predicted, &model.logits(x)) <= TOL, "{name}: predict disagrees with the network");
+
+    let input = write_input(dir.path(), x);
+    let out = dir.path().join("torch.safetensors");
+    let report = common::run_reference(
+        "check_export.py",
+        &["torchscript", "--model", p(&module), "--input", p(&input), "--out", p(&out), "--pth", p(&pth)]
+            .map(String::from),
+    );
+    let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(report["equals_pth"], true, "{name}: the module's state_dict is not the .pth export's");
+    let keys = report["keys"].as_array().unwrap();
+    let auxiliary = keys.iter().any(|k| k.as_str().unwrap().starts_with("auxiliary_head."));
+    assert_eq!(auxiliary, model.config.auxiliary && !drop_auxiliary, "{name}: auxiliary head");
+    let parameters = report["parameters"].as_array().unwrap();
+    // Parameters are the trainable variables (of the head too unless dropped), never buffers.
+    let mut trainable: Vec<String> = (model.vs.variables().into_iter())
+        .filter(|(n, t)| t.requires_grad() && !(drop_auxiliary && n.starts_with("auxiliary_head.")))
+        .map(|(n, _)| n)
+        .collect();
+    let mut parameters: Vec<String> = parameters.iter().map(|k| k.as_str().unwrap().to_string()).collect();
+    trainable.sort();
+    parameters.sort();
+    assert_eq!(parameters, trainable, "{name}: parameters");
+    let side = image_size.unwrap_or(model.config.kind.default_image_size());
+    assert_eq!(report["extra"]["input"]["shape"], serde_json::json!(["N", 3, side, side]), "{name}");
+    assert_eq!(report["extra"]["network"]["num_classes"], model.config.num_classes, "{name}");
+    let theirs: HashMap<String, Tensor> = Tensor::read_safetensors(&out).unwrap().into_iter().collect();
+    for key in ["logits_batch1", "logits_batchN"] {
+        let d = max_abs_diff(&theirs[key], &predicted);
+        eprintln!("{name}: PyTorch torch.jit.load {key}: max |diff| {d:.3e} against cnas predict");
+        assert!(d <= TOL, "{name}: {key} differs by {d:e}");
+    }
+
+    let cpp = tch::CModule::load(&module).expect("libtorch loads the module");
+    let logits = tch::no_grad(|| cpp.forward_ts(&[x]).unwrap());
+    let d = max_abs_diff(&logits, &predicted);
+    eprintln!("{name}: libtorch C++ torch::jit::load: max |diff| {d:.3e} against cnas predict");
+    assert!(d <= TOL, "{name}: C++ logits differ by {d:e}");
+    assert!(predicted.abs().max().double_value(&[]) > 1e-3, "{name}: degenerate logits");
+}
+
+#[test]
+fn torchscript_modules_load_in_pytorch_and_cpp_and_match_predict() {
+    let x = cifar_images(4);
+    let genotype = cnas::space::published("CNAS").unwrap();
+    let model = trained(config(NetworkKind::Cifar, genotype.clone(), 8, 5, true), 21);
+    check_torchscript("CNAS cifar TorchScript", &model, &x, None, false);
+    check_torchscript("CNAS cifar TorchScript without auxiliary head", &model, &x, None, true);
+
+    let x = x.upsample_bilinear2d([64, 64], false, None, None);
+    let mut cfg = config(NetworkKind::Imagenet, genotype, 8, 4, false);
+    cfg.num_classes = 7;
+    check_torchscript("CNAS imagenet 64px TorchScript", &trained(cfg, 22), &x, Some(64), false);
 }
