@@ -3,7 +3,7 @@
 //! failure of the environment (full disk, failed download), 1 for anything else.
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 mod cli;
 use cli::args::{Cli, Command};
@@ -18,7 +18,9 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     commands::report_stdout_failures();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    cli.note_given_options(&matches);
     // Ranks other than 0 of a data-parallel run only warn, unless RUST_LOG says otherwise.
     let quiet_rank = std::env::var("RANK").is_ok_and(|r| r.trim() != "0")
         && std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() != "1");

@@ -29,6 +29,18 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+impl Cli {
+    /// Notes which of the subcommand's arguments the command line gave (for `--config`).
+    pub(crate) fn note_given_options(&mut self, matches: &clap::ArgMatches) {
+        let Some((_, sub)) = matches.subcommand() else { return };
+        match &mut self.command {
+            Command::Search(args) => args.given = super::config::given_options(sub),
+            Command::Train(args) => args.given = super::config::given_options(sub),
+            _ => {}
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Curriculum architecture search on CIFAR-10 (resumable); leaves the best genotype in
@@ -296,6 +308,15 @@ pub(crate) struct SearchArgs {
     /// Run directory (config, metrics, checkpoints, candidates, genotype).
     #[arg(short = 'o', long, value_name = "RUN_DIR", required_unless_present = "resume")]
     pub(crate) out: Option<PathBuf>,
+    /// Start a new run (-o) with every option recorded in a search's config.json (or its run
+    /// folder); options given on the command line replace the recorded ones, and the new run's
+    /// config.json records the result.
+    #[arg(long, value_name = "CONFIG", conflicts_with_all = ["resume", "preset"])]
+    pub(crate) config: Option<PathBuf>,
+    /// The arguments given on the command line (filled after parsing): what `--config` lets
+    /// win over the recorded options.
+    #[arg(skip)]
+    pub(crate) given: Vec<String>,
     /// Continue the run in RUN_DIR from its last checkpoint, with its own options.
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "out")]
     pub(crate) resume: Option<PathBuf>,
@@ -465,11 +486,19 @@ pub(crate) struct TrainArgs {
     pub(crate) data: cnas::data::DataArgs,
     /// A published architecture (CNAS, DARTS_V2, ...) or a genotype file (JSON, e.g.
     /// RUN_DIR/genotype.json, or DARTS text).
-    #[arg(long, required_unless_present = "resume")]
+    #[arg(long, required_unless_present_any = ["resume", "config"])]
     pub(crate) arch: Option<String>,
     /// Run directory (config, metrics, last and best checkpoints, eval.json).
     #[arg(short = 'o', long, value_name = "OUT", required_unless_present = "resume")]
     pub(crate) out: Option<PathBuf>,
+    /// Start a new run (-o) with every option recorded in a training run's config.json (or its
+    /// run folder), the architecture included; options given on the command line (--arch too)
+    /// replace the recorded ones, and the new run's config.json records the result.
+    #[arg(long, value_name = "CONFIG", conflicts_with = "resume")]
+    pub(crate) config: Option<PathBuf>,
+    /// The arguments given on the command line (filled after parsing).
+    #[arg(skip)]
+    pub(crate) given: Vec<String>,
     /// Continue the run in OUT from its last checkpoint, with its own options.
     #[arg(long, value_name = "OUT", conflicts_with_all = ["out", "arch"])]
     pub(crate) resume: Option<PathBuf>,

@@ -26,10 +26,13 @@ pub(crate) fn search(args: &SearchArgs, g: &Global) -> anyhow::Result<()> {
     let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "RUN_DIR")?;
     let (parallel, device) = join_run(g)?;
     let writer = cnas::run::is_writer(parallel.as_ref());
-    let options = args.options()?;
+    let (options, data) = match &args.config {
+        Some(config) => super::config::search(config, args)?,
+        None => (args.options()?, args.data.clone()),
+    };
     let stop_after = args.stop_after_epochs;
     let outcome =
-        cnas::search::search(&options, &args.data, &run_dir, start, device, g.quiet, stop_after, parallel)?;
+        cnas::search::search(&options, &data, &run_dir, start, device, g.quiet, stop_after, parallel)?;
     if let Some(outcome) = outcome.filter(|_| writer) {
         println!("{}", outcome.best.genotype);
         println!(
@@ -44,8 +47,19 @@ pub(crate) fn search(args: &SearchArgs, g: &Global) -> anyhow::Result<()> {
 
 pub(crate) fn train(args: &TrainArgs, g: &Global) -> anyhow::Result<()> {
     let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "OUT")?;
-    let request = match &args.arch {
-        Some(arch) if start != StartMode::Resume => {
+    let repeated = match &args.config {
+        Some(config) if start != StartMode::Resume => Some(super::config::train(config, args)?),
+        _ => None,
+    };
+    let request = match (&repeated, &args.arch) {
+        _ if start == StartMode::Resume => None,
+        (Some((arch, genotype, options, data)), _) => Some(cnas::train::TrainRequest {
+            arch: arch.clone(),
+            genotype: genotype.clone(),
+            options: options.clone(),
+            data,
+        }),
+        (None, Some(arch)) => {
             let (name, genotype) = cnas::space::resolve_arch(arch)?;
             Some(cnas::train::TrainRequest {
                 arch: name,
@@ -54,7 +68,7 @@ pub(crate) fn train(args: &TrainArgs, g: &Global) -> anyhow::Result<()> {
                 data: &args.data,
             })
         }
-        _ => None,
+        (None, None) => None,
     };
     let (parallel, device) = join_run(g)?;
     let writer = cnas::run::is_writer(parallel.as_ref());

@@ -2,4 +2,5 @@
 //! exit codes and dispatches.
 pub(crate) mod args;
 pub(crate) mod commands;
+pub(crate) mod config;
 pub(crate) mod launch;

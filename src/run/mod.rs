@@ -55,6 +55,72 @@ pub fn read_config<T: DeserializeOwned>(run_dir: &Path, what: &str) -> Result<T>
     serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, format!("not a cnas {what} config: {e}")))
 }
 
+/// The kinds of run a config.json records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Search,
+    Train,
+}
+
+impl RunKind {
+    /// What a config's JSON says it is: `"kind": "train"` for a training run, a `search`
+    /// section for a search.
+    pub fn of(config: &serde_json::Value) -> Option<RunKind> {
+        if config.get("kind").and_then(|k| k.as_str()) == Some("train") {
+            Some(RunKind::Train)
+        } else if config.get("search").is_some_and(|s| s.is_object()) {
+            Some(RunKind::Search)
+        } else {
+            None
+        }
+    }
+
+    fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            RunKind::Search => ("a search's", "cnas search"),
+            RunKind::Train => ("a training run's", "cnas train"),
+        }
+    }
+}
+
+/// A recorded config.json (or the one in a run folder) read to start a new run from it
+/// (`--config`): it must be `kind`'s, and every key known and of the right type, so that a
+/// typo or a hand edit gone wrong is one line naming the key, never silently a default.
+pub fn read_recorded_config<T: DeserializeOwned>(path: &Path, kind: RunKind) -> Result<T> {
+    let path = if path.is_dir() { path.join(CONFIG) } else { path.to_path_buf() };
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::bad_file(&path, format!("not a JSON file: {e}")))?;
+    match RunKind::of(&value) {
+        Some(found) if found == kind => {}
+        Some(found) => {
+            let (what, command) = found.describe();
+            return Err(Error::bad_file(
+                &path,
+                format!("this is {what} config; repeat it with `{command} --config`"),
+            ));
+        }
+        None => {
+            return Err(Error::bad_file(&path, "not the config.json of a cnas search or training run"));
+        }
+    }
+    let mut unknown = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(&text);
+    let parsed: T = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+        &mut de,
+        &mut |key: serde_ignored::Path<'_>| unknown.push(key.to_string()),
+    ))
+    .map_err(|e| {
+        let at = e.path().to_string();
+        let cause = e.into_inner();
+        Error::bad_file(&path, if at == "." { cause.to_string() } else { format!("{at}: {cause}") })
+    })?;
+    if let Some(key) = unknown.first() {
+        return Err(Error::bad_file(&path, format!("unknown key {key}")));
+    }
+    Ok(parsed)
+}
+
 /// Writes the run's config atomically.
 pub fn write_config(run_dir: &Path, config: &impl Serialize) -> Result<()> {
     let json = serde_json::to_string_pretty(config)

@@ -35,6 +35,7 @@ mod options;
 mod pretrained;
 mod recovery;
 mod reference;
+mod repeat;
 mod score;
 mod search;
 mod see;

@@ -56,7 +56,7 @@ pub(crate) const TINY: [&str; 22] = [
 ];
 
 /// metrics.jsonl without the fields that measure time.
-fn metrics_without_timing(run_dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn metrics_without_timing(run_dir: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
     text.lines()
         .map(|l| {
