@@ -578,9 +578,13 @@ impl Supernet {
             }
         }
         let what = || {
+            let stem = match config.stem {
+                SupernetStem::Cifar => String::new(),
+                stem => format!(", {stem}"),
+            };
             format!(
-                "the supernet (init channels {}, {} layers, {} nodes, {})",
-                config.init_channels, config.layers, config.nodes, config.stem
+                "the supernet (init channels {}, {} layers, {} nodes{stem})",
+                config.init_channels, config.layers, config.nodes
             )
         };
         let footprint = config.footprint();

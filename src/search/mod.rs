@@ -394,7 +394,11 @@ fn log_data(data: &Data, data_args: &DataArgs, loaders: [&Loader; 3], config: &S
         derive.total_samples()
     );
     let (s0, s1) = config.stem.first_cell_sides(info.input_size as i64);
-    let first = if s0 == s1 { format!("{s1}×{s1}") } else { format!("{s1}×{s1} (and {s0}×{s0} reduced)") };
+    let first = if s0 == s1 {
+        format!("{s1}×{s1}")
+    } else {
+        format!("{s1}×{s1} (stem1, and stem0's {s0}×{s0} through a factorized reduce)")
+    };
     tracing::info!("supernet: {}, the first cell sees {first}", config.stem);
     Ok(())
 }
@@ -432,9 +436,6 @@ impl Search {
         }
         let [weights_loader, heldout_loader, derive_loader] =
             open_loaders(&options, &data, device, parallel.as_ref())?;
-        if crate::run::is_writer(parallel.as_ref()) {
-            log_data(&data, data_args, [&weights_loader, &heldout_loader, &derive_loader], &supernet_config)?;
-        }
         let order = options.resolved_op_order()?;
         let stages = curriculum(options.mode, &primitives, &order, options.nodes);
 
@@ -443,6 +444,12 @@ impl Search {
         let (supernet_vs, supernet, param_use, sgd) = build_supernet(&options, supernet_config, device)?;
         let (controller_vs, [normal_controller, reduce_controller], adam) =
             build_controllers(&options, primitives.len())?;
+        // Once everything is built (and the global generator has had its draws): a supernet too
+        // large for the memory stays a one-line error.
+        if crate::run::is_writer(parallel.as_ref()) {
+            let loaders = [&weights_loader, &heldout_loader, &derive_loader];
+            log_data(&data, data_args, loaders, supernet.config())?;
+        }
         let budget =
             plan_budget(&options, &primitives, &order, &[&weights_loader, &heldout_loader, &derive_loader]);
 
