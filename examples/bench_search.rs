@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         layers: args.layers,
         nodes: 4,
         num_classes: 10,
+        stem: Default::default(),
     };
     let vs = nn::VarStore::new(device);
     let supernet = Supernet::new(&vs.root(), config)?;

@@ -7,7 +7,10 @@
 //! The layout and names follow the DARTS search model (`model_search.py`), so a supernet
 //! `state_dict` lines up with PyTorch's:
 //!
-//! * `stem.0.weight` (conv 3×3, 3 → 3C), `stem.1.{weight,bias,running_mean,running_var}`;
+//! * inputs up to 64 px ([`SupernetStem::Cifar`], the released search's): `stem.0.weight`
+//!   (conv 3×3, 3 → 3C), `stem.1.{weight,bias,running_mean,running_var}`; larger inputs
+//!   ([`SupernetStem::Imagenet`]): `stem0.*` and `stem1.*` as the ImageNet network names them
+//!   (see [`SupernetStem`]);
 //! * `cells.{i}.preprocess0.*` (a ReLU-conv1×1-BN at `op.1`/`op.2`, or a factorized reduce at
 //!   `conv_1`/`conv_2`/`bn` after a reduction cell) and `cells.{i}.preprocess1.op.*`, with
 //!   non-affine BatchNorm;
@@ -55,12 +58,139 @@ pub struct SupernetConfig {
     /// Intermediate nodes per cell.
     pub nodes: usize,
     pub num_classes: i64,
+    /// How the input is brought down to the first cell (absent in older configs and
+    /// checkpoints, whose supernets all had the CIFAR stem).
+    #[serde(default)]
+    pub stem: SupernetStem,
+}
+
+/// Inputs up to this side get the CIFAR stem; larger ones the ImageNet-style stem.
+pub const CIFAR_STEM_MAX_SIDE: usize = 64;
+/// The side the ImageNet-style stem aims at for the first cell (224 / 8, as in ImageNet).
+pub const IMAGENET_STEM_TARGET_SIDE: f64 = 28.0;
+/// Most halvings a stem may take (4096-px inputs need 7).
+const MAX_STEM_HALVINGS: u32 = 12;
+
+/// The supernet's stem: what the first cell sees.
+///
+/// * `Cifar` (inputs up to [`CIFAR_STEM_MAX_SIDE`] px): conv 3×3 to 3C and BN at stride 1, as
+///   the released search builds it; both inputs of the first cell are its output.
+/// * `Imagenet { halvings: k }` (larger inputs): the ImageNet network's stem with k stride-2
+///   convolutions in all, k = round(log2(side / 28)), at least 1, so the first cell sees about
+///   28 px (96 → 24, 128 → 32, 224 → 28, 448 → 28). `stem0` is conv 3×3 to C/2, BN, ReLU, conv
+///   3×3 to C, BN, then (k > 3) ReLU, conv 3×3 C → C, BN per further halving; its first k − 1
+///   convolutions have stride 2, the others stride 1. `stem1` is ReLU, conv 3×3 stride 2, BN.
+///   The first cell reads `stem0` (through a factorized reduce, `reduction_prev`) and `stem1`,
+///   as in the ImageNet network, which is exactly k = 3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SupernetStem {
+    #[default]
+    Cifar,
+    Imagenet {
+        halvings: u32,
+    },
+}
+
+impl SupernetStem {
+    /// The stem for square inputs of `side` pixels (see the type's documentation).
+    pub fn for_image_size(side: usize) -> Self {
+        if side <= CIFAR_STEM_MAX_SIDE {
+            return SupernetStem::Cifar;
+        }
+        // No side is near a rounding tie: log2(side / 28) is never k + 0.5 for whole sides.
+        let k = (side as f64 / IMAGENET_STEM_TARGET_SIDE).log2().round().max(1.0);
+        SupernetStem::Imagenet { halvings: k as u32 }
+    }
+
+    /// Sides of the two states the first cell reads (`s0`, `s1`) for `side`-pixel inputs: a
+    /// stride-2 3×3 convolution with padding 1 gives ceil(side / 2).
+    pub fn first_cell_sides(self, side: i64) -> (i64, i64) {
+        let half = |s: i64| (s + 1) / 2;
+        match self {
+            SupernetStem::Cifar => (side, side),
+            SupernetStem::Imagenet { halvings } => {
+                let s0 = (1..halvings).fold(side, |s, _| half(s));
+                (s0, half(s0))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for SupernetStem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SupernetStem::Cifar => f.write_str("the CIFAR stem (conv 3×3 to 3C at stride 1)"),
+            SupernetStem::Imagenet { halvings } => write!(
+                f,
+                "an ImageNet-style stem of {halvings} stride-2 convolutions (1/{} of the input side)",
+                1u64 << (*halvings).min(63)
+            ),
+        }
+    }
 }
 
 impl SupernetConfig {
     /// The CNAS/DARTS search settings on CIFAR-10: 16 channels, 8 cells, 4 nodes, 10 classes.
     pub fn cifar(primitives: Vec<Primitive>) -> Self {
-        SupernetConfig { primitives, init_channels: 16, layers: 8, nodes: 4, num_classes: 10 }
+        SupernetConfig {
+            primitives,
+            init_channels: 16,
+            layers: 8,
+            nodes: 4,
+            num_classes: 10,
+            stem: SupernetStem::Cifar,
+        }
+    }
+
+    /// Checks that `side`×`side` inputs fit: every factorized reduce (a reduction's skip edge,
+    /// the cell after a reduction or after the ImageNet-style stem) needs an even map, as in the
+    /// fixed networks. The error suggests the nearest sides that fit.
+    pub fn check_input_size(&self, side: i64) -> Result<()> {
+        let Err(why) = self.odd_map(side) else { return Ok(()) };
+        let fits =
+            |s: &i64| self.odd_map(*s).is_ok() && SupernetStem::for_image_size(*s as usize) == self.stem;
+        let below = (side.saturating_sub(64).max(8)..side).rev().find(fits);
+        let above = (side + 1..=side.saturating_add(64)).find(fits);
+        let near: Vec<String> = below.into_iter().chain(above).map(|s| s.to_string()).collect();
+        let hint =
+            if near.is_empty() { String::new() } else { format!("; sides that fit: {}", near.join(", ")) };
+        Err(Error::BadOption(format!(
+            "{side}×{side} inputs do not fit the supernet's {} cells after {}: {why}{hint}",
+            self.layers, self.stem
+        )))
+    }
+
+    /// Why `side`-pixel inputs do not fit, if they do not.
+    fn odd_map(&self, side: i64) -> std::result::Result<(), String> {
+        if side < 1 {
+            return Err(format!("a side of {side} pixels"));
+        }
+        let (s0, s1) = self.stem.first_cell_sides(side);
+        let (mut prev_prev, mut prev) = (s0, s1);
+        let mut reduction_prev = matches!(self.stem, SupernetStem::Imagenet { .. });
+        let reductions = crate::model::reduction_cells(self.layers);
+        let mut i = 0;
+        while i < self.layers {
+            let reduction = self.is_reduction(i);
+            for (needs, s) in [(reduction_prev, prev_prev), (reduction, prev)] {
+                if needs && s % 2 != 0 {
+                    return Err(format!(
+                        "cell {i} halves an odd {s}×{s} map (a factorized reduce needs even sides)"
+                    ));
+                }
+            }
+            let out = if reduction { prev / 2 } else { prev };
+            (prev_prev, prev, reduction_prev) = (prev, out, reduction);
+            i += 1;
+            // Cells that neither reduce nor follow a reduction change nothing: go on to the
+            // next reduction, so any depth takes a few steps.
+            let next = reductions.into_iter().filter(|&r| r >= i).min().unwrap_or(self.layers);
+            if !reduction && next > i {
+                (prev_prev, reduction_prev, i) = (prev, false, next);
+            }
+        }
+        Ok(())
     }
 
     /// Cells that reduce (halve the resolution and double the channels).
@@ -89,16 +219,87 @@ impl SupernetConfig {
         if self.nodes < 1 {
             return Err(Error::BadOption(format!("nodes must be at least 1, got {}", self.nodes)));
         }
+        if let SupernetStem::Imagenet { halvings } = self.stem {
+            if !(1..=MAX_STEM_HALVINGS).contains(&halvings) {
+                return Err(Error::BadOption(format!(
+                    "the ImageNet-style stem takes 1 to {MAX_STEM_HALVINGS} halvings, got {halvings}"
+                )));
+            }
+        }
         Ok(())
     }
 }
 
-/// The stem (conv 3×3 to 3C, BN) and the shape the first cell reads.
-fn stem(p: &nn::Path, c: i64) -> (Conv2d, BatchNorm2d, (i64, i64, bool)) {
-    let s = p / "stem";
-    let c_stem = c.saturating_mul(3);
-    let conv = Conv2d::new(&s / 0, 3, c_stem, Conv2dSpec::new(3).padding(1));
-    (conv, BatchNorm2d::new(&s / 1, c_stem, true), (c_stem, c_stem, false))
+/// The stem's layers (see [`SupernetStem`]).
+#[derive(Debug)]
+enum Stem {
+    /// `stem`: conv 3×3 to 3C, BN.
+    Cifar { conv: Conv2d, bn: BatchNorm2d },
+    /// `stem0`: (conv, BN) pairs with a ReLU between them; `stem1`: ReLU, conv s2, BN.
+    Imagenet { stem0: Vec<(Conv2d, BatchNorm2d)>, conv1: Conv2d, bn1: BatchNorm2d },
+}
+
+impl Stem {
+    /// The stem for `c` init channels and the shape the first cell reads:
+    /// (C_prev_prev, C_prev, reduction_prev).
+    fn new(p: &nn::Path, kind: SupernetStem, c: i64) -> (Self, (i64, i64, bool)) {
+        match kind {
+            SupernetStem::Cifar => {
+                let s = p / "stem";
+                let c_stem = c.saturating_mul(3);
+                let conv = Conv2d::new(&s / 0, 3, c_stem, Conv2dSpec::new(3).padding(1));
+                let bn = BatchNorm2d::new(&s / 1, c_stem, true);
+                (Stem::Cifar { conv, bn }, (c_stem, c_stem, false))
+            }
+            SupernetStem::Imagenet { halvings } => {
+                let (s0, s1) = (p / "stem0", p / "stem1");
+                let k3 = |stride: i64| Conv2dSpec::new(3).stride(stride).padding(1);
+                // stem1 takes the last halving; stem0 the others, with at least the ImageNet
+                // network's two convolutions (stride 1 once the halvings run out).
+                let convs = (halvings.saturating_sub(1)).max(2);
+                let stem0 = (0..convs)
+                    .map(|j| {
+                        let c_in = match j {
+                            0 => 3,
+                            1 => c / 2,
+                            _ => c,
+                        };
+                        let c_out = if j == 0 { c / 2 } else { c };
+                        let stride = if j + 1 < halvings { 2 } else { 1 };
+                        // Sequential indices: conv 3j, BN 3j + 1, ReLU 3j + 2.
+                        let conv = Conv2d::new(&s0 / (3 * j), c_in, c_out, k3(stride));
+                        (conv, BatchNorm2d::new(&s0 / (3 * j + 1), c_out, true))
+                    })
+                    .collect();
+                let conv1 = Conv2d::new(&s1 / 1, c, c, k3(2));
+                let bn1 = BatchNorm2d::new(&s1 / 2, c, true);
+                (Stem::Imagenet { stem0, conv1, bn1 }, (c, c, true))
+            }
+        }
+    }
+
+    /// The two states the first cell reads (one shared state for the CIFAR stem).
+    fn forward_t(&self, x: &Tensor, train: bool) -> (Rc<Activation>, Rc<Activation>) {
+        match self {
+            Stem::Cifar { conv, bn } => {
+                // The stem output is both inputs of the first cell: one shared ReLU.
+                let s = Rc::new(Activation::new(bn.forward_t(&conv.forward(x), train)));
+                (Rc::clone(&s), s)
+            }
+            Stem::Imagenet { stem0, conv1, bn1 } => {
+                let mut h = x.shallow_clone();
+                for (j, (conv, bn)) in stem0.iter().enumerate() {
+                    if j > 0 {
+                        h = h.relu();
+                    }
+                    h = bn.forward_t(&conv.forward(&h), train);
+                }
+                let s0 = Activation::new(h);
+                let s1 = bn1.forward_t(&conv1.forward(s0.relu()), train);
+                (Rc::new(s0), Rc::new(Activation::new(s1)))
+            }
+        }
+    }
 }
 
 impl SupernetConfig {
@@ -120,7 +321,7 @@ impl SupernetConfig {
         let scratch = nn::VarStore::new(tch::Device::Cpu);
         let p = scratch.root();
         let mut stem_shape = (0, 0, false);
-        let mut total = count_variables(|| stem_shape = stem(&p, self.init_channels).2);
+        let mut total = count_variables(|| stem_shape = Stem::new(&p, self.stem, self.init_channels).1);
         let runs = self.cell_runs(stem_shape);
         let n = self.nodes as f64;
         let edges = n * (n + 3.0) / 2.0;
@@ -352,8 +553,7 @@ impl SearchCell {
 #[derive(Debug)]
 pub struct Supernet {
     config: SupernetConfig,
-    stem_conv: Conv2d,
-    stem_bn: BatchNorm2d,
+    stem: Stem,
     cells: Vec<SearchCell>,
     classifier: Linear,
     /// Position in `config.primitives` of each primitive, indexed by `Primitive as usize`:
@@ -378,8 +578,12 @@ impl Supernet {
             }
         }
         let what = || {
+            let stem = match config.stem {
+                SupernetStem::Cifar => String::new(),
+                stem => format!(", {stem}"),
+            };
             format!(
-                "the supernet (init channels {}, {} layers, {} nodes)",
+                "the supernet (init channels {}, {} layers, {} nodes{stem})",
                 config.init_channels, config.layers, config.nodes
             )
         };
@@ -389,8 +593,8 @@ impl Supernet {
 
     /// The variables in the same order, names and shapes as the PyTorch reference's.
     fn build(p: &nn::Path, config: &SupernetConfig, slots: Vec<Option<usize>>) -> Self {
-        let (stem_conv, stem_bn, stem) = stem(p, config.init_channels);
-        let runs = config.cell_runs(stem);
+        let (stem, stem_shape) = Stem::new(p, config.stem, config.init_channels);
+        let runs = config.cell_runs(stem_shape);
         let cells_path = p / "cells";
         let mut cells = Vec::new();
         for run in &runs {
@@ -400,7 +604,7 @@ impl Supernet {
         }
         let classifier = Linear::new(p / "classifier", config.output_channels(&runs), config.num_classes);
         let channels_last = crate::ops::channels_last_default(p.device());
-        Supernet { config: config.clone(), stem_conv, stem_bn, cells, classifier, slots, channels_last }
+        Supernet { config: config.clone(), stem, cells, classifier, slots, channels_last }
     }
 
     pub fn config(&self) -> &SupernetConfig {
@@ -433,7 +637,8 @@ impl Supernet {
         Ok(())
     }
 
-    /// Logits for a batch N×3×H×W (H, W even at each reduction) with normal cells running
+    /// Logits for a batch N×3×H×W (H, W even at each reduction, see
+    /// [`SupernetConfig::check_input_size`]) with normal cells running
     /// `normal`'s edges and reduction cells running `reduce`'s. Fails only when a sampled
     /// cell does not fit the supernet (see [`Supernet::check_arch`]).
     pub fn forward_t(
@@ -446,10 +651,7 @@ impl Supernet {
         self.check_arch(normal)?;
         self.check_arch(reduce)?;
         let x = if self.channels_last { crate::ops::to_channels_last(x) } else { x.shallow_clone() };
-        let s = self.stem_bn.forward_t(&self.stem_conv.forward(&x), train);
-        // The stem output is both inputs of the first cell: one shared ReLU.
-        let mut s1 = Rc::new(Activation::new(s));
-        let mut s0 = Rc::clone(&s1);
+        let (mut s0, mut s1) = self.stem.forward_t(&x, train);
         for cell in &self.cells {
             let arch = if cell.reduction { reduce } else { normal };
             let next = cell.forward_t(&s0, &s1, arch, &self.slots, self.config.nodes, train);
@@ -484,6 +686,132 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_stem_follows_the_image_size() {
+        use SupernetStem::{Cifar, Imagenet};
+        let k = |halvings| Imagenet { halvings };
+        for (side, stem) in [
+            (8, Cifar),
+            (32, Cifar),
+            (64, Cifar),
+            (65, k(1)),
+            (79, k(1)),
+            (80, k(2)),
+            (96, k(2)),
+            (128, k(2)),
+            (158, k(2)),
+            (159, k(3)),
+            (224, k(3)),
+            (316, k(3)),
+            (317, k(4)),
+            (448, k(4)),
+            (4096, k(7)),
+        ] {
+            assert_eq!(SupernetStem::for_image_size(side), stem, "{side} px");
+        }
+        // (side, s0, s1): the first cell sees about 28 px.
+        for (side, s0, s1) in
+            [(32, 32, 32), (64, 64, 64), (72, 72, 36), (96, 48, 24), (128, 64, 32), (224, 56, 28)]
+        {
+            let stem = SupernetStem::for_image_size(side);
+            assert_eq!(stem.first_cell_sides(side as i64), (s0, s1), "{side} px");
+        }
+        // Older configs have no stem: the CIFAR one, which they all had.
+        let old = r#"{"primitives":["sep_conv_3x3"],"init_channels":4,"layers":3,"nodes":2,"num_classes":3}"#;
+        assert_eq!(serde_json::from_str::<SupernetConfig>(old).unwrap().stem, Cifar);
+        let new = SupernetConfig { stem: k(3), ..SupernetConfig::cifar(vec![Primitive::SkipConnect]) };
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(text.contains(r#""stem":{"kind":"imagenet","halvings":3}"#), "{text}");
+        assert_eq!(serde_json::from_str::<SupernetConfig>(&text).unwrap(), new);
+        let bad = SupernetConfig { stem: k(0), ..new };
+        assert!(bad.validate().unwrap_err().is_user_error());
+    }
+
+    #[test]
+    fn an_imagenet_style_supernet_has_the_imagenet_stem_and_classifies() {
+        let arch = |op| space::Cell {
+            edges: vec![space::Edge { op, from: 0, to: 2 }, space::Edge { op, from: 1, to: 3 }],
+            concat: vec![2, 3],
+        };
+        for (side, stem0_convs) in [(72, 2), (128, 2), (224, 2), (448, 3)] {
+            let config = SupernetConfig {
+                primitives: vec![Primitive::SepConv3x3, Primitive::SkipConnect, Primitive::MaxPool3x3],
+                init_channels: 4,
+                layers: 3,
+                nodes: 2,
+                num_classes: 5,
+                stem: SupernetStem::for_image_size(side),
+            };
+            config.check_input_size(side as i64).unwrap();
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let net = Supernet::new(&vs.root(), config.clone()).unwrap();
+            assert_eq!(config.footprint(), crate::model::tests::held(&vs), "{side} px");
+            let vars = vs.variables();
+            assert!(!vars.contains_key("stem.0.weight"));
+            // The ImageNet network's names and shapes: stem0 3 → C/2 → C, stem1 C → C.
+            assert_eq!(vars["stem0.0.weight"].size(), [2, 3, 3, 3]);
+            assert_eq!(vars["stem0.3.weight"].size(), [4, 2, 3, 3]);
+            assert_eq!(vars["stem1.1.weight"].size(), [4, 4, 3, 3]);
+            assert!(vars.contains_key("stem1.2.running_var"));
+            let extra = format!("stem0.{}.weight", 3 * stem0_convs);
+            assert!(
+                !vars.contains_key(&extra)
+                    && vars.contains_key(&format!("stem0.{}.weight", 3 * (stem0_convs - 1)))
+            );
+            // The first cell reads stem0 through a factorized reduce.
+            assert!(vars.contains_key("cells.0.preprocess0.conv_1.weight"), "{side} px");
+
+            let x = Tensor::zeros([2, 3, side as i64, side as i64], (tch::Kind::Float, tch::Device::Cpu));
+            let (s0, s1) = tch::no_grad(|| net.stem.forward_t(&x, true));
+            let (e0, e1) = config.stem.first_cell_sides(side as i64);
+            assert_eq!(s0.tensor().size(), [2, 4, e0, e0], "{side} px");
+            assert_eq!(s1.tensor().size(), [2, 4, e1, e1], "{side} px");
+            for op in [Primitive::SepConv3x3, Primitive::SkipConnect] {
+                let logits = tch::no_grad(|| net.forward_t(&x, &arch(op), &arch(op), true)).unwrap();
+                assert_eq!(logits.size(), [2, 5], "{side} px");
+            }
+        }
+    }
+
+    #[test]
+    fn the_input_size_check_agrees_with_libtorch() {
+        let arch = space::Cell {
+            edges: vec![
+                space::Edge { op: Primitive::SkipConnect, from: 0, to: 2 },
+                space::Edge { op: Primitive::SkipConnect, from: 1, to: 2 },
+            ],
+            concat: vec![2],
+        };
+        for (stem, sides) in [
+            (SupernetStem::Cifar, vec![28, 30, 32, 33, 48, 50]),
+            (SupernetStem::Imagenet { halvings: 2 }, vec![96, 100, 104, 111, 128, 130]),
+            (SupernetStem::Imagenet { halvings: 1 }, vec![65, 66, 72, 76]),
+        ] {
+            let config = SupernetConfig {
+                primitives: vec![Primitive::SkipConnect],
+                init_channels: 2,
+                layers: 3,
+                nodes: 1,
+                num_classes: 2,
+                stem,
+            };
+            let vs = nn::VarStore::new(tch::Device::Cpu);
+            let net = Supernet::new(&vs.root(), config.clone()).unwrap();
+            for side in sides {
+                let x = Tensor::zeros([2, 3, side, side], (tch::Kind::Float, tch::Device::Cpu));
+                let runs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let _ = tch::no_grad(|| net.forward_t(&x, &arch, &arch, true)).unwrap();
+                }))
+                .is_ok();
+                let fits = config.check_input_size(side);
+                assert_eq!(fits.is_ok(), runs, "{stem:?} at {side}: {fits:?}");
+                if let Err(e) = fits {
+                    assert!(e.is_user_error() && e.to_string().contains("sides that fit"), "{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_footprint_is_what_is_built() {
         for (primitives, init_channels, layers, nodes) in [
             (Primitive::DARTS.to_vec(), 4, 5, 2),
@@ -491,7 +819,14 @@ mod tests {
             (Primitive::ALL.to_vec(), 2, 3, 3),
             (vec![Primitive::MaxPool3x3, Primitive::SkipConnect], 6, 1, 1),
         ] {
-            let config = SupernetConfig { primitives, init_channels, layers, nodes, num_classes: 3 };
+            let config = SupernetConfig {
+                primitives,
+                init_channels,
+                layers,
+                nodes,
+                num_classes: 3,
+                stem: SupernetStem::Cifar,
+            };
             let vs = nn::VarStore::new(tch::Device::Cpu);
             let _net = Supernet::new(&vs.root(), config.clone()).unwrap();
             assert_eq!(config.footprint(), crate::model::tests::held(&vs), "{config:?}");

@@ -43,8 +43,19 @@ impl Cli {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
-    /// Curriculum architecture search on CIFAR-10 (resumable); leaves the best genotype in
-    /// RUN_DIR/genotype.json.
+    /// Curriculum architecture search on CIFAR-10 or your own images (resumable); leaves the
+    /// best genotype in RUN_DIR/genotype.json.
+    ///
+    /// Own images: --dataset folder --data DIR --image-size N, where DIR holds one folder of
+    /// images per class (DIR/<class>/*.jpg, as torchvision's ImageFolder reads it) or
+    /// DIR/train/<class>/ (and DIR/val/<class>/, which search does not use); any number of
+    /// classes, at least 2. The search splits the training images: --train-portion of them
+    /// (0.4, drawn from --seed) train the supernet's weights, the rest is held out to reward the
+    /// controllers and score candidates; the log states the counts. Up to 64 px the supernet has
+    /// the CIFAR stem (conv 3×3 at stride 1, as released); above 64 px an ImageNet-style stem of
+    /// k = round(log2(N/28)) stride-2 convolutions (at least 1), so the first cell sees about
+    /// 28 px (96 → 24, 128 → 32, 224 → 28). Retrain the genotype with cnas train on the same
+    /// folder (it needs val/).
     Search(Box<SearchArgs>),
     /// Train a genotype from scratch with the paper's recipe (resumable); leaves the best and
     /// last checkpoints, metrics and the final evaluation in OUT.

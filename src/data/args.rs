@@ -16,8 +16,9 @@ pub enum DatasetKind {
     #[default]
     #[value(name = "cifar10", alias = "cifar-10")]
     Cifar10,
-    /// ImageNet or any folder of class folders: 224×224 crops, classes from the folders.
-    #[value(name = "imagenet", alias = "image-folder")]
+    /// ImageNet or any folder of class folders: 224×224 crops (`--image-size`), classes from
+    /// the folders.
+    #[value(name = "imagenet", aliases = ["folder", "image-folder"])]
     ImageNet,
 }
 
@@ -43,7 +44,7 @@ impl FromStr for DatasetKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         <Self as clap::ValueEnum>::from_str(s.trim(), true)
-            .map_err(|_| format!("unknown data set '{s}' (expected cifar10 or imagenet)"))
+            .map_err(|_| format!("unknown data set '{s}' (expected cifar10, or imagenet or folder)"))
     }
 }
 
@@ -58,20 +59,23 @@ impl std::fmt::Display for DatasetKind {
 
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct DataArgs {
-    /// Data set: cifar10, or imagenet (any folder with train/ and val/ of class folders).
+    /// Data set: cifar10, or imagenet (alias folder): ImageNet or any folder of class folders,
+    /// any number of classes (see --data).
     #[arg(long, value_enum, default_value_t = DatasetKind::Cifar10)]
     pub dataset: DatasetKind,
     /// Data folder. cifar10: cifar-10-batches-bin/, its parent or cifar-10-binary.tar.gz
-    /// (downloaded here when the folder is missing or empty); imagenet: the folder holding
-    /// train/ and val/.
+    /// (downloaded here when the folder is missing or empty); imagenet/folder: DIR/train/<class>/
+    /// and DIR/val/<class>/ (images .jpg, .jpeg or .png), or DIR/<class>/ alone (search only: it
+    /// holds out part of the training images; train and eval need val/).
     #[arg(long, value_name = "DIR", default_value = "data")]
     pub data: PathBuf,
     /// Threads preparing batches; 0 prepares them in the consuming thread [default: number of
     /// cores].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Share of the training set that trains weights during search, in (0, 1]; the rest
-    /// scores architectures.
+    /// Search: share of the training images (CIFAR-10's 50,000, or the folder's train/ or class
+    /// folders) that trains weights, in (0, 1], drawn from --seed; the rest is held out to
+    /// reward the controllers and score candidates (the log states both counts).
     #[arg(long, default_value_t = 0.4, value_parser = parse_portion)]
     pub train_portion: f64,
     /// Cutout length for CIFAR training, at most 32 (0: none) [default: the command's own, 16
@@ -88,8 +92,10 @@ pub struct DataArgs {
     /// Label file for a flat imagenet val/ folder (see the data module docs for its forms).
     #[arg(long, value_name = "FILE")]
     pub val_labels: Option<PathBuf>,
-    /// Side of the imagenet input crops, 8 to 4096 [default: 224; evaluation resizes to 256/224
-    /// of it].
+    /// Side of the imagenet/folder input crops, 8 to 4096 [default: 224; evaluation resizes to
+    /// 256/224 of it]. Search: up to 64 px the supernet has the CIFAR stem (stride 1); above, an
+    /// ImageNet-style stem of k = round(log2(side/28)) (at least 1) stride-2 convolutions, so
+    /// the first cell sees about 28 px (96 → 24, 128 → 32, 224 → 28).
     #[arg(long, value_parser = parse_image_size)]
     pub image_size: Option<usize>,
 }

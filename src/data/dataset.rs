@@ -241,9 +241,17 @@ impl Data {
             }
             Storage::Folder(n) => {
                 let (folder, name) = if part == Part::Test { (&n.val, "val") } else { (&n.train, "train") };
-                let folder = folder
-                    .as_ref()
-                    .ok_or_else(|| Error::bad_file(n.root.join(name), "missing (needed for this command)"))?;
+                let folder = folder.as_ref().ok_or_else(|| {
+                    let why = if part == Part::Test {
+                        // The one layout mistake a search does not catch: say what to add.
+                        "missing: training and evaluation score on a validation set of class \
+                         folders (val/<class>/*.jpg beside train/); a search holds out part of \
+                         the training images instead and runs without it"
+                    } else {
+                        "missing (needed for this command)"
+                    };
+                    Error::bad_file(n.root.join(name), why)
+                })?;
                 let size = self.image_size;
                 let transform = if augment {
                     FolderTransform::Train(FolderAugment::paper(size))

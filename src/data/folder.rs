@@ -8,6 +8,11 @@
 //! val/*.JPEG + a label file   the official flat validation layout
 //! ```
 //!
+//! or, as torchvision's `ImageFolder` reads it, the class folders themselves (`<class>/*.jpg`,
+//! no `train/` and no `val/`): they are the training set, and there is no validation set. A
+//! search holds out part of the training set (`--train-portion`), so it runs on either layout;
+//! training and evaluation need `val/`.
+//!
 //! Image files are those ending in `.jpeg`, `.jpg` or `.png` (any case); other files and hidden
 //! entries are ignored. The content decides the decoder, so a PNG named `.JPEG` reads fine;
 //! greyscale, CMYK and images with alpha are converted to RGB.
@@ -245,7 +250,8 @@ pub fn read_label_file(label_file: &Path, files: &[PathBuf], classes: &[String])
         .collect()
 }
 
-/// An ImageNet-style data folder: `train/` and/or `val/`.
+/// An ImageNet-style data folder: `train/` and/or `val/`, or a folder of class folders (the
+/// training set alone).
 #[derive(Debug, Clone)]
 pub struct ImageNet {
     pub root: PathBuf,
@@ -257,15 +263,21 @@ pub struct ImageNet {
 
 impl ImageNet {
     /// Scans `root/train` and `root/val`; `val_labels` names the label file of a flat `val/`
-    /// (otherwise one of [`LABEL_FILE_NAMES`] is looked for).
+    /// (otherwise one of [`LABEL_FILE_NAMES`] is looked for). A root with neither but with class
+    /// folders is the training set itself (torchvision's `ImageFolder` layout).
     pub fn open(root: &Path, val_labels: Option<&Path>) -> Result<Self> {
         if !root.is_dir() {
             return Err(Error::bad_file(
                 root,
-                "no such folder (expected train/ and val/ with one folder per class)",
+                "no such folder (expected one folder of images per class, or train/ and val/ with one folder per class)",
             ));
         }
         let (train_dir, val_dir) = (root.join("train"), root.join("val"));
+        if !train_dir.is_dir() && !val_dir.is_dir() && !list_dir(root)?.0.is_empty() {
+            let train = ImageFolder::open(root)?;
+            let classes = train.classes().to_vec();
+            return Ok(ImageNet { root: root.to_path_buf(), classes, train: Some(train), val: None });
+        }
         let train = if train_dir.is_dir() { Some(ImageFolder::open(&train_dir)?) } else { None };
         let val = if val_dir.is_dir() {
             let (dirs, _) = list_dir(&val_dir)?;
@@ -304,7 +316,7 @@ impl ImageNet {
             (None, None) => {
                 return Err(Error::bad_file(
                     root,
-                    "holds neither train/ nor val/ (one folder per class inside each)",
+                    "holds neither train/ nor val/ nor class folders (one folder of images per class)",
                 ))
             }
         };

@@ -31,6 +31,24 @@ impl Search {
             metadata.get("state").and_then(|s| serde_json::from_str(s).ok()).ok_or_else(|| {
                 Error::bad_file(path, "not a cnas search checkpoint (no state in its metadata)")
             })?;
+        // A supernet recorded in the checkpoint (cnas since the ImageNet-style stem) must be the
+        // one this run builds; loading would otherwise fail on names or shapes, less clearly.
+        if let Some(recorded) = metadata.get("supernet") {
+            let recorded: SupernetConfig = serde_json::from_str(recorded)
+                .map_err(|e| Error::bad_file(path, format!("unreadable supernet record: {e}")))?;
+            if &recorded != self.supernet.config() {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "holds a different supernet ({}, {} classes) than this run builds ({}, {} classes)",
+                        recorded.stem,
+                        recorded.num_classes,
+                        self.supernet.config().stem,
+                        self.supernet.config().num_classes
+                    ),
+                ));
+            }
+        }
         let tensors = crate::weights::read(path)?;
         let mut groups: HashMap<&str, Vec<(String, Tensor)>> = HashMap::new();
         for (name, t) in tensors {
@@ -126,11 +144,19 @@ impl Search {
             metrics_lines: self.metrics_lines,
             scored: self.scored.clone(),
         };
-        let metadata = BTreeMap::from([
-            ("format".to_string(), "cnas-search-checkpoint".to_string()),
-            ("state".to_string(), serde_json::to_string(&state).map_err(|e| Error::Internal(e.to_string()))?),
-        ]);
+        let mut metadata = self.supernet_metadata("cnas-search-checkpoint")?;
+        metadata.insert(
+            "state".to_string(),
+            serde_json::to_string(&state).map_err(|e| Error::Internal(e.to_string()))?,
+        );
         run::save_checkpoint(&self.run_dir.join(CHECKPOINT), &tensors, metadata)
+    }
+
+    /// Metadata of a file holding the supernet: its `format` and the supernet's config.
+    pub(super) fn supernet_metadata(&self, format: &str) -> Result<BTreeMap<String, String>> {
+        let config =
+            serde_json::to_string(self.supernet.config()).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(BTreeMap::from([("format".to_string(), format.to_string()), ("supernet".to_string(), config)]))
     }
 
     pub(super) fn read_stage_best(&self, stage: usize) -> Result<Candidate> {

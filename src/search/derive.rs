@@ -80,7 +80,8 @@ impl Search {
     fn save_stage_models(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let meta = |kind: &str| BTreeMap::from([("format".to_string(), kind.to_string())]);
-        crate::weights::save(&self.supernet_vs, &dir.join("supernet.safetensors"), meta("cnas-supernet"))?;
+        let supernet_meta = self.supernet_metadata("cnas-supernet")?;
+        crate::weights::save(&self.supernet_vs, &dir.join("supernet.safetensors"), supernet_meta)?;
         crate::weights::save(
             &self.controller_vs,
             &dir.join("controllers.safetensors"),

@@ -13,7 +13,7 @@
 //!
 //! # Run directory
 //! - `config.json`: every option, the seed, the data options, the operation order, versions,
-//!   the budget ([`SearchBudget`]);
+//!   the budget ([`SearchBudget`]), the supernet's shape and stem ([`SupernetConfig`]);
 //! - `metrics.jsonl`: one line per epoch and phase (and per derive);
 //! - `checkpoint.safetensors`: weights of the supernet and both controllers, both optimizers'
 //!   state, and (in its metadata) the position, the baseline and the metrics line count;
@@ -47,7 +47,7 @@ use crate::dist::DataParallel;
 use crate::error::{Error, Result};
 use crate::optim::{clip_grad_norm, trainable_params, Adam, Sgd};
 use crate::space::{Cell, Genotype, Primitive};
-use crate::supernet::{ParamUse, Supernet, SupernetConfig};
+use crate::supernet::{ParamUse, Supernet, SupernetConfig, SupernetStem};
 
 mod checkpoint;
 mod curriculum;
@@ -119,6 +119,17 @@ pub struct RunConfig {
     /// What the search spends (absent in runs of an older cnas).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<SearchBudget>,
+    /// The supernet the run builds, stem included (absent in runs of an older cnas, whose
+    /// supernet always had the CIFAR stem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supernet: Option<SupernetConfig>,
+}
+
+impl RunConfig {
+    /// The stem of the run's supernet: the recorded one, else the CIFAR stem older runs had.
+    pub fn supernet_stem(&self) -> SupernetStem {
+        self.supernet.as_ref().map(|s| s.stem).unwrap_or_default()
+    }
 }
 
 pub use crate::run::StartMode;
@@ -156,11 +167,11 @@ pub fn search(
     let main = crate::run::is_writer(parallel.as_ref());
     // One writer per run directory, for the whole run: rank 0 (or a single process).
     let _lock = if main { run::RunLock::acquire(run_dir, start != StartMode::Resume)? } else { None };
-    let (options, data_args) = run_options(options, data_args, run_dir, start)?;
+    let (options, data_args, stem) = run_options(options, data_args, run_dir, start)?;
     options.validate()?;
     // Data, supernet and controllers are built before anything is written into the run, so a
     // start that fails on them leaves the directory as it was.
-    let mut search = Search::new(options, &data_args, run_dir, device, quiet || !main, parallel)?;
+    let mut search = Search::new(options, &data_args, stem, run_dir, device, quiet || !main, parallel)?;
     search.begin(start, &data_args)?;
     search.run(stop_after).map_err(|e| {
         let run_dir = run_dir.display();
@@ -170,23 +181,25 @@ pub fn search(
     })
 }
 
-/// The options to run with: on resume, those the run was started with (its config.json); for a
-/// new run, the given ones, once checked and once the directory is free for them.
+/// The options to run with: on resume, those the run was started with (its config.json) and
+/// its supernet's stem; for a new run, the given ones, once checked and once the directory is
+/// free for them (the stem then follows the image size: `None`).
 fn run_options(
     options: &SearchOptions,
     data_args: &DataArgs,
     run_dir: &Path,
     start: StartMode,
-) -> Result<(SearchOptions, DataArgs)> {
+) -> Result<(SearchOptions, DataArgs, Option<SupernetStem>)> {
     if start == StartMode::Resume {
         let config: RunConfig = run::read_config(run_dir, "search")?;
         let mut args = data_args.clone();
         config.data.apply(&mut args)?;
-        return Ok((config.search, args));
+        let stem = config.supernet_stem();
+        return Ok((config.search, args, Some(stem)));
     }
     options.validate()?;
     run::check_free(run_dir, start, RUN_FILES)?;
-    Ok((options.clone(), data_args.clone()))
+    Ok((options.clone(), data_args.clone(), None))
 }
 
 /// The files that make a directory hold a search (a new search is refused there, `--force`
@@ -277,22 +290,31 @@ pub fn derive_loader(
     limit(data.loader(Part::SearchHeldOut, opts)?, max_images)?.first(images)
 }
 
-/// The supernet with its SGD (parameters in name order) and the map of which parameters an
-/// architecture pair uses.
-fn build_supernet(
+/// The supernet a search with these options builds on `num_classes` classes with `stem`.
+pub fn supernet_config(
     options: &SearchOptions,
     primitives: &[Primitive],
     num_classes: i64,
-    device: Device,
-) -> Result<(nn::VarStore, Supernet, ParamUse, Sgd)> {
-    let vs = nn::VarStore::new(device);
-    let config = SupernetConfig {
+    stem: SupernetStem,
+) -> SupernetConfig {
+    SupernetConfig {
         primitives: primitives.to_vec(),
         init_channels: options.init_channels,
         layers: options.layers,
         nodes: options.nodes,
         num_classes,
-    };
+        stem,
+    }
+}
+
+/// The supernet of `config` with its SGD (parameters in name order) and the map of which
+/// parameters an architecture pair uses.
+fn build_supernet(
+    options: &SearchOptions,
+    config: SupernetConfig,
+    device: Device,
+) -> Result<(nn::VarStore, Supernet, ParamUse, Sgd)> {
+    let vs = nn::VarStore::new(device);
     let supernet = Supernet::new(&vs.root(), config)?;
     let params = trainable_params(&vs);
     let names: Vec<&String> = params.iter().map(|(n, _)| n).collect();
@@ -347,33 +369,87 @@ fn plan_budget(
     }
 }
 
+/// Logs what the search runs on: the data set, the split, the image size and the stem.
+fn log_data(data: &Data, data_args: &DataArgs, loaders: [&Loader; 3], config: &SupernetConfig) -> Result<()> {
+    let info = data.info();
+    let [weights, heldout, derive] = loaders;
+    let (n_weights, n_held) = (data.len(Part::SearchWeights)?, data.len(Part::SearchHeldOut)?);
+    let used = if (weights.total_samples(), heldout.total_samples()) == (n_weights, n_held) {
+        String::new()
+    } else {
+        format!(" (--max-images: {} and {} of them used)", weights.total_samples(), heldout.total_samples())
+    };
+    tracing::info!(
+        "data: {} ({}), {} classes, {}×{} images; split of the {} training images by \
+         --train-portion {} (seed {}): {n_weights} train weights, {n_held} held out{used}; \
+         candidates are scored on {} un-augmented held-out images",
+        data_args.data.display(),
+        info.kind,
+        info.num_classes,
+        info.input_size,
+        info.input_size,
+        data.len(Part::Train)?,
+        data_args.train_portion,
+        data_args.seed,
+        derive.total_samples()
+    );
+    let (s0, s1) = config.stem.first_cell_sides(info.input_size as i64);
+    let first = if s0 == s1 {
+        format!("{s1}×{s1}")
+    } else {
+        format!("{s1}×{s1} (stem1, and stem0's {s0}×{s0} through a factorized reduce)")
+    };
+    tracing::info!("supernet: {}, the first cell sees {first}", config.stem);
+    Ok(())
+}
+
 impl Search {
     fn new(
         options: SearchOptions,
         data_args: &DataArgs,
+        stem: Option<SupernetStem>,
         run_dir: &Path,
         device: Device,
         quiet: bool,
         parallel: Option<DataParallel>,
     ) -> Result<Self> {
         let data = Data::open(data_args, !quiet)?;
+        let info = data.info();
+        if info.num_classes < 2 {
+            return Err(Error::BadOption(format!(
+                "{}: {} class, a search needs at least 2 (one folder per class)",
+                data_args.data.display(),
+                info.num_classes
+            )));
+        }
+        let primitives = Primitive::DARTS.to_vec();
+        let stem = stem.unwrap_or_else(|| SupernetStem::for_image_size(info.input_size));
+        let supernet_config = supernet_config(&options, &primitives, info.num_classes as i64, stem);
+        // Before any loader starts: an odd map would only fail inside libtorch.
+        supernet_config.check_input_size(info.input_size as i64).map_err(|e| match e {
+            Error::BadOption(m) => Error::BadOption(format!("--image-size {}: {m}", info.input_size)),
+            e => e,
+        })?;
         if device.is_cuda() {
             // A supernet has few distinct convolution shapes, each met many times.
             tch::Cuda::cudnn_set_benchmark(true);
         }
         let [weights_loader, heldout_loader, derive_loader] =
             open_loaders(&options, &data, device, parallel.as_ref())?;
-        let primitives = Primitive::DARTS.to_vec();
         let order = options.resolved_op_order()?;
         let stages = curriculum(options.mode, &primitives, &order, options.nodes);
 
         // The seed fixes the supernet's initial weights, then the controllers'.
         tch::manual_seed(options.seed as i64);
-        let num_classes = data.info().num_classes as i64;
-        let (supernet_vs, supernet, param_use, sgd) =
-            build_supernet(&options, &primitives, num_classes, device)?;
+        let (supernet_vs, supernet, param_use, sgd) = build_supernet(&options, supernet_config, device)?;
         let (controller_vs, [normal_controller, reduce_controller], adam) =
             build_controllers(&options, primitives.len())?;
+        // Once everything is built (and the global generator has had its draws): a supernet too
+        // large for the memory stays a one-line error.
+        if crate::run::is_writer(parallel.as_ref()) {
+            let loaders = [&weights_loader, &heldout_loader, &derive_loader];
+            log_data(&data, data_args, loaders, supernet.config())?;
+        }
         let budget =
             plan_budget(&options, &primitives, &order, &[&weights_loader, &heldout_loader, &derive_loader]);
 
@@ -422,6 +498,7 @@ impl Search {
                     op_order: order.iter().map(|p| p.name().to_string()).collect(),
                     versions: crate::util::versions(),
                     budget: Some(self.budget.clone()),
+                    supernet: Some(self.supernet.config().clone()),
                 };
                 run::write_config(&self.run_dir, &config)?;
             }

@@ -180,7 +180,7 @@ impl Search {
         let dir = self.stage_dir(0);
         if self.is_main() {
             std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            let meta = BTreeMap::from([("format".to_string(), "cnas-supernet".to_string())]);
+            let meta = self.supernet_metadata("cnas-supernet")?;
             crate::weights::save(&self.supernet_vs, &dir.join("supernet.safetensors"), meta)?;
         }
         let candidates = self.scored.clone();

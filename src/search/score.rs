@@ -85,6 +85,7 @@ pub fn score_genotypes(request: &ScoreRequest, device: Device, quiet: bool) -> R
             data.info().num_classes
         )));
     }
+    trained.supernet.config().check_input_size(data.info().input_size as i64)?;
     let loader = derive_loader(&data, &LoaderOptions::eval(batch).device(device), max_images, images)?;
     let kept = keep_batches(&loader, device)?;
     let bar = run::progress_bar(
@@ -154,6 +155,7 @@ fn open_stage(run_dir: &Path, run: &RunConfig, stage: Option<usize>, device: Dev
         layers: run.search.layers,
         nodes: run.search.nodes,
         num_classes: classes_of(&file, &tensors)?,
+        stem: run.supernet_stem(),
     };
     let (vs, supernet) = load_supernet(&file, config, &tensors, device)?;
     let allowed: Vec<Primitive> = s.ops.iter().filter_map(|n| Primitive::from_name(n)).collect();
@@ -254,6 +256,8 @@ pub fn load_released_supernet(
         layers: cells as i64,
         nodes,
         num_classes: classes_of(file, &renamed)?,
+        // The released code searches CIFAR-10 only.
+        stem: crate::supernet::SupernetStem::Cifar,
     };
     load_supernet(file, config, &renamed, device).map_err(|e| match e {
         Error::BadFile { path, message } => Error::BadFile {

@@ -185,3 +185,24 @@ fn random_mode_spends_op_mode_s_budget() {
     let none = SearchBudget::random(&SearchOptions { epochs: 0, ..o }, inputs);
     assert_eq!((none.weight_epochs, none.candidates), (160, 240));
 }
+
+#[test]
+fn a_run_records_its_supernet_and_older_runs_had_the_cifar_stem() {
+    let data = DataConfig::from_args(&DataArgs::default());
+    let older = serde_json::json!({
+        "search": {},
+        "data": serde_json::to_value(&data).unwrap(),
+        "op_order": [],
+        "versions": {},
+    });
+    let older: RunConfig = serde_json::from_value(older).unwrap();
+    assert_eq!((older.supernet.as_ref(), older.supernet_stem()), (None, SupernetStem::Cifar));
+
+    let stem = SupernetStem::for_image_size(224);
+    let config = supernet_config(&SearchOptions::default(), &Primitive::DARTS, 5, stem);
+    let run = RunConfig { supernet: Some(config.clone()), ..older };
+    let text = serde_json::to_string(&run).unwrap();
+    let back: RunConfig = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.supernet, Some(config));
+    assert_eq!(back.supernet_stem(), SupernetStem::Imagenet { halvings: 3 });
+}

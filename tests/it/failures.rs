@@ -67,7 +67,14 @@ fn predict_and_export_call_a_bare_supernet_state_dict_a_supernet() {
     // A supernet's variables without cnas's metadata, as a plain state_dict of DARTS's or the
     // released CNAS code's search network would hold them.
     let primitives = cnas::space::Primitive::DARTS.to_vec();
-    let config = SupernetConfig { primitives, init_channels: 4, layers: 3, nodes: 2, num_classes: 10 };
+    let config = SupernetConfig {
+        primitives,
+        init_channels: 4,
+        layers: 3,
+        nodes: 2,
+        num_classes: 10,
+        stem: Default::default(),
+    };
     let vs = nn::VarStore::new(Device::Cpu);
     let _net = common::with_torch_rng(|| Supernet::new(&vs.root(), config)).unwrap();
     let weights = dir.path().join("supernet_state_dict.safetensors");

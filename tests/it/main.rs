@@ -32,6 +32,7 @@ mod export;
 mod failures;
 mod fuzz;
 mod options;
+mod own_data;
 mod pretrained;
 mod recovery;
 mod reference;

@@ -432,6 +432,7 @@ fn the_op_curriculum_end_to_end() {
             layers: 3,
             nodes: 2,
             num_classes: 10,
+            stem: Default::default(),
         },
     )
     .unwrap();
@@ -466,6 +467,7 @@ fn tiny_supernet(seed: i64) -> (nn::VarStore, Supernet, Vec<(String, Tensor)>, P
         layers: 3,
         nodes: 2,
         num_classes: 10,
+        stem: Default::default(),
     };
     let supernet = Supernet::new(&vs.root(), config).unwrap();
     let mut params: Vec<(String, Tensor)> =

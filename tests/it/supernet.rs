@@ -18,7 +18,14 @@ const LAYERS: i64 = 3;
 const NODES: usize = 4;
 
 fn config(primitives: Vec<Primitive>) -> SupernetConfig {
-    SupernetConfig { primitives, init_channels: C, layers: LAYERS, nodes: NODES, num_classes: 10 }
+    SupernetConfig {
+        primitives,
+        init_channels: C,
+        layers: LAYERS,
+        nodes: NODES,
+        num_classes: 10,
+        stem: Default::default(),
+    }
 }
 
 fn build(primitives: Vec<Primitive>) -> (nn::VarStore, Supernet) {
@@ -412,6 +419,7 @@ fn sampled_cells_that_do_not_fit_are_errors() {
         layers: 1,
         nodes: 2,
         num_classes: 3,
+        stem: Default::default(),
     };
     let net = Supernet::new(&vs.root(), cfg).unwrap();
     let ok = cell(&[(P::SkipConnect, 0, 2), (P::MaxPool3x3, 2, 3)]);
@@ -614,6 +622,7 @@ fn matches_released_supernet_including_reduction_cells() {
         layers,
         nodes: NODES,
         num_classes: 10,
+        stem: Default::default(),
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let mut net = common::with_torch_rng(|| Supernet::new(&vs.root(), cfg)).unwrap();
