@@ -93,6 +93,8 @@ struct Node {
     text: Vec<String>,
     /// The workers it was seen with, (pid, start time), for the kill on drop.
     workers: BTreeSet<(i32, u64)>,
+    /// torchrun's `--log-dir` (its workers' error files), which it would otherwise leave in /tmp.
+    _logs: tempfile::TempDir,
 }
 
 impl Node {
@@ -109,8 +111,11 @@ impl Node {
         cnas_args: &[String],
         env: &[(&str, &str)],
     ) -> Node {
+        let logs = tempfile::tempdir().unwrap();
         let mut child = Command::new(torchrun)
             .envs(env.iter().copied())
+            .arg("--log-dir")
+            .arg(logs.path())
             .args(launcher_args)
             .arg("--no-python")
             .arg(env!("CARGO_BIN_EXE_cnas"))
@@ -136,7 +141,7 @@ impl Node {
                 }
             });
         }
-        Node { child, lines, text: Vec::new(), workers: BTreeSet::new() }
+        Node { child, lines, text: Vec::new(), workers: BTreeSet::new(), _logs: logs }
     }
 
     fn pid(&self) -> i32 {
