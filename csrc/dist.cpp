@@ -10,6 +10,7 @@
 
 #include <torch/autograd.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
@@ -19,8 +20,8 @@ using cnas::guarded;
 
 namespace {
 
-// One process group: the store keeps the rendezvous alive (rank 0 hosts it), the backend runs
-// the collectives.
+// One process group: the store keeps the rendezvous alive (rank 0 or torchrun's agent hosts
+// it), the backend runs the collectives.
 struct Group {
   c10::intrusive_ptr<c10d::Store> store;
   c10::intrusive_ptr<c10d::Backend> backend;
@@ -285,20 +286,26 @@ struct GradSync {
 
 extern "C" {
 
-// Joins the group: rank 0 hosts the TCPStore at master_addr:port, everyone connects to it, then
-// the backend (nccl != 0: NCCL, else Gloo) connects the ranks. Every step waits at most
+// Joins the group: the TCPStore at master_addr:port is hosted by this process when host_store
+// (rank 0 without torchrun's agent store) and waits for every rank to connect, otherwise this
+// process connects to it as a client; keys go under `prefix` (none when empty). Then the
+// backend (nccl != 0: NCCL, else Gloo) connects the ranks. Every step waits at most
 // timeout_ms. Returns null on failure.
-void* cnas_dist_init(const char* master_addr, int port, int rank, int size, int nccl, int64_t timeout_ms) {
+void* cnas_dist_init(const char* master_addr, int port, int rank, int size, int nccl, int64_t timeout_ms,
+                     int host_store, const char* prefix) {
   Group* result = nullptr;
   guarded([&] {
     const auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
-    opts.isServer = rank == 0;
+    opts.isServer = host_store != 0;
     opts.numWorkers = static_cast<std::size_t>(size);
     opts.waitWorkers = true;
     opts.timeout = timeout;
-    auto store = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), opts);
+    c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), opts);
+    if (prefix != nullptr && *prefix != '\0') {
+      store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
+    }
     c10::intrusive_ptr<c10d::Backend> backend;
     if (nccl) {
 #ifdef CNAS_HAVE_NCCL

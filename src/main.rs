@@ -43,6 +43,7 @@ fn main() -> ExitCode {
                 }
                 _ => eprintln!("error: {err:#}"),
             }
+            record_for_torchrun(&format!("{err:#}"));
             // 2 the user's mistake, 3 the environment's (retry), 1 cnas's, 128 + N a signal N
             // (README, "Exit codes").
             let code = err
@@ -52,6 +53,22 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Under torchrun, the error also goes to the file it names in `TORCHELASTIC_ERROR_FILE` (the
+/// JSON of torch.distributed.elastic's `ErrorHandler`), so torchrun's failure summary shows it
+/// instead of "traceback: To enable traceback see …".
+fn record_for_torchrun(message: &str) {
+    let Some(path) = std::env::var_os("TORCHELASTIC_ERROR_FILE").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    let timestamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let record = serde_json::json!({
+        "message": { "message": message, "extraInfo": { "timestamp": timestamp.to_string() } }
+    });
+    // Best effort: the error is on stderr already.
+    let _ = std::fs::write(path, record.to_string());
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {

@@ -72,6 +72,8 @@ extern "C" {
         size: c_int,
         nccl: c_int,
         timeout_ms: i64,
+        host_store: c_int,
+        prefix: *const c_char,
     ) -> *mut c_void;
     pub(crate) fn cnas_dist_destroy(group: *mut c_void);
     pub(crate) fn cnas_dist_broadcast(

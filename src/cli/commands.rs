@@ -286,12 +286,8 @@ fn join_run(g: &Global) -> anyhow::Result<(Option<DataParallel>, Device)> {
         }
     }
     tracing::info!(
-        "rank {} of {} (local rank {}) on {device:?}: joining {}:{} ({} backend)",
-        env.rank,
-        env.world_size,
-        env.local_rank,
-        env.master_addr,
-        env.master_port,
+        "{}: joining on {device:?} with {}",
+        env.describe(),
         if device.is_cuda() { "NCCL" } else { "Gloo" }
     );
     let group = cnas::dist::ProcessGroup::init(&env, device, g.dist_timeout).map_err(cnas::Error::from)?;

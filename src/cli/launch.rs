@@ -32,6 +32,9 @@ pub(crate) fn launch(args: &LaunchArgs) -> anyhow::Result<()> {
             .env("GROUP_RANK", args.node_rank.to_string())
             .env("MASTER_ADDR", &args.master_addr)
             .env("MASTER_PORT", args.master_port.to_string())
+            // Rank 0 hosts the store here: a torchrun variable inherited from the shell would
+            // make every rank wait for an agent's store that does not exist.
+            .env_remove("TORCHELASTIC_USE_AGENT_STORE")
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting rank {rank} ({})", exe.display()))?;

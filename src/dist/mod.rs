@@ -1,9 +1,12 @@
 //! Collectives between the processes of a data-parallel run, through libtorch's own c10d
-//! (`csrc/dist.cpp`): a TCPStore rendezvous at `MASTER_ADDR:MASTER_PORT` hosted by rank 0,
-//! then Gloo for CPU tensors or NCCL for CUDA tensors.
+//! (`csrc/dist.cpp`): a TCPStore rendezvous at `MASTER_ADDR:MASTER_PORT`, then Gloo for CPU
+//! tensors or NCCL for CUDA tensors.
 //!
 //! A process takes part when `WORLD_SIZE` > 1 is set (by `torchrun`, `cnas launch` or by hand,
-//! with `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); otherwise nothing here runs.
+//! with `RANK`, `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`); otherwise nothing here runs. The
+//! store is found as `init_process_group("env://")` finds it: under torchrun
+//! (`TORCHELASTIC_USE_AGENT_STORE=True`) the launcher of node 0 already hosts it at
+//! `MASTER_PORT` and every rank connects as a client; otherwise rank 0 hosts it.
 //! Every collective waits at most the group's timeout (`--dist-timeout`): a rank that dies or
 //! never connects makes the others fail with an error naming the operation, never hang.
 use std::cell::RefCell;
@@ -30,6 +33,39 @@ pub struct DistEnv {
     pub local_rank: usize,
     pub master_addr: String,
     pub master_port: u16,
+    /// Processes on this node (`LOCAL_WORLD_SIZE`), when the launcher says.
+    pub local_world_size: Option<usize>,
+    /// This node's rank among the nodes (`GROUP_RANK`), when the launcher says.
+    pub node_rank: Option<usize>,
+    /// Who hosts the rendezvous store, and under which key prefix.
+    pub store: StoreHost,
+}
+
+/// Who hosts the TCPStore at `MASTER_ADDR:MASTER_PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHost {
+    /// Rank 0 (hand-set variables, `cnas launch`, torchrun without a shared store).
+    Rank0,
+    /// torchrun's agent on node 0 (`TORCHELASTIC_USE_AGENT_STORE=True`): its store outlives
+    /// the workers and is shared by torchrun's own rendezvous.
+    Agent {
+        /// Worker restarts so far (`TORCHELASTIC_RESTART_COUNT`, `--max-restarts`).
+        restart_count: usize,
+        /// `TORCHELASTIC_RUN_ID` (torchrun's `--rdzv-id`, "none" by default).
+        run_id: Option<String>,
+    },
+}
+
+impl StoreHost {
+    /// The prefix of this attempt's keys: the agent's store keeps the keys of a failed attempt
+    /// after a restart, so each attempt takes fresh ones (torchelastic's own
+    /// `/worker/attempt_N`); a store rank 0 hosts is new and needs none.
+    pub fn key_prefix(&self) -> String {
+        match self {
+            StoreHost::Rank0 => String::new(),
+            StoreHost::Agent { restart_count, .. } => format!("/worker/attempt_{restart_count}"),
+        }
+    }
 }
 
 impl DistEnv {
@@ -71,7 +107,74 @@ impl DistEnv {
         if master_port == 0 {
             return Err(DistError::BadEnv("MASTER_PORT must not be 0".into()));
         }
-        Ok(Some(DistEnv { rank, world_size, local_rank, master_addr, master_port }))
+        let local_world_size = match get("LOCAL_WORLD_SIZE") {
+            Some(v) => {
+                let n: usize = parse("LOCAL_WORLD_SIZE", &v)?;
+                if n == 0 || n > world_size || local_rank >= n {
+                    return Err(DistError::BadEnv(format!(
+                        "LOCAL_RANK={local_rank} with LOCAL_WORLD_SIZE={n} and WORLD_SIZE={world_size}: \
+                         the local rank must be below the processes on this node, which are at most the world size"
+                    )));
+                }
+                Some(n)
+            }
+            None => None,
+        };
+        let node_rank = get("GROUP_RANK").map(|v| parse("GROUP_RANK", &v)).transpose()?;
+        // Exactly the test of torch.distributed.rendezvous._torchelastic_use_agent_store.
+        let store = if get("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True") {
+            let restart_count = match get("TORCHELASTIC_RESTART_COUNT") {
+                Some(v) => parse("TORCHELASTIC_RESTART_COUNT", &v)?,
+                None => 0,
+            };
+            StoreHost::Agent { restart_count, run_id: get("TORCHELASTIC_RUN_ID") }
+        } else {
+            StoreHost::Rank0
+        };
+        Ok(Some(DistEnv {
+            rank,
+            world_size,
+            local_rank,
+            master_addr,
+            master_port,
+            local_world_size,
+            node_rank,
+            store,
+        }))
+    }
+
+    /// Whether this process hosts the store: rank 0, unless torchrun's agent does.
+    pub fn hosts_store(&self) -> bool {
+        self.rank == 0 && self.store == StoreHost::Rank0
+    }
+
+    /// Where this process sits and who hosts the store, for the log: "rank 1 of 4 (node 1,
+    /// local rank 0 of 2)…".
+    pub fn describe(&self) -> String {
+        let mut place = Vec::new();
+        if let Some(node) = self.node_rank {
+            place.push(format!("node {node}"));
+        }
+        place.push(match self.local_world_size {
+            Some(n) => format!("local rank {} of {n}", self.local_rank),
+            None => format!("local rank {}", self.local_rank),
+        });
+        let host = match &self.store {
+            StoreHost::Rank0 if self.rank == 0 => "hosted here".to_string(),
+            StoreHost::Rank0 => "hosted by rank 0".to_string(),
+            StoreHost::Agent { restart_count, run_id } => format!(
+                "hosted by torchrun's agent, run {}, attempt {restart_count}",
+                run_id.as_deref().unwrap_or("none")
+            ),
+        };
+        format!(
+            "rank {} of {} ({}), store {}:{} {host}",
+            self.rank,
+            self.world_size,
+            place.join(", "),
+            self.master_addr,
+            self.master_port
+        )
     }
 }
 
@@ -110,7 +213,13 @@ impl std::fmt::Debug for ProcessGroup {
 fn last_error() -> String {
     let text = sys::last_error();
     // c10d messages carry a C++ backtrace after the first lines; the first line says it.
-    text.trim().lines().take(2).collect::<Vec<_>>().join(" ")
+    let text = text.trim().lines().take(2).collect::<Vec<_>>().join(" ");
+    // c10's "Exception raised from wait at Work.cpp:93 (most recent call first):" only
+    // introduces that backtrace.
+    match text.find(" Exception raised from ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
 }
 
 impl ProcessGroup {
@@ -134,8 +243,10 @@ impl ProcessGroup {
         }
         let addr = CString::new(env.master_addr.as_str())
             .map_err(|_| DistError::BadEnv("MASTER_ADDR contains a NUL byte".into()))?;
+        // Slashes, letters and digits: never a NUL.
+        let prefix = CString::new(env.store.key_prefix()).unwrap_or_default();
         let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
-        // SAFETY: `addr` outlives the call; the shim copies it.
+        // SAFETY: `addr` and `prefix` outlive the call; the shim copies them.
         let ptr = unsafe {
             sys::cnas_dist_init(
                 addr.as_ptr(),
@@ -144,6 +255,8 @@ impl ProcessGroup {
                 env.world_size as c_int,
                 c_int::from(nccl),
                 timeout_ms,
+                c_int::from(env.hosts_store()),
+                prefix.as_ptr(),
             )
         };
         let ptr = NonNull::new(ptr).ok_or_else(|| connect_error(last_error()))?;
@@ -576,6 +689,48 @@ mod tests {
         assert!(env(&[("WORLD_SIZE", "x")]).is_err());
         assert!(env(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "70000")])
             .is_err());
+        // Hand-set (or cnas launch): rank 0 hosts the store, keys without a prefix.
+        assert_eq!(e.store, StoreHost::Rank0);
+        assert!(!e.hosts_store() && e.store.key_prefix().is_empty());
+        let zero = env(&[("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "1")]);
+        assert!(zero.unwrap().unwrap().hosts_store());
+    }
+
+    #[test]
+    fn under_torchrun_the_agent_hosts_the_store() {
+        let mut vars = vec![
+            ("WORLD_SIZE", "4"),
+            ("RANK", "0"),
+            ("LOCAL_RANK", "0"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("GROUP_RANK", "0"),
+            ("MASTER_ADDR", "node0"),
+            ("MASTER_PORT", "29500"),
+            ("TORCHELASTIC_USE_AGENT_STORE", "True"),
+            ("TORCHELASTIC_RESTART_COUNT", "2"),
+            ("TORCHELASTIC_RUN_ID", "job7"),
+        ];
+        let e = env(&vars).unwrap().unwrap();
+        assert_eq!((e.local_world_size, e.node_rank), (Some(2), Some(0)));
+        assert_eq!(e.store, StoreHost::Agent { restart_count: 2, run_id: Some("job7".into()) });
+        // Rank 0 connects to the agent's store, in this attempt's keys.
+        assert!(!e.hosts_store());
+        assert_eq!(e.store.key_prefix(), "/worker/attempt_2");
+        assert!(e.describe().contains("node 0, local rank 0 of 2"), "{}", e.describe());
+        assert!(e.describe().contains("torchrun's agent, run job7, attempt 2"), "{}", e.describe());
+        // torchrun writes "False" when its rendezvous shares no store: rank 0 hosts one.
+        vars[7].1 = "False";
+        assert!(env(&vars).unwrap().unwrap().hosts_store());
+        // A local rank outside this node's processes, or more local processes than ranks.
+        vars[2].1 = "2";
+        assert!(matches!(env(&vars), Err(DistError::BadEnv(m)) if m.contains("LOCAL_WORLD_SIZE=2")));
+        vars[2].1 = "0";
+        vars[3].1 = "5";
+        assert!(env(&vars).is_err());
+        vars[3].1 = "2";
+        vars[7].1 = "True";
+        vars[8].1 = "x";
+        assert!(env(&vars).is_err());
     }
 
     #[test]
@@ -595,6 +750,9 @@ mod tests {
             local_rank: 0,
             master_addr: "127.0.0.1".into(),
             master_port: port,
+            local_world_size: None,
+            node_rank: None,
+            store: StoreHost::Rank0,
         };
         Arc::new(ProcessGroup::init(&env, Device::Cpu, Duration::from_secs(30)).unwrap())
     }

@@ -41,5 +41,6 @@ mod score;
 mod search;
 mod see;
 mod supernet;
+mod torchrun;
 mod train;
 mod weights;
