@@ -133,59 +133,33 @@ impl NetworkConfig {
     /// Why one side of the input does not fit, if it does not; `map` names a map by its side.
     fn check_side(&self, size: i64, with_auxiliary: bool, map: impl Fn(i64) -> String) -> Result<(), String> {
         let half = |s: i64| (s + 1) / 2; // a 3×3 (or k×k, padding k/2) stride-2 window
-        let bad = Err;
-        let (mut prev_prev, mut prev, mut reduction_prev) = match self.kind {
+        let (s0, s1, reduction_prev) = match self.kind {
             NetworkKind::Cifar => (size, size, false),
             NetworkKind::Imagenet => {
                 let s0 = half(half(size));
                 (s0, half(s0), true)
             }
         };
-        let reductions = reduction_cells(self.layers);
-        let mut i = 0;
-        while i < self.layers {
-            let reduction = self.is_reduction(i);
-            // A factorized reduce concatenates two stride-2 halves, which differ on odd sides.
-            if reduction_prev && prev_prev % 2 != 0 {
-                return bad(format!(
-                    "cell {i} halves an odd {} (a factorized reduce needs even sides)",
-                    map(prev_prev)
-                ));
+        walk_cell_sides(self.layers, (s0, s1), reduction_prev, &map, |i, out| {
+            if !(with_auxiliary && self.auxiliary && i == self.auxiliary_cell()) {
+                return Ok(());
             }
-            if reduction && prev % 2 != 0 {
-                return bad(format!(
-                    "cell {i} halves an odd {} (a factorized reduce needs even sides)",
-                    map(prev)
-                ));
+            let stride = match self.kind {
+                NetworkKind::Cifar => 3,
+                NetworkKind::Imagenet => 2,
+            };
+            // A 5×5 window at this stride leaves 2×2 from sides 5 + stride to 4 + 2·stride.
+            let (lo, hi) = (5 + stride, 4 + 2 * stride);
+            if (lo..=hi).contains(&out) {
+                return Ok(());
             }
-            let out = if reduction { prev / 2 } else { prev };
-            if with_auxiliary && self.auxiliary && i == self.auxiliary_cell() {
-                let stride = match self.kind {
-                    NetworkKind::Cifar => 3,
-                    NetworkKind::Imagenet => 2,
-                };
-                // A 5×5 window at this stride leaves 2×2 from sides 5 + stride to 4 + 2·stride.
-                let (lo, hi) = (5 + stride, 4 + 2 * stride);
-                if !(lo..=hi).contains(&out) {
-                    return bad(format!(
-                        "the auxiliary head after cell {i} pools with a 5×5 window at stride {stride} and \
-                         needs a map {lo} to {hi} pixels wide there to get the 2×2 it classifies, but \
-                         cell {i} gives a {} (use the family's usual input size or --auxiliary-weight 0)",
-                        map(out)
-                    ));
-                }
-            }
-            (prev_prev, prev, reduction_prev) = (prev, out, reduction);
-            i += 1;
-            // Cells that neither reduce nor follow a reduction keep the map as it is, and none of
-            // them holds the auxiliary head: go to the next reduction, so any depth takes a few
-            // steps.
-            let next = reductions.into_iter().filter(|&r| r >= i).min().unwrap_or(self.layers);
-            if !reduction && next > i {
-                (prev_prev, reduction_prev, i) = (prev, false, next);
-            }
-        }
-        Ok(())
+            Err(format!(
+                "the auxiliary head after cell {i} pools with a 5×5 window at stride {stride} and \
+                 needs a map {lo} to {hi} pixels wide there to get the 2×2 it classifies, but \
+                 cell {i} gives a {} (use the family's usual input size or --auxiliary-weight 0)",
+                map(out)
+            ))
+        })
     }
 
     /// The genotype's cell for a normal or a reduction cell.
@@ -264,6 +238,46 @@ pub(crate) fn check_sizes(init_channels: i64, layers: i64, num_classes: i64) -> 
 /// depth overflows).
 pub(crate) fn reduction_cells(layers: i64) -> [i64; 2] {
     [layers / 3, layers / 3 * 2 + layers % 3 * 2 / 3]
+}
+
+/// Follows one side of the feature maps through `layers` cells (fixed network or supernet) from
+/// the sides of the two states the first cell reads, `reduction_prev` telling whether the first
+/// of them goes through a factorized reduce. Fails at the first cell that would halve an odd
+/// map (`map` names a map by its side); after every cell it visits, `visit(cell, side out)` may
+/// fail too. Cells that neither reduce nor follow a reduction keep the map as it is and are
+/// skipped (they are never visited), so any depth takes a few steps; the auxiliary head sits
+/// after a reduction, which is always visited.
+pub(crate) fn walk_cell_sides(
+    layers: i64,
+    (s0, s1): (i64, i64),
+    reduction_prev: bool,
+    map: impl Fn(i64) -> String,
+    mut visit: impl FnMut(i64, i64) -> Result<(), String>,
+) -> Result<(), String> {
+    let (mut prev_prev, mut prev, mut reduction_prev) = (s0, s1, reduction_prev);
+    let reductions = reduction_cells(layers);
+    let mut i = 0;
+    while i < layers {
+        let reduction = reductions.contains(&i);
+        // A factorized reduce concatenates two stride-2 halves, which differ on odd sides.
+        for (halves, side) in [(reduction_prev, prev_prev), (reduction, prev)] {
+            if halves && side % 2 != 0 {
+                return Err(format!(
+                    "cell {i} halves an odd {} (a factorized reduce needs even sides)",
+                    map(side)
+                ));
+            }
+        }
+        let out = if reduction { prev / 2 } else { prev };
+        visit(i, out)?;
+        (prev_prev, prev, reduction_prev) = (prev, out, reduction);
+        i += 1;
+        let next = reductions.into_iter().filter(|&r| r >= i).min().unwrap_or(layers);
+        if !reduction && next > i {
+            (prev_prev, reduction_prev, i) = (prev, false, next);
+        }
+    }
+    Ok(())
 }
 
 /// What a cell's constructor needs: its input and node channels, and whether it and the cell

@@ -166,31 +166,15 @@ impl SupernetConfig {
         if side < 1 {
             return Err(format!("a side of {side} pixels"));
         }
-        let (s0, s1) = self.stem.first_cell_sides(side);
-        let (mut prev_prev, mut prev) = (s0, s1);
-        let mut reduction_prev = matches!(self.stem, SupernetStem::Imagenet { .. });
-        let reductions = crate::model::reduction_cells(self.layers);
-        let mut i = 0;
-        while i < self.layers {
-            let reduction = self.is_reduction(i);
-            for (needs, s) in [(reduction_prev, prev_prev), (reduction, prev)] {
-                if needs && s % 2 != 0 {
-                    return Err(format!(
-                        "cell {i} halves an odd {s}×{s} map (a factorized reduce needs even sides)"
-                    ));
-                }
-            }
-            let out = if reduction { prev / 2 } else { prev };
-            (prev_prev, prev, reduction_prev) = (prev, out, reduction);
-            i += 1;
-            // Cells that neither reduce nor follow a reduction change nothing: go on to the
-            // next reduction, so any depth takes a few steps.
-            let next = reductions.into_iter().filter(|&r| r >= i).min().unwrap_or(self.layers);
-            if !reduction && next > i {
-                (prev_prev, reduction_prev, i) = (prev, false, next);
-            }
-        }
-        Ok(())
+        let reduction_prev = matches!(self.stem, SupernetStem::Imagenet { .. });
+        let map = |s: i64| format!("{s}×{s} map");
+        crate::model::walk_cell_sides(
+            self.layers,
+            self.stem.first_cell_sides(side),
+            reduction_prev,
+            map,
+            |_, _| Ok(()),
+        )
     }
 
     /// Cells that reduce (halve the resolution and double the channels).
