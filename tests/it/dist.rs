@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{cifar10_arg as data_arg, cnas, read_metrics as train_metrics};
+use crate::common::{cifar10_arg as data_arg, cnas, read_metrics as train_metrics, strings};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -52,10 +52,6 @@ fn run_ranks(world: usize, args: &[String]) -> Vec<Output> {
         );
     }
     outputs
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// A tiny CNAS network on a few images: `extra` adds or overrides options.

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::common::{self, assert_user_error, ok};
 use crate::search::{equal_cost_run, metrics_without_timing};
+use crate::train::timeless;
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -104,15 +105,7 @@ fn a_training_run_repeated_from_its_config_ends_the_same() {
     ok(&cnas(&[&args[..], &["-o", p(&first)]].concat()));
     let again = dir.path().join("again");
     ok(&cnas(&["train", "--config", p(&first.join("config.json")), "-o", p(&again)]));
-    let timeless = |run: &Path| -> Vec<serde_json::Value> {
-        let mut lines = common::read_metrics(run);
-        for l in &mut lines {
-            let o = l.as_object_mut().unwrap();
-            o.remove("images_per_sec");
-            o.remove("epoch_time_s");
-        }
-        lines
-    };
+    let timeless = |run: &Path| timeless(common::read_metrics(run));
     assert_eq!(timeless(&again), timeless(&first));
     assert_eq!(
         std::fs::read(again.join("last.safetensors")).ok().map(|b| b.len()),

@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{cifar10_arg, entries, read_metrics, repo};
+use crate::common::{cifar10_arg, entries, read_metrics, repo, strings};
 
 /// The venv's torchrun. `None`, with a note, when it is missing: scripts/setup.sh installs it,
 /// and under CI (`CI` set) a missing one fails the test instead.
@@ -31,10 +31,6 @@ fn torchrun() -> Option<PathBuf> {
 
 fn free_port() -> String {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string()
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| s.to_string()).collect()
 }
 
 /// `cnas train` of a tiny CNAS network with `--dist-timeout 20s`; `out` is its `-o`, `extra`

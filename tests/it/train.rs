@@ -27,7 +27,7 @@ fn run_user_error(args: &[&str], expect: &str) {
 }
 
 /// The metrics without what depends on the machine's speed.
-fn timeless(mut lines: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+pub(crate) fn timeless(mut lines: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
     for l in &mut lines {
         let o = l.as_object_mut().unwrap();
         o.remove("images_per_sec");

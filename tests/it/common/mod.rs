@@ -194,3 +194,8 @@ impl Drop for TorchRng {
         }
     }
 }
+
+/// Owned copies of command-line arguments.
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
