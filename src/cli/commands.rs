@@ -47,29 +47,22 @@ pub(crate) fn search(args: &SearchArgs, g: &Global) -> anyhow::Result<()> {
 
 pub(crate) fn train(args: &TrainArgs, g: &Global) -> anyhow::Result<()> {
     let (run_dir, start) = start_mode(&args.resume, &args.out, args.force, "OUT")?;
-    let repeated = match &args.config {
-        Some(config) if start != StartMode::Resume => Some(super::config::train(config, args)?),
-        _ => None,
-    };
-    let request = match (&repeated, &args.arch) {
+    // A new run's architecture, options and data: repeated from a config, or from the arguments.
+    let new_run = match (&args.config, &args.arch) {
         _ if start == StartMode::Resume => None,
-        (Some((arch, genotype, options, data)), _) => Some(cnas::train::TrainRequest {
-            arch: arch.clone(),
-            genotype: genotype.clone(),
-            options: options.clone(),
-            data,
-        }),
+        (Some(config), _) => Some(super::config::train(config, args)?),
         (None, Some(arch)) => {
             let (name, genotype) = cnas::space::resolve_arch(arch)?;
-            Some(cnas::train::TrainRequest {
-                arch: name,
-                genotype,
-                options: args.options(),
-                data: &args.data,
-            })
+            Some((name, genotype, args.options(), args.data.clone()))
         }
         (None, None) => None,
     };
+    let request = new_run.as_ref().map(|(arch, genotype, options, data)| cnas::train::TrainRequest {
+        arch: arch.clone(),
+        genotype: genotype.clone(),
+        options: options.clone(),
+        data,
+    });
     let (parallel, device) = join_run(g)?;
     let writer = cnas::run::is_writer(parallel.as_ref());
     let workers = args.data.workers;

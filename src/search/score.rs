@@ -149,14 +149,8 @@ fn open_stage(run_dir: &Path, run: &RunConfig, stage: Option<usize>, device: Dev
         )));
     }
     let tensors = crate::weights::read_all(&file)?;
-    let config = SupernetConfig {
-        primitives,
-        init_channels: run.search.init_channels,
-        layers: run.search.layers,
-        nodes: run.search.nodes,
-        num_classes: classes_of(&file, &tensors)?,
-        stem: run.supernet_stem(),
-    };
+    let config =
+        super::supernet_config(&run.search, &primitives, classes_of(&file, &tensors)?, run.supernet_stem());
     let (vs, supernet) = load_supernet(&file, config, &tensors, device)?;
     let allowed: Vec<Primitive> = s.ops.iter().filter_map(|n| Primitive::from_name(n)).collect();
     let what = format!("stage {k} of {} ({})", run_dir.display(), s.ops.join(", "));

@@ -56,12 +56,17 @@ fn run_ranks(world: usize, args: &[String]) -> Vec<Output> {
 
 /// A tiny CNAS network on a few images: `extra` adds or overrides options.
 fn train_args(out: &Path, extra: &[&str]) -> Vec<String> {
+    train_args_with_timeout(out, "60s", extra)
+}
+
+/// [`train_args`] with `--dist-timeout timeout`.
+pub(crate) fn train_args_with_timeout(out: &Path, timeout: &str, extra: &[&str]) -> Vec<String> {
     let mut a = strings(&[
         "--quiet",
         "--device",
         "cpu",
         "--dist-timeout",
-        "60s",
+        timeout,
         "train",
         "--arch",
         "CNAS",

@@ -15,7 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{cifar10_arg, entries, read_metrics, repo, strings};
+use crate::common::{entries, read_metrics, repo, strings};
 
 /// The venv's torchrun. `None`, with a note, when it is missing: scripts/setup.sh installs it,
 /// and under CI (`CI` set) a missing one fails the test instead.
@@ -36,32 +36,7 @@ fn free_port() -> String {
 /// `cnas train` of a tiny CNAS network with `--dist-timeout 20s`; `out` is its `-o`, `extra`
 /// adds the rest.
 fn train_args(out: &str, extra: &[&str]) -> Vec<String> {
-    let mut a = strings(&[
-        "--quiet",
-        "--device",
-        "cpu",
-        "--dist-timeout",
-        "20s",
-        "train",
-        "--arch",
-        "CNAS",
-        "--data",
-        &cifar10_arg(),
-        "-o",
-        out,
-        "--init-channels",
-        "4",
-        "--layers",
-        "3",
-        "--max-eval-images",
-        "33",
-        "--workers",
-        "1",
-        "--seed",
-        "3",
-    ]);
-    a.extend(strings(extra));
-    a
+    crate::dist::train_args_with_timeout(Path::new(out), "20s", extra)
 }
 
 /// torchrun's options for node `node` of `nodes` (one process each) around `MASTER_PORT` `port`.
